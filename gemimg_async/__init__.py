@@ -1,0 +1,116 @@
+"""gemimg_async: an async client for Gemini 3 Pro Image through OpenAI-compatible relays.
+
+One pooled client session fans requests out, streams every image to disk in bounded memory, and
+retries only what cannot be billed twice. See `Client`.
+"""
+
+from importlib.metadata import version
+
+from ._client import ENV_API_KEY, ENV_BASE_URL, Client, ClientStats
+from ._clock import Clock, FakeClock, SystemClock
+from ._config import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DOWNLOAD_TIMEOUT,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_READ_TIMEOUT,
+    DEFAULT_READ_TIMEOUT_4K,
+    MAX_INLINE_IMAGE_BYTES,
+    MAX_INPUT_IMAGES,
+    Backoff,
+    RetryPolicy,
+    Timeouts,
+)
+from ._exceptions import (
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    ConnectError,
+    ContentPolicyError,
+    DownloadError,
+    GemimgError,
+    ImageExpiredError,
+    InvalidCountError,
+    InvalidImageError,
+    InvalidModelError,
+    InvalidPromptError,
+    InvalidResponseFormatError,
+    InvalidSizeError,
+    MalformedResponseError,
+    OutcomeUnknownError,
+    RateLimitError,
+    RefusalError,
+    ServerError,
+    TooManyImagesError,
+    TransportError,
+    ValidationError,
+)
+from ._models import (
+    ASPECT_RATIOS,
+    GeneratedImage,
+    ImageInput,
+    ImageRequest,
+    Model,
+    ResponseFormat,
+    Timings,
+    resolve_model,
+)
+from ._results import GenerationResult, Outcome
+
+__version__ = version("gemimg-async")
+
+__all__ = [
+    "ASPECT_RATIOS",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_DOWNLOAD_TIMEOUT",
+    "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_MAX_IMAGE_BYTES",
+    "DEFAULT_READ_TIMEOUT",
+    "DEFAULT_READ_TIMEOUT_4K",
+    "ENV_API_KEY",
+    "ENV_BASE_URL",
+    "MAX_INLINE_IMAGE_BYTES",
+    "MAX_INPUT_IMAGES",
+    "APIError",
+    "AuthenticationError",
+    "Backoff",
+    "BadRequestError",
+    "Client",
+    "ClientStats",
+    "Clock",
+    "ConfigurationError",
+    "ConnectError",
+    "ContentPolicyError",
+    "DownloadError",
+    "FakeClock",
+    "GemimgError",
+    "GeneratedImage",
+    "GenerationResult",
+    "ImageExpiredError",
+    "ImageInput",
+    "ImageRequest",
+    "InvalidCountError",
+    "InvalidImageError",
+    "InvalidModelError",
+    "InvalidPromptError",
+    "InvalidResponseFormatError",
+    "InvalidSizeError",
+    "MalformedResponseError",
+    "Model",
+    "Outcome",
+    "OutcomeUnknownError",
+    "RateLimitError",
+    "RefusalError",
+    "ResponseFormat",
+    "RetryPolicy",
+    "ServerError",
+    "SystemClock",
+    "Timeouts",
+    "Timings",
+    "TooManyImagesError",
+    "TransportError",
+    "ValidationError",
+    "__version__",
+    "resolve_model",
+]

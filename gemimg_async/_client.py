@@ -1,0 +1,698 @@
+"""The client: one pool shared by every request, from `generate` to `map`.
+
+Data flows one way: request value -> pool -> transport -> streamed answer -> sink -> file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, cast
+
+import aiofiles
+import anyio
+import attrs
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ._clock import Clock, SystemClock
+from ._config import (
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_IMAGE_BYTES,
+    RetryPolicy,
+    Timeouts,
+)
+from ._exceptions import (
+    APIError,
+    ConfigurationError,
+    DownloadError,
+    GemimgError,
+    MalformedResponseError,
+    RefusalError,
+)
+from ._inputs import encode_images
+from ._jsonstream import JSONStreamError
+from ._limits import AdaptiveLimit, RateLimit, Slot
+from ._models import GeneratedImage, ImageInput, ImageRequest, Model, ResponseFormat, Timings
+from ._results import GenerationResult, Outcome
+from ._retry import (
+    DownloadRetrier,
+    Failure,
+    GenerationRetrier,
+    RetryBudget,
+    call_with_retries,
+    classify,
+)
+from ._sinks import (
+    WRITE_BLOCK,
+    AtomicFile,
+    BodyImage,
+    ImageSink,
+    MemoryImage,
+    NotAnImageError,
+    TooLargeError,
+    receive_body,
+)
+from ._transport import Transport, document_error, endpoint_url
+
+__all__ = ["ENV_API_KEY", "ENV_BASE_URL", "Client", "ClientStats"]
+
+log = logging.getLogger("gemimg_async")
+
+ENV_API_KEY = "GEMIMG_API_KEY"
+ENV_BASE_URL = "GEMIMG_BASE_URL"
+_RATIO_TOLERANCE = 0.05
+
+
+@attrs.frozen
+class ClientStats:
+    """A snapshot of the client's pool."""
+
+    max_concurrency: int
+    limit: int
+    """The in-flight limit now: below `max_concurrency` after the relay throttled."""
+    in_flight: int
+    waiting: int
+    """Requests waiting for a place in the pool now."""
+    pool_waits: int
+    """Requests that have had to wait for a place, since the client was made."""
+    rate_waits: int
+    """Requests that have had to wait for the `rpm` limit."""
+    retry_tokens: float
+    """What is left of the retry budget; retries stop at half of `RetryPolicy.budget_tokens`."""
+
+
+class Client:
+    """An async client for Gemini 3 Pro Image behind an OpenAI-compatible relay.
+
+    One client holds one pool: at most `max_concurrency` generations in flight across every
+    task that uses it, fewer while the relay throttles, started at most `rpm` times a minute.
+    Use it as `async with Client(...) as client:`, or call `aclose()` when done.
+    `api_key` and `base_url` default to the GEMIMG_API_KEY and GEMIMG_BASE_URL variables.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        rpm: float | None = None,
+        timeouts: Timeouts = Timeouts(),  # noqa: B008 - frozen, shared safely
+        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, shared safely
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        allow_insecure_http: bool = False,
+        clock: Clock | None = None,
+    ) -> None:
+        api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
+        base_url = base_url if base_url is not None else os.environ.get(ENV_BASE_URL)
+        if not api_key:
+            raise ConfigurationError(f"no API key: pass api_key= or set {ENV_API_KEY}")
+        if api_key != api_key.strip() or any(c in api_key for c in "\r\n\t "):
+            raise ConfigurationError("the API key contains whitespace: check how it was pasted")
+        if not base_url:
+            raise ConfigurationError(
+                "no relay: pass base_url= (such as 'https://api.example.com') "
+                f"or set {ENV_BASE_URL}"
+            )
+        self._clock: Clock = clock or SystemClock()
+        self._transport = Transport(
+            endpoint_url(base_url, allow_insecure_http=allow_insecure_http),
+            api_key=api_key,
+            timeouts=timeouts,
+            clock=self._clock,
+        )
+        self._limit = AdaptiveLimit(max_concurrency)
+        self._rate = RateLimit(rpm, self._clock) if rpm is not None else None
+        self._retry = retry
+        self._budget = RetryBudget(retry.budget_tokens, retry.budget_ratio)
+        self._max_image_bytes = max_image_bytes
+        self._rng = random.Random()  # noqa: S311 - jitter, not secrets
+        self._workers: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return (
+            f"Client(base_url={str(self._transport.endpoint.with_path('/'))!r}, "
+            f"max_concurrency={self._limit.maximum})"
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Cancel what `map` still runs and close the connections."""
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        await self._transport.aclose()
+
+    @property
+    def stats(self) -> ClientStats:
+        return ClientStats(
+            max_concurrency=self._limit.maximum,
+            limit=self._limit.limit,
+            in_flight=self._limit.in_flight,
+            waiting=self._limit.waiting,
+            pool_waits=self._limit.waits,
+            rate_waits=self._rate.waits if self._rate else 0,
+            retry_tokens=self._budget.tokens,
+        )
+
+    async def generate(
+        self,
+        prompt: str,
+        *,
+        model: Model | str = Model.STANDARD,
+        size: str | None = None,
+        n: int = 1,
+        images: ImageInput | Sequence[ImageInput] | None = None,
+        response_format: ResponseFormat = "url",
+        save_to: str | os.PathLike[str] | None = None,
+        allow_any_size: bool = False,
+        timeouts: Timeouts | None = None,
+    ) -> GenerationResult:
+        """Generate `n` images of `prompt`, from `images` if given; with `save_to`, on disk.
+
+        Bad input raises a ValidationError before anything is sent.
+        """
+        request = ImageRequest(
+            prompt,
+            model=model,
+            size=size,
+            n=n,
+            images=images,
+            response_format=response_format,
+            allow_any_size=allow_any_size,
+        )
+        return await self.send(request, save_to=save_to, timeouts=timeouts)
+
+    async def generate_2k(
+        self,
+        prompt: str,
+        *,
+        size: str | None = None,
+        n: int = 1,
+        images: ImageInput | Sequence[ImageInput] | None = None,
+        response_format: ResponseFormat = "url",
+        save_to: str | os.PathLike[str] | None = None,
+        allow_any_size: bool = False,
+        timeouts: Timeouts | None = None,
+    ) -> GenerationResult:
+        """`generate` with the 2K model."""
+        return await self.generate(
+            prompt,
+            model=Model.RES_2K,
+            size=size,
+            n=n,
+            images=images,
+            response_format=response_format,
+            save_to=save_to,
+            allow_any_size=allow_any_size,
+            timeouts=timeouts,
+        )
+
+    async def generate_4k(
+        self,
+        prompt: str,
+        *,
+        size: str | None = None,
+        n: int = 1,
+        images: ImageInput | Sequence[ImageInput] | None = None,
+        response_format: ResponseFormat = "url",
+        save_to: str | os.PathLike[str] | None = None,
+        allow_any_size: bool = False,
+        timeouts: Timeouts | None = None,
+    ) -> GenerationResult:
+        """`generate` with the 4K model (and its longer read timeout)."""
+        return await self.generate(
+            prompt,
+            model=Model.RES_4K,
+            size=size,
+            n=n,
+            images=images,
+            response_format=response_format,
+            save_to=save_to,
+            allow_any_size=allow_any_size,
+            timeouts=timeouts,
+        )
+
+    async def send(
+        self,
+        request: ImageRequest,
+        *,
+        save_to: str | os.PathLike[str] | None = None,
+        overwrite: bool = False,
+        timeouts: Timeouts | None = None,
+    ) -> GenerationResult:
+        """Generate what `request` asks, waiting for a place in the pool first."""
+        asked = self._clock.monotonic()
+        async with self._slot() as slot:
+            return await self._execute(
+                request,
+                slot,
+                queued=self._clock.monotonic() - asked,
+                delivery=_Delivery.to(save_to, overwrite=overwrite, timeouts=timeouts),
+            )
+
+    async def map(
+        self,
+        requests: Iterable[ImageRequest] | AsyncIterable[ImageRequest],
+        *,
+        save_to: str | os.PathLike[str] | None = None,
+        ordered: bool = False,
+        overwrite: bool = False,
+        timeouts: Timeouts | None = None,
+    ) -> AsyncIterator[Outcome]:
+        """Run every request through the pool; yield an `Outcome` for each as it ends.
+
+        Requests are pulled one at a time, only when a place in the pool is free, so a
+        generator of a million prompts costs no more than the pool. One request's failure is
+        its outcome's `error`; the others go on. Outcomes come in completion order, or input
+        order with `ordered=True` (holding at most twice the pool's size). Leaving the loop
+        early cancels what is in flight: use `contextlib.aclosing(client.map(...))` to have
+        that happen at once rather than when the generator is collected.
+        """
+        source = _Source(requests)
+        send, receive = anyio.create_memory_object_stream[Outcome]()
+        window = anyio.Semaphore(2 * self._limit.maximum) if ordered else None
+        delivery = _Delivery.to(save_to, overwrite=overwrite, timeouts=timeouts)
+        workers = {
+            asyncio.create_task(self._map_worker(source, send.clone(), window, delivery))
+            for _ in range(self._limit.maximum)
+        }
+        send.close()
+        self._workers |= workers
+        try:
+            async with receive:
+                async for outcome in _in_order(receive) if ordered else receive:
+                    if window is not None:
+                        window.release()
+                    yield outcome
+            if source.failure is not None:
+                raise source.failure
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            self._workers -= workers
+
+    async def _map_worker(
+        self,
+        source: _Source,
+        send: MemoryObjectSendStream[Outcome],
+        window: anyio.Semaphore | None,
+        delivery: _Delivery,
+    ) -> None:
+        async with send:
+            while not source.exhausted:
+                if window is not None:
+                    await window.acquire()
+                asked = self._clock.monotonic()
+                async with self._slot() as slot:
+                    item = await source.next()
+                    if item is None:
+                        if window is not None:
+                            window.release()
+                        return
+                    index, request = item
+                    started, queued = self._clock.time(), self._clock.monotonic() - asked
+                    try:
+                        result = await self._execute(
+                            request,
+                            slot,
+                            queued=queued,
+                            delivery=delivery,
+                        )
+                    except Exception as error:  # noqa: BLE001 - one request's failure is its outcome
+                        outcome = Outcome(
+                            index,
+                            request,
+                            error=error,
+                            attempts=getattr(error, "attempts", 0),
+                            timings=Timings(queued=queued),
+                            started=started,
+                            finished=self._clock.time(),
+                        )
+                    else:
+                        outcome = Outcome(
+                            index,
+                            request,
+                            result=result,
+                            attempts=result.attempts,
+                            timings=result.timings,
+                            started=started,
+                            finished=self._clock.time(),
+                        )
+                await send.send(outcome)
+
+    @asynccontextmanager
+    async def _slot(self) -> AsyncIterator[Slot]:
+        async with self._limit.slot() as slot:
+            if self._rate is not None:
+                await self._rate.wait()
+            yield slot
+
+    async def _execute(
+        self,
+        request: ImageRequest,
+        slot: Slot,
+        *,
+        queued: float,
+        delivery: _Delivery,
+    ) -> GenerationResult:
+        key = str(uuid.uuid4())
+        request_ids: list[str] = []
+        attempts = 0
+        try:
+            body = request.body(await encode_images(request.images))
+
+            async def attempt(number: int) -> tuple[Any, list[BodyImage]]:
+                nonlocal attempts
+                attempts = number
+                try:
+                    return await self._attempt(body, key, request.model, delivery, request_ids)
+                except APIError as error:
+                    if classify(error) is Failure.THROTTLED:
+                        self._limit.throttled(slot)
+                    raise
+
+            began = self._clock.monotonic()
+            doc, found = await call_with_retries(
+                attempt,
+                GenerationRetrier(self._retry, self._budget, self._rng),
+                self._clock,
+                what=f"generation {key[:8]}",
+            )
+        except GemimgError as error:
+            error.idempotency_key = key
+            error.request_ids = tuple(request_ids)
+            error.request_id = error.request_id or (request_ids[-1] if request_ids else None)
+            raise
+        self._limit.succeeded()
+        self._budget.succeeded()
+        generated = self._clock.monotonic()
+        created = doc.get("created")
+        created = created if isinstance(created, int) and not isinstance(created, bool) else None
+        stem = request.id or _default_stem(created or self._clock.time(), key)
+        images = await self._place(found, stem, delivery)
+        _check_shape(request, images)
+        result = GenerationResult(
+            request=request,
+            images=images,
+            created=created,
+            idempotency_key=key,
+            request_ids=tuple(request_ids),
+            attempts=attempts,
+            timings=Timings(queued, generated - began, self._clock.monotonic() - generated),
+            stem=stem,
+            saver=self._save,
+        )
+        log.info(
+            "%s: %d image(s) in %.1f s (request id %s)",
+            request.model,
+            len(images),
+            result.timings.total,
+            result.request_id,
+        )
+        return result
+
+    async def _attempt(
+        self,
+        body: bytes,
+        key: str,
+        model: str,
+        delivery: _Delivery,
+        request_ids: list[str],
+    ) -> tuple[Any, list[BodyImage]]:
+        """One POST, its answer streamed into sinks; raises what the answer amounts to."""
+        request_id = None
+        try:
+            async with self._transport.generation(
+                body, idempotency_key=key, model=model, timeouts=delivery.timeouts
+            ) as answer:
+                request_id = answer.request_id
+                if request_id:
+                    request_ids.append(request_id)
+                doc, found = await receive_body(answer.chunks, self._sink_opener(delivery.folder))
+        except APIError as error:
+            if error.request_id:
+                request_ids.append(error.request_id)
+            raise
+        except (JSONStreamError, NotAnImageError, TooLargeError) as exc:
+            raise MalformedResponseError(
+                f"the relay answered 200, but {exc}", status=200, request_id=request_id
+            ) from exc
+        if not found:
+            raise _no_image_error(doc, request_id)
+        return doc, found
+
+    def _sink_opener(self, folder: Path | None) -> Any:
+        async def open_file() -> ImageSink:
+            assert folder is not None
+            return await AtomicFile.create(folder, max_bytes=self._max_image_bytes)
+
+        async def open_memory() -> ImageSink:
+            return MemoryImage(self._max_image_bytes)
+
+        return open_memory if folder is None else open_file
+
+    async def _place(
+        self, found: Sequence[BodyImage], stem: str, delivery: _Delivery
+    ) -> tuple[GeneratedImage, ...]:
+        """The found images as results: committed to files, downloaded, or kept in memory."""
+        placed: list[GeneratedImage] = []
+        try:
+            for number, image in enumerate(found):
+                if image.sink is not None:
+                    placed.append(await _settle(image.sink, number, stem, delivery.overwrite))
+                elif delivery.folder is None:
+                    placed.append(GeneratedImage(number, url=image.url))
+                else:
+                    assert image.url is not None
+                    placed.append(
+                        await self._download(image.url, number, stem, delivery.folder, delivery)
+                    )
+        except BaseException:
+            for image in found[len(placed) :]:
+                if image.sink is not None:
+                    await image.sink.abort()
+            raise
+        return tuple(placed)
+
+    async def _download(
+        self,
+        url: str,
+        index: int,
+        stem: str,
+        folder: Path,
+        delivery: _Delivery,
+    ) -> GeneratedImage:
+        """Stream `url` into `folder/{stem}_{index}.{ext}`, retrying what may succeed later."""
+
+        async def attempt(_: int) -> GeneratedImage:
+            sink = await AtomicFile.create(folder, max_bytes=self._max_image_bytes)
+            try:
+                async with self._transport.download(
+                    url, delivery.timeouts, max_bytes=self._max_image_bytes
+                ) as answer:
+                    async for chunk in answer.chunks:
+                        await sink.write(chunk)
+                image = await _settle(sink, index, stem, delivery.overwrite)
+            except (NotAnImageError, TooLargeError) as exc:
+                await sink.abort()
+                raise DownloadError(f"{exc}", url=url, status=200) from exc
+            except BaseException:
+                await sink.abort()
+                raise
+            return attrs.evolve(image, url=url)
+
+        return await call_with_retries(
+            attempt, DownloadRetrier(self._retry, self._rng), self._clock, what="download"
+        )
+
+    async def _save(
+        self,
+        images: Sequence[GeneratedImage],
+        folder: Path,
+        stem: str,
+        *,
+        overwrite: bool,
+    ) -> tuple[GeneratedImage, ...]:
+        """`GenerationResult.save`: each image from its bytes, its file, or its URL."""
+        saved = []
+        for image in images:
+            if image.data is None and image.path is None:
+                assert image.url is not None
+                saved.append(
+                    await self._download(
+                        image.url, image.index, stem, folder, _Delivery(folder, overwrite)
+                    )
+                )
+                continue
+            sink = await AtomicFile.create(folder, max_bytes=self._max_image_bytes)
+            try:
+                for block in _blocks(image.data) if image.data is not None else ():
+                    await sink.write(block)
+                if image.path is not None and image.data is None:
+                    async with aiofiles.open(image.path, "rb") as source:
+                        while block := await source.read(WRITE_BLOCK):
+                            await sink.write(block)
+                settled = await _settle(sink, image.index, stem, overwrite)
+            except BaseException:
+                await sink.abort()
+                raise
+            saved.append(attrs.evolve(image, path=settled.path))
+        return tuple(saved)
+
+
+def _blocks(data: bytes) -> Iterator[bytes]:
+    view = memoryview(data)
+    for start in range(0, len(data), WRITE_BLOCK):
+        yield bytes(view[start : start + WRITE_BLOCK])
+
+
+async def _settle(sink: ImageSink, index: int, stem: str, overwrite: bool) -> GeneratedImage:
+    """The image `sink` holds, committed to its file when it is one."""
+    info = sink.info
+    fields: dict[str, Any] = {
+        "media_type": info.media_type,
+        "width": info.width,
+        "height": info.height,
+        "byte_size": sink.size,
+    }
+    if isinstance(sink, AtomicFile):
+        return GeneratedImage(
+            index, path=await sink.commit(stem, index, overwrite=overwrite), **fields
+        )
+    assert isinstance(sink, MemoryImage)
+    return GeneratedImage(index, data=sink.getvalue(), **fields)
+
+
+def _no_image_error(doc: Any, request_id: str | None) -> APIError:
+    """What a 200 answer without an image means: a refusal, an error body, or garbage."""
+    if isinstance(doc, dict):
+        message, code = document_error(doc)
+        if message is not None or "error" in doc:
+            return RefusalError(
+                f"the relay answered 200 with an error: {message or doc.get('error')}",
+                status=200,
+                code=code,
+                request_id=request_id,
+            )
+        if doc.get("data") == []:
+            return RefusalError(
+                'the relay answered 200 with no image ("data": []): usually the model refused '
+                "the prompt or an input image on safety grounds",
+                status=200,
+                request_id=request_id,
+            )
+    return MalformedResponseError(
+        f"the relay answered 200 without an image: {str(doc)[:200]}",
+        status=200,
+        request_id=request_id,
+    )
+
+
+def _default_stem(created: float, key: str) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(created))}-{key[:8]}"
+
+
+def _check_shape(request: ImageRequest, images: Sequence[GeneratedImage]) -> None:
+    """Warn about what relays do silently: fewer images than asked, the wrong aspect ratio."""
+    if len(images) < request.n:
+        log.warning("asked for %d images, the relay answered %d", request.n, len(images))
+    if request.size is None:
+        return
+    wanted_w, wanted_h = (int(side) for side in request.size.split(":"))
+    for image in images:
+        if image.width and image.height:
+            ratio = (image.width / image.height) / (wanted_w / wanted_h)
+            if abs(ratio - 1) > _RATIO_TOLERANCE:
+                log.warning(
+                    "asked for %s, got %dx%d: the relay may have ignored size",
+                    request.size,
+                    image.width,
+                    image.height,
+                )
+
+
+@attrs.frozen
+class _Delivery:
+    """Where a request's images go, and how."""
+
+    folder: Path | None
+    overwrite: bool = False
+    timeouts: Timeouts | None = None
+
+    @classmethod
+    def to(
+        cls,
+        save_to: str | os.PathLike[str] | None,
+        *,
+        overwrite: bool = False,
+        timeouts: Timeouts | None = None,
+    ) -> _Delivery:
+        return cls(None if save_to is None else Path(save_to), overwrite, timeouts)
+
+
+@attrs.define
+class _Source:
+    """The requests of a `map`, pulled one at a time by whichever worker has a place."""
+
+    _requests: Iterable[ImageRequest] | AsyncIterable[ImageRequest] = attrs.field(alias="requests")
+    _iterator: Iterator[ImageRequest] | AsyncIterator[ImageRequest] = attrs.field(init=False)
+    _lock: anyio.Lock = attrs.Factory(anyio.Lock)
+    _count: int = 0
+    exhausted: bool = False
+    failure: Exception | None = None
+
+    def __attrs_post_init__(self) -> None:
+        requests = self._requests
+        self._iterator = aiter(requests) if isinstance(requests, AsyncIterable) else iter(requests)
+
+    async def next(self) -> tuple[int, ImageRequest] | None:
+        async with self._lock:
+            if self.exhausted:
+                return None
+            try:
+                iterator = self._iterator
+                request = (
+                    await anext(iterator) if isinstance(iterator, AsyncIterator) else next(iterator)
+                )
+            except (StopIteration, StopAsyncIteration):
+                self.exhausted = True
+                return None
+            except Exception as error:  # noqa: BLE001 - the caller's iterable failed: map re-raises
+                self.failure, self.exhausted = error, True
+                return None
+            if not isinstance(cast("object", request), ImageRequest):
+                self.failure = TypeError(f"map() takes ImageRequest values, got {request!r:.80}")
+                self.exhausted = True
+                return None
+            index, self._count = self._count, self._count + 1
+            return index, request
+
+
+async def _in_order(outcomes: AsyncIterable[Outcome]) -> AsyncIterator[Outcome]:
+    held: dict[int, Outcome] = {}
+    wanted = 0
+    async for outcome in outcomes:
+        held[outcome.index] = outcome
+        while wanted in held:
+            yield held.pop(wanted)
+            wanted += 1

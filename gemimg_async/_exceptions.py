@@ -1,0 +1,215 @@
+"""The errors gemimg_async raises.
+
+Every error is a `GemimgError`; catch that to catch them all::
+
+    GemimgError
+    ├── ConfigurationError          no key, a bad base URL, http:// to a remote host
+    ├── ValidationError (ValueError)  bad input, caught before anything is sent or paid
+    │   ├── InvalidModelError
+    │   ├── InvalidPromptError
+    │   ├── InvalidCountError
+    │   ├── InvalidSizeError
+    │   ├── InvalidResponseFormatError
+    │   └── InvalidImageError
+    │       └── TooManyImagesError
+    ├── APIError                    the relay answered, and not with an image
+    │   ├── AuthenticationError     401, 403
+    │   ├── BadRequestError         400, 404, 413, 422 and other 4xx
+    │   │   └── ContentPolicyError  the prompt or an input image was blocked
+    │   ├── RateLimitError          429
+    │   ├── ServerError             5xx, 408
+    │   ├── RefusalError            200 without an image (a safety refusal, an error body)
+    │   └── MalformedResponseError  200 with a body that is not the documented JSON
+    ├── TransportError              no usable answer arrived
+    │   ├── ConnectError            the request was never sent: safe to retry, not billed
+    │   └── OutcomeUnknownError     sent, answer lost (timeout, reset, truncated): may be billed
+    └── DownloadError               fetching a returned image URL failed
+        └── ImageExpiredError       the URL is past its ~24 h life (403/404/410)
+
+Errors from a request carry `request_id` (the relay's, when it sent one), `request_ids` (one per
+attempt that got one), `idempotency_key` and `attempts`. The API key never appears in any of them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "ConnectError",
+    "ContentPolicyError",
+    "DownloadError",
+    "GemimgError",
+    "ImageExpiredError",
+    "InvalidCountError",
+    "InvalidImageError",
+    "InvalidModelError",
+    "InvalidPromptError",
+    "InvalidResponseFormatError",
+    "InvalidSizeError",
+    "MalformedResponseError",
+    "OutcomeUnknownError",
+    "RateLimitError",
+    "RefusalError",
+    "ServerError",
+    "TooManyImagesError",
+    "TransportError",
+    "ValidationError",
+]
+
+
+class GemimgError(Exception):
+    """Root of every error this library raises."""
+
+    request_id: str | None = None
+    request_ids: tuple[str, ...] = ()
+    """The relay's id of every attempt that got one, oldest first."""
+    idempotency_key: str | None = None
+    attempts: int = 0
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        details = [f"request id {self.request_id}"] if self.request_id else []
+        if self.attempts > 1:
+            details.append(f"after {self.attempts} attempts")
+        return f"{self.message} ({', '.join(details)})" if details else self.message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Errors cross process boundaries in bulk jobs: keep every attribute.
+        return (_rebuild, (type(self), self.message, self.__dict__))
+
+
+def _rebuild(cls: type[GemimgError], message: str, state: dict[str, object]) -> GemimgError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
+
+class ConfigurationError(GemimgError):
+    """The client cannot be configured as asked: no key, a bad base URL, an unsafe scheme."""
+
+
+class ValidationError(GemimgError, ValueError):
+    """A request that would be rejected or wasted: raised before anything is sent."""
+
+
+class InvalidModelError(ValidationError):
+    """The model is neither a `Model`, an alias nor a model name."""
+
+
+class InvalidPromptError(ValidationError):
+    """The prompt is empty or not a string."""
+
+
+class InvalidCountError(ValidationError):
+    """`n` is not a whole number of at least 1."""
+
+
+class InvalidSizeError(ValidationError):
+    """`size` is not an aspect ratio `W:H` the model supports."""
+
+
+class InvalidResponseFormatError(ValidationError):
+    """`response_format` is neither "url" nor "b64_json"."""
+
+
+class InvalidImageError(ValidationError):
+    """An input image cannot be read, is not PNG/JPEG/WEBP/GIF, or is too large."""
+
+
+class TooManyImagesError(InvalidImageError):
+    """More input images than the model accepts."""
+
+
+class APIError(GemimgError):
+    """The relay answered with an error instead of an image."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str | int | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        head = f"HTTP {self.status}: {self.message}"
+        details = [f"code {self.code}"] if self.code not in (None, "") else []
+        if self.retry_after is not None:
+            details.append(f"retry after {self.retry_after:g} s")
+        if self.request_id:
+            details.append(f"request id {self.request_id}")
+        if self.attempts > 1:
+            details.append(f"after {self.attempts} attempts")
+        return f"{head} ({', '.join(details)})" if details else head
+
+
+class AuthenticationError(APIError):
+    """The relay rejected the key (401) or its permissions (403)."""
+
+
+class BadRequestError(APIError):
+    """The relay rejected the request as it stands; sending it again will not help."""
+
+
+class ContentPolicyError(BadRequestError):
+    """The prompt or an input image was blocked by a safety filter."""
+
+
+class RateLimitError(APIError):
+    """Too many requests (429). `retry_after` holds the server's wait, when it gave one."""
+
+
+class ServerError(APIError):
+    """The relay or the model behind it failed (5xx) or timed the request out (408)."""
+
+
+class RefusalError(APIError):
+    """HTTP 200 without an image: a safety refusal (`"data": []`) or an error in the body."""
+
+
+class MalformedResponseError(APIError):
+    """HTTP 200 whose body is not the documented JSON (an HTML page, garbage, no images)."""
+
+
+class TransportError(GemimgError):
+    """No usable answer arrived from the relay."""
+
+
+class ConnectError(TransportError):
+    """The request never left this machine in full (DNS, refused, connect timeout, early reset).
+
+    Nothing was generated, so nothing was billed: it is safe to send again.
+    """
+
+
+class OutcomeUnknownError(TransportError):
+    """The request was sent but its answer was lost: a read timeout, a reset, a truncated body.
+
+    The relay may have generated, and billed, the image. Sending again may bill twice.
+    """
+
+
+class DownloadError(GemimgError):
+    """Fetching a returned image URL failed; the generation itself succeeded (and was paid)."""
+
+    def __init__(self, message: str, *, url: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+
+
+class ImageExpiredError(DownloadError):
+    """The image URL no longer serves the image: relays keep them for about 24 hours."""

@@ -1,0 +1,599 @@
+"""Incremental JSON parser that streams the base64 images out of an image-API response.
+
+`ImageStreamParser` is fed the response body chunk by chunk. The image strings at
+``$.data[i].b64_json`` (and ``$.data[i].url`` when it holds a ``data:`` URL) are
+base64-decoded while they arrive and handed out from `feed()` in pieces, so memory per
+response stays small whatever the image size; everything else is parsed as usual and
+`close()` returns the document, with a `Diverted` marker where each image string was.
+"""
+
+from __future__ import annotations
+
+import binascii
+import codecs
+import json
+import re
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["Diverted", "ImageStreamParser", "JSONStreamError"]
+
+
+class JSONStreamError(ValueError):
+    """The body is not valid JSON, ended early, or an image string is not valid base64."""
+
+
+@attrs.frozen
+class Diverted:
+    """Stands in the parsed document where an image string was streamed out instead of kept."""
+
+    index: int
+    key: str
+    size: int
+
+
+_WHITESPACE: Final = re.compile(rb"[ \t\n\r]*+")
+_NUMBER_CHARS: Final = re.compile(rb"[-+.eE0-9]*+")
+# Complete units of string content; the escapes are checked later by json.loads.
+_RAW_SPAN: Final = re.compile(rb'(?:[^"\\]++|\\.)*+', re.DOTALL)
+# Complete units of string content that are valid JSON.
+_VALID_SPAN: Final = re.compile(rb'(?:[^"\\\x00-\x1f]++|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+')
+_ESCAPE: Final = re.compile(rb'\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})')
+_ESCAPE_PREFIX: Final = re.compile(rb"\\(?:u[0-9a-fA-F]{0,3})?")
+_LONGEST_PARTIAL_ESCAPE: Final = 5
+# Escapes of characters base64 ignores. "\/" is left alone: the alphabet filter drops its
+# backslash and keeps the "/".
+_IGNORED_ESCAPE: Final = re.compile(rb'\\["\\bfnrt]')
+_UNICODE_ESCAPE: Final = re.compile(rb"\\u([0-9a-fA-F]{4})")
+_ASCII_END: Final = 0x80
+_NOT_ASCII: Final = b"\x80"
+_CONTROL_CHARS: Final = bytes(range(0x20))
+
+_B64_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+_NOT_B64: Final = bytes(sorted(set(range(256)) - set(_B64_ALPHABET)))
+_B64_QUAD: Final = 4
+_MIN_PAD_POS: Final = 2
+
+_QUOTE: Final = ord('"')
+_BACKSLASH: Final = ord("\\")
+_COMMA: Final = ord(",")
+_COLON: Final = ord(":")
+_LBRACE: Final = ord("{")
+_RBRACE: Final = ord("}")
+_LBRACKET: Final = ord("[")
+_RBRACKET: Final = ord("]")
+_NUMBER_START: Final = frozenset(b"-0123456789")
+_LITERALS: Final[dict[int, tuple[bytes, Any]]] = {
+    ord("t"): (b"true", True),
+    ord("f"): (b"false", False),
+    ord("n"): (b"null", None),
+}
+_BOM: Final = b"\xef\xbb\xbf"
+
+_IMAGE_KEYS: Final = frozenset({"b64_json", "url"})
+_DATA_URL: Final = "data:"
+# Enough raw bytes for any 5 characters: "data:" written as \u escapes is 30 bytes, and a
+# mismatch shows by the sixth escape or a surrogate pair at the latest.
+_PROBE_LIMIT: Final = 48
+
+_PLAIN: Final = 0
+_ROOT: Final = 1
+_DATA: Final = 2
+_IMAGE: Final = 3
+
+
+class _Frame:
+    """An open object or array, with its place in the response schema."""
+
+    __slots__ = ("claimed", "container", "index", "key", "role")
+
+    def __init__(self, container: dict[str, Any] | list[Any], role: int, index: int) -> None:
+        self.container = container
+        self.role = role
+        self.index = index
+        self.key = ""
+        self.claimed = False
+
+
+def _decode_string(raw: bytes) -> str:
+    try:
+        text: str = json.loads((b'"' + raw + b'"').decode("utf-8", "surrogatepass"))
+    except ValueError as exc:
+        raise JSONStreamError(f"invalid JSON string: {exc}") from exc
+    return text
+
+
+def _unescape_char(match: re.Match[bytes]) -> bytes:
+    point = int(match.group(1), 16)
+    if point == _BACKSLASH:  # never yield a backslash, so that any left over is an error
+        return b""
+    return bytes((point,)) if point < _ASCII_END else _NOT_ASCII
+
+
+def _unescape(raw: bytes) -> bytes:
+    """Undo the escapes of string content as far as base64 can tell; reject invalid escapes.
+
+    Characters base64 ignores may be dropped, non-ASCII ones become one non-ASCII byte, and
+    "\\/" stays as it is (the alphabet filter drops its backslash). A backslash left over
+    anywhere else is an invalid escape.
+    """
+    data = _IGNORED_ESCAPE.sub(b"", raw)
+    left = data.count(b"\\")
+    if left and left != data.count(b"\\/"):
+        data = _UNICODE_ESCAPE.sub(_unescape_char, data)
+        if data.count(b"\\") != data.count(b"\\/"):
+            raise JSONStreamError("invalid escape in string")
+    return data
+
+
+def _partial_escape_start(raw: bytes) -> int:
+    """Where an escape cut off by the end of the chunk starts in ``raw``, else ``len(raw)``."""
+    last = raw.rfind(b"\\", max(0, len(raw) - _LONGEST_PARTIAL_ESCAPE))
+    if last < 0 or not _ESCAPE_PREFIX.fullmatch(raw, last):
+        return len(raw)
+    run = last + 1 - len(raw[: last + 1].rstrip(b"\\"))
+    return last if run % 2 else len(raw)
+
+
+class ImageStreamParser:
+    """Parse an image-API response body incrementally, streaming the image data out.
+
+    `feed()` each chunk of the body and collect the ``(index, key, data)`` pieces it
+    returns; the pieces for one ``(index, key)`` concatenated are the decoded image.
+    `close()` returns the document, where each streamed string is a `Diverted`.
+    The body must be UTF-8; a leading byte-order mark is skipped. Bytes outside the
+    streamed strings count against ``max_document_bytes``.
+    """
+
+    def __init__(self, *, max_document_bytes: int = 64 * 1024 * 1024) -> None:
+        self._max_document_bytes = max_document_bytes
+        self._state: Callable[[bytes, int], int] = self._start
+        self._stack: list[_Frame] = []
+        self._document: Any = None
+        self._out: list[tuple[int, str, bytes]] = []
+        self._offset = 0
+        self._diverted_bytes = 0
+        self._closed = False
+        self._failed = False
+        # the token being read outside a streamed string
+        self._raw: list[bytes] = []
+        self._raw_escape = False
+        self._is_key = False
+        self._literal = b""
+        self._literal_value: Any = None
+        self._bom = b""
+        # the streamed string being read
+        self._probe = bytearray()
+        self._index = -1
+        self._key = ""
+        self._prefix: codecs.IncrementalDecoder | None = None
+        self._escape = b""
+        self._carry = b""
+        self._padded = False
+        self._size = 0
+
+    def feed(self, chunk: bytes) -> list[tuple[int, str, bytes]]:
+        """Consume the next chunk of the body; return decoded image pieces as (index, key, data)."""
+        self._check_usable()
+        out: list[tuple[int, str, bytes]] = []
+        self._out = out
+        try:
+            pos, end = 0, len(chunk)
+            while pos < end:
+                pos = self._state(chunk, pos)
+            self._offset += end
+            self._check_size()
+        except JSONStreamError:
+            self._failed = True
+            raise
+        return out
+
+    def close(self) -> Any:
+        """Signal end of body; return the parsed document. JSONStreamError if incomplete/invalid."""
+        self._check_usable()
+        self._closed = True
+        try:
+            self._finish_document()
+        except JSONStreamError:
+            self._failed = True
+            raise
+        return self._document
+
+    def _finish_document(self) -> None:
+        if self._state == self._number:  # a bare top-level number ends with the body
+            self._finish_number()
+        if self._state != self._done:
+            raise JSONStreamError(f"body ended early, at byte {self._offset}")
+        self._check_size()
+
+    def _check_usable(self) -> None:
+        if self._failed:
+            raise JSONStreamError("the parser failed earlier")
+        if self._closed:
+            raise RuntimeError("the parser is closed")
+
+    def _check_size(self) -> None:
+        if self._offset - self._diverted_bytes > self._max_document_bytes:
+            raise JSONStreamError(
+                f"JSON document exceeds {self._max_document_bytes} bytes besides image data"
+            )
+
+    def _error(self, message: str, chunk: bytes, pos: int) -> JSONStreamError:
+        found = repr(chunk[pos : pos + 1]) if pos < len(chunk) else "end of chunk"
+        return JSONStreamError(f"{message} at byte {self._offset + pos}, found {found}")
+
+    # Structure: one state per place in the grammar. A state takes the chunk and a
+    # position and returns the position after what it consumed.
+
+    def _start(self, chunk: bytes, pos: int) -> int:
+        if chunk[pos] == _BOM[0]:
+            self._bom = _BOM[1:]
+            self._state = self._skip_bom
+            return pos + 1
+        self._state = self._value
+        return pos
+
+    def _skip_bom(self, chunk: bytes, pos: int) -> int:
+        if chunk[pos] != self._bom[0]:
+            raise self._error("invalid byte-order mark", chunk, pos)
+        self._bom = self._bom[1:]
+        if not self._bom:
+            self._state = self._value
+        return pos + 1
+
+    def _value(self, chunk: bytes, pos: int) -> int:
+        pos = _skip_whitespace(chunk, pos)
+        if pos == len(chunk):
+            return pos
+        return self._begin_value(chunk, pos)
+
+    def _begin_value(self, chunk: bytes, pos: int) -> int:
+        char = chunk[pos]
+        parent = self._stack[-1] if self._stack else None
+        if char == _QUOTE:
+            if (
+                parent is not None
+                and parent.role == _IMAGE
+                and parent.key in _IMAGE_KEYS
+                and parent.key not in parent.container
+            ):
+                self._index, self._key = parent.index, parent.key
+                self._state = self._probing
+            else:
+                self._is_key = False
+                self._state = self._string
+            return pos + 1
+        if char == _LBRACE:
+            if parent is None:
+                self._stack.append(_Frame({}, _ROOT, -1))
+            elif parent.role == _DATA:
+                self._stack.append(_Frame({}, _IMAGE, len(parent.container)))
+            else:
+                self._stack.append(_Frame({}, _PLAIN, -1))
+            self._state = self._first_key
+            return pos + 1
+        if char == _LBRACKET:
+            if parent is not None and parent.role == _ROOT and parent.key == "data":
+                role = _PLAIN if parent.claimed else _DATA
+                parent.claimed = True
+            else:
+                role = _PLAIN
+            self._stack.append(_Frame([], role, -1))
+            self._state = self._first_item
+            return pos + 1
+        if char in _NUMBER_START:
+            self._state = self._number
+            return pos
+        if char in _LITERALS:
+            self._literal, self._literal_value = _LITERALS[char]
+            self._state = self._word
+            return pos
+        raise self._error("expected a JSON value", chunk, pos)
+
+    def _first_key(self, chunk: bytes, pos: int) -> int:
+        pos = _skip_whitespace(chunk, pos)
+        if pos == len(chunk):
+            return pos
+        if chunk[pos] == _RBRACE:
+            return self._end_container(pos)
+        return self._key_string(chunk, pos)
+
+    def _next_key(self, chunk: bytes, pos: int) -> int:
+        pos = _skip_whitespace(chunk, pos)
+        if pos == len(chunk):
+            return pos
+        return self._key_string(chunk, pos)
+
+    def _key_string(self, chunk: bytes, pos: int) -> int:
+        if chunk[pos] != _QUOTE:
+            raise self._error("expected a string key", chunk, pos)
+        self._is_key = True
+        self._state = self._string
+        return pos + 1
+
+    def _colon(self, chunk: bytes, pos: int) -> int:
+        pos = _skip_whitespace(chunk, pos)
+        if pos == len(chunk):
+            return pos
+        if chunk[pos] != _COLON:
+            raise self._error("expected ':'", chunk, pos)
+        self._state = self._value
+        return pos + 1
+
+    def _first_item(self, chunk: bytes, pos: int) -> int:
+        pos = _skip_whitespace(chunk, pos)
+        if pos == len(chunk):
+            return pos
+        if chunk[pos] == _RBRACKET:
+            return self._end_container(pos)
+        return self._begin_value(chunk, pos)
+
+    def _after_value(self, chunk: bytes, pos: int) -> int:
+        pos = _skip_whitespace(chunk, pos)
+        if pos == len(chunk):
+            return pos
+        char = chunk[pos]
+        is_object = isinstance(self._stack[-1].container, dict)
+        if char == _COMMA:
+            self._state = self._next_key if is_object else self._value
+            return pos + 1
+        if char == (_RBRACE if is_object else _RBRACKET):
+            return self._end_container(pos)
+        raise self._error("expected ',' or the end of the container", chunk, pos)
+
+    def _end_container(self, pos: int) -> int:
+        self._complete(self._stack.pop().container)
+        return pos + 1
+
+    def _done(self, chunk: bytes, pos: int) -> int:
+        pos = _skip_whitespace(chunk, pos)
+        if pos < len(chunk):
+            raise self._error("extra data after the JSON document", chunk, pos)
+        return pos
+
+    def _complete(self, value: Any) -> None:
+        """Place a finished value in its container, or finish the document."""
+        if not self._stack:
+            self._document = value
+            self._state = self._done
+            return
+        frame = self._stack[-1]
+        if isinstance(frame.container, dict):
+            frame.container[frame.key] = value
+        else:
+            frame.container.append(value)
+        self._state = self._after_value
+
+    # Tokens outside streamed strings.
+
+    def _string(self, chunk: bytes, pos: int) -> int:
+        if self._raw_escape:
+            self._raw.append(chunk[pos : pos + 1])
+            self._raw_escape = False
+            pos += 1
+        end = _match_end(_RAW_SPAN, chunk, pos)
+        if end == len(chunk):
+            self._raw.append(chunk[pos:end])
+            return end
+        if chunk[end] == _QUOTE:
+            self._raw.append(chunk[pos:end])
+            self._finish_string()
+            return end + 1
+        # a backslash at the very end of the chunk: its escaped character comes next
+        self._raw.append(chunk[pos : end + 1])
+        self._raw_escape = True
+        return end + 1
+
+    def _finish_string(self) -> None:
+        text = _decode_string(b"".join(self._raw))
+        self._raw = []
+        if self._is_key:
+            self._stack[-1].key = text
+            self._state = self._colon
+        else:
+            self._complete(text)
+
+    def _number(self, chunk: bytes, pos: int) -> int:
+        end = _match_end(_NUMBER_CHARS, chunk, pos)
+        self._raw.append(chunk[pos:end])
+        if end < len(chunk):
+            self._finish_number()
+        return end
+
+    def _finish_number(self) -> None:
+        raw = b"".join(self._raw)
+        self._raw = []
+        try:
+            value = json.loads(raw.decode("ascii"))
+        except ValueError as exc:
+            raise JSONStreamError(f"invalid JSON number {raw[:40]!r}") from exc
+        self._complete(value)
+
+    def _word(self, chunk: bytes, pos: int) -> int:
+        got = chunk[pos : pos + len(self._literal)]
+        if not self._literal.startswith(got):
+            raise self._error("invalid literal", chunk, pos)
+        self._literal = self._literal[len(got) :]
+        if not self._literal:
+            self._complete(self._literal_value)
+        return pos + len(got)
+
+    # Streamed strings.
+
+    def _probing(self, chunk: bytes, pos: int) -> int:
+        """Read an image string's first characters, to see whether it is a data: URL."""
+        probe = self._probe
+        while pos < len(chunk):
+            char = chunk[pos]
+            pos += 1
+            if char == _QUOTE and _RAW_SPAN.fullmatch(probe):
+                self._probe_ended()
+                return pos
+            probe.append(char)
+            is_data_url = self._probe_verdict()
+            if is_data_url is not None:
+                self._probe_decided(is_data_url=is_data_url)
+                return pos
+        return pos
+
+    def _probe_verdict(self) -> bool | None:
+        if len(self._probe) > _PROBE_LIMIT:
+            return False
+        if not _VALID_SPAN.fullmatch(self._probe):
+            return None
+        try:
+            head = _decode_string(bytes(self._probe))[: len(_DATA_URL)]
+        except JSONStreamError:  # a partial UTF-8 character
+            return None
+        if not (head.isascii() and _DATA_URL.startswith(head.lower())):
+            return False
+        return True if len(head) == len(_DATA_URL) else None
+
+    def _probe_decided(self, *, is_data_url: bool) -> None:
+        probe = bytes(self._probe)
+        self._probe.clear()
+        if is_data_url or self._key == "b64_json":
+            self._begin_stream(is_data_url=is_data_url)
+            self._stream(probe, 0)
+            self._state = self._stream
+        else:
+            self._raw = [probe]
+            self._raw_escape = not _RAW_SPAN.fullmatch(probe)
+            self._is_key = False
+            self._state = self._string
+
+    def _probe_ended(self) -> None:
+        probe = bytes(self._probe)
+        self._probe.clear()
+        if self._key == "b64_json":
+            self._begin_stream(is_data_url=False)
+            self._stream(probe + b'"', 0)
+        else:
+            self._complete(_decode_string(probe))
+
+    def _begin_stream(self, *, is_data_url: bool) -> None:
+        self._prefix = (
+            codecs.getincrementaldecoder("utf-8")("surrogatepass") if is_data_url else None
+        )
+        self._escape = b""
+        self._carry = b""
+        self._padded = False
+        self._size = 0
+
+    def _stream(self, chunk: bytes, pos: int) -> int:
+        """Read on in a streamed string: the hot path, a few C-speed passes per chunk."""
+        start = pos
+        if self._escape:
+            pos = self._continue_escape(chunk, pos)
+            if self._escape:
+                self._diverted_bytes += pos - start
+                return pos
+        end = chunk.find(b'"', pos)
+        if end > pos and chunk[end - 1] == _BACKSLASH:  # maybe an escaped quote: let re decide
+            end = _match_end(_RAW_SPAN, chunk, pos)
+            if end == len(chunk) or chunk[end] != _QUOTE:
+                end = -1
+        if end < 0:
+            raw = chunk[pos:]
+            cut = _partial_escape_start(raw)
+            if cut < len(raw):
+                self._escape, raw = raw[cut:], raw[:cut]
+            if raw:
+                self._take(raw)
+            self._diverted_bytes += len(chunk) - start
+            return len(chunk)
+        if end > pos:
+            self._take(chunk[pos:end])
+        self._finish_stream()
+        self._diverted_bytes += end + 1 - start
+        return end + 1
+
+    def _continue_escape(self, chunk: bytes, pos: int) -> int:
+        escape = self._escape
+        while pos < len(chunk):
+            escape += chunk[pos : pos + 1]
+            pos += 1
+            if _ESCAPE.fullmatch(escape):
+                self._escape = b""
+                self._take(escape)
+                return pos
+            if not _ESCAPE_PREFIX.fullmatch(escape):
+                raise self._error("invalid escape in string", chunk, pos - 1)
+        self._escape = escape
+        return pos
+
+    def _take(self, raw: bytes) -> None:
+        """Decode a stretch of a streamed string's content that ends between characters."""
+        others = raw.translate(None, _B64_ALPHABET)
+        data = raw
+        if others:
+            if len(others.translate(None, _CONTROL_CHARS)) != len(others):
+                raise JSONStreamError("control character in string")
+            if _BACKSLASH in others:
+                data = _unescape(raw)
+        if self._prefix is not None:
+            try:
+                self._prefix.decode(raw)
+            except UnicodeDecodeError as exc:
+                raise JSONStreamError(f"invalid UTF-8 in data: URL: {exc}") from exc
+            comma = data.find(b",")
+            if comma < 0:
+                return
+            self._prefix = None
+            data = data[comma + 1 :]
+            others = b","
+        if others:
+            if not data.isascii():
+                raise JSONStreamError(f"non-ASCII character in base64 image data ({self._key})")
+            data = data.translate(None, _NOT_B64)
+        self._decode(data)
+
+    def _decode(self, b64: bytes) -> None:
+        if not b64:
+            return
+        if self._padded:
+            raise JSONStreamError(f"base64 image data continues after its padding ({self._key})")
+        buf = self._carry + b64 if self._carry else b64
+        cut = len(buf) - len(buf) % _B64_QUAD
+        self._carry = buf[cut:]
+        if not cut:
+            return
+        quads = buf[:cut]
+        pad = quads.find(b"=")
+        if pad >= 0:
+            quad_start = pad - pad % _B64_QUAD
+            if (
+                pad - quad_start < _MIN_PAD_POS
+                or quad_start + _B64_QUAD != cut
+                or quads[pad:] != b"=" * (cut - pad)
+                or self._carry
+            ):
+                raise JSONStreamError(f"misplaced padding in base64 image data ({self._key})")
+            self._padded = True
+        piece = binascii.a2b_base64(quads)
+        if piece:
+            self._size += len(piece)
+            self._out.append((self._index, self._key, piece))
+
+    def _finish_stream(self) -> None:
+        if self._prefix is not None:
+            raise JSONStreamError(f"data: URL without a comma ({self._key})")
+        if self._carry:
+            raise JSONStreamError(
+                f"base64 image data is truncated or badly padded ({self._key}): "
+                f"{len(self._carry)} characters left over"
+            )
+        self._complete(Diverted(self._index, self._key, self._size))
+
+
+def _match_end(pattern: re.Pattern[bytes], chunk: bytes, pos: int) -> int:
+    match = pattern.match(chunk, pos)
+    return match.end() if match else pos
+
+
+def _skip_whitespace(chunk: bytes, pos: int) -> int:
+    return _match_end(_WHITESPACE, chunk, pos)

@@ -1,0 +1,121 @@
+"""What a generation gives back: a frozen result, and per-request outcomes of `Client.map`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+
+from ._models import GeneratedImage, ImageRequest, Timings
+
+__all__ = ["GenerationResult", "Outcome"]
+
+
+class _Saver(Protocol):
+    async def __call__(
+        self,
+        images: Sequence[GeneratedImage],
+        folder: Path,
+        stem: str,
+        *,
+        overwrite: bool,
+    ) -> tuple[GeneratedImage, ...]: ...
+
+
+@attrs.frozen
+class GenerationResult:
+    """The images one request produced, and how it went.
+
+    With `save_to` the images are on disk (`paths`); otherwise `b64_json` images hold their bytes
+    and `url` images their URL, valid for about 24 hours: `await result.save(folder)` writes
+    them out.
+    """
+
+    request: ImageRequest
+    images: tuple[GeneratedImage, ...]
+    created: int | None
+    idempotency_key: str
+    request_ids: tuple[str, ...]
+    """The relay's id of every attempt that got one, oldest first."""
+    attempts: int
+    timings: Timings
+    stem: str
+    """The name its files get: `{stem}_{i}.{ext}`."""
+    _saver: _Saver = attrs.field(eq=False, repr=False, alias="saver")
+
+    @property
+    def request_id(self) -> str | None:
+        return self.request_ids[-1] if self.request_ids else None
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return tuple(image.path for image in self.images if image.path is not None)
+
+    async def save(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        stem: str | None = None,
+        overwrite: bool = False,
+    ) -> list[Path]:
+        """Write every image to `folder/{stem}_{i}.{ext}`, the extension from the bytes.
+
+        URL images are downloaded now. An existing file is never replaced unless `overwrite`:
+        FileExistsError instead.
+        """
+        saved = await self._saver(self.images, Path(folder), stem or self.stem, overwrite=overwrite)
+        return [image.path for image in saved if image.path is not None]
+
+
+@attrs.frozen
+class Outcome:
+    """How one request of `Client.map` ended: a `result`, or the `error` it raised."""
+
+    index: int
+    """The request's position in the input."""
+    request: ImageRequest
+    result: GenerationResult | None = None
+    error: Exception | None = None
+    attempts: int = 0
+    timings: Timings = Timings()  # noqa: RUF009 - frozen, shared safely
+    started: float = 0.0
+    """Wall-clock (Unix) time the request got its place in the pool."""
+    finished: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return self.result.paths if self.result else ()
+
+    @property
+    def idempotency_key(self) -> str | None:
+        if self.result is not None:
+            return self.result.idempotency_key
+        return getattr(self.error, "idempotency_key", None)
+
+    @property
+    def request_ids(self) -> tuple[str, ...]:
+        if self.result is not None:
+            return self.result.request_ids
+        return tuple(getattr(self.error, "request_ids", ()))
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready summary (no image bytes)."""
+        return {
+            "index": self.index,
+            "id": self.request.id,
+            "ok": self.ok,
+            "paths": [str(path) for path in self.paths],
+            "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}",
+            "attempts": self.attempts,
+            "request_ids": list(self.request_ids),
+            "idempotency_key": self.idempotency_key,
+            "started": self.started,
+            "finished": self.finished,
+        }

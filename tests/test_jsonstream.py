@@ -1,0 +1,512 @@
+"""The streaming JSON parser: exact JSON semantics, base64 images streamed out, bounded memory."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import random
+import tracemalloc
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gemimg_async._jsonstream import Diverted, ImageStreamParser, JSONStreamError
+
+SETTINGS = settings(
+    deadline=None,
+    database=None,
+    max_examples=250,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+PNG_PREFIX = "data:image/png;base64,"
+CHUNK = 64 * 1024
+
+
+# A random JSON encoder: the same value written in many valid ways.
+
+WHITESPACE = ["", "", " ", "  ", "\n", "\t", "\r\n", " \n\t "]
+SHORT_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+}
+
+
+class RandomEncoder:
+    """Writes JSON with random whitespace, key order, escapes and number spelling."""
+
+    def __init__(
+        self, rnd: random.Random, *, ensure_ascii: bool, escape_rate: float, space_rate: float
+    ) -> None:
+        self.rnd = rnd
+        self.ensure_ascii = ensure_ascii
+        self.escape_rate = escape_rate
+        self.space_rate = space_rate
+        self.escape_slash = rnd.random() < 0.5
+
+    def ws(self) -> str:
+        return self.rnd.choice(WHITESPACE) if self.rnd.random() < self.space_rate else ""
+
+    def value(self, value: Any) -> str:
+        if value is None or isinstance(value, bool):
+            return json.dumps(value)
+        if isinstance(value, int):
+            return str(value)
+        if isinstance(value, float):
+            text = repr(value)
+            return text.replace("e", "E") if self.rnd.random() < 0.5 else text
+        if isinstance(value, str):
+            return self.string(value)
+        if isinstance(value, list):
+            items = [self.ws() + self.value(item) + self.ws() for item in value]
+            return "[" + (",".join(items) if items else self.ws()) + "]"
+        pairs = list(value.items())
+        self.rnd.shuffle(pairs)
+        members = [
+            self.ws() + self.string(k) + self.ws() + ":" + self.ws() + self.value(v) + self.ws()
+            for k, v in pairs
+        ]
+        return "{" + (",".join(members) if members else self.ws()) + "}"
+
+    def string(self, text: str) -> str:
+        return '"' + "".join(self.char(ch) for ch in text) + '"'
+
+    def char(self, ch: str) -> str:
+        code = ord(ch)
+        must_escape = ch in SHORT_ESCAPES or code < 0x20 or (self.ensure_ascii and code > 0x7E)
+        if must_escape or self.rnd.random() < self.escape_rate:
+            if ch in SHORT_ESCAPES and self.rnd.random() < 0.5:
+                return SHORT_ESCAPES[ch]
+            if ch == "/" and self.rnd.random() < 0.5:
+                return "\\/"
+            return self.u_escape(code)
+        if ch == "/" and self.escape_slash:
+            return "\\/"
+        return ch
+
+    def u_escape(self, code: int) -> str:
+        spell = self.rnd.choice(["\\u{:04x}", "\\u{:04X}"])
+        if code > 0xFFFF:
+            code -= 0x10000
+            return spell.format(0xD800 + (code >> 10)) + spell.format(0xDC00 + (code & 0x3FF))
+        return spell.format(code)
+
+
+@st.composite
+def encodings(draw: st.DrawFn, value: Any) -> bytes:
+    encoder = RandomEncoder(
+        draw(st.randoms(use_true_random=False)),
+        ensure_ascii=draw(st.booleans()),
+        escape_rate=draw(st.sampled_from([0.0, 0.0, 0.05, 0.3, 1.0])),
+        space_rate=draw(st.sampled_from([0.0, 0.3, 1.0])),
+    )
+    return (encoder.ws() + encoder.value(value) + encoder.ws()).encode()
+
+
+@st.composite
+def chunkings(draw: st.DrawFn, body: bytes) -> list[bytes]:
+    mode = draw(st.sampled_from(["bytes", "random", "random", "whole"]))
+    if mode == "bytes":
+        return [body[i : i + 1] for i in range(len(body))]
+    if mode == "whole":
+        return [body]
+    cuts = sorted(draw(st.lists(st.integers(0, len(body)), max_size=30)))
+    edges = [0, *cuts, len(body)]
+    return [body[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+
+
+SPECIAL_KEYS = st.sampled_from(["data", "b64_json", "url", "created", "x"])
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**30), 10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(SPECIAL_KEYS | st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def extra_fields(*reserved: str) -> st.SearchStrategy[dict[str, Any]]:
+    keys = (SPECIAL_KEYS | st.text(max_size=10)).filter(lambda key: key not in reserved)
+    return st.dictionaries(keys, json_values, max_size=3)
+
+
+@st.composite
+def base64_values(draw: st.DrawFn) -> str:
+    """Base64 of random bytes, possibly wrapped into lines."""
+    text = base64.b64encode(draw(st.binary(max_size=120))).decode()
+    wrap = draw(st.sampled_from(["", "", "\n", "\r\n", " "]))
+    if wrap:
+        width = draw(st.integers(1, 80))
+        text = wrap.join(text[i : i + width] for i in range(0, len(text), width))
+    return text
+
+
+@st.composite
+def image_items(draw: st.DrawFn) -> Any:
+    kind = draw(st.sampled_from(["b64_json", "b64_json", "data_url", "https", "null", "other"]))
+    if kind == "other":
+        return draw(json_values)
+    item = draw(extra_fields("b64_json", "url"))
+    if kind == "b64_json":
+        item["b64_json"] = draw(st.sampled_from(["", PNG_PREFIX])) + draw(base64_values())
+        sibling = draw(st.sampled_from(["absent", "empty", "null"]))
+        if sibling != "absent":
+            item["url"] = "" if sibling == "empty" else None
+    elif kind == "data_url":
+        item["url"] = PNG_PREFIX + draw(base64_values())
+    elif kind == "https":
+        item["url"] = "https://x/y.png"
+    else:
+        item["b64_json"] = None
+    return item
+
+
+@st.composite
+def image_documents(draw: st.DrawFn) -> dict[str, Any]:
+    document = draw(extra_fields("created", "data"))
+    document["created"] = draw(st.integers(0, 2**40))
+    document["data"] = draw(st.lists(image_items(), max_size=4))
+    return document
+
+
+def parse(chunks: list[bytes], **options: Any) -> tuple[Any, dict[tuple[int, str], bytes]]:
+    """Feed the chunks; return the document and the concatenated pieces per (index, key)."""
+    parser = ImageStreamParser(**options)
+    pieces: dict[tuple[int, str], bytearray] = {}
+    for chunk in chunks:
+        for index, key, data in parser.feed(chunk):
+            assert data, "pieces are never empty"
+            pieces.setdefault((index, key), bytearray()).extend(data)
+    return parser.close(), {place: bytes(data) for place, data in pieces.items()}
+
+
+def expected(body: bytes) -> tuple[Any, dict[tuple[int, str], bytes]]:
+    """json.loads(body), with each image string decoded and replaced by its Diverted."""
+    document = json.loads(body)
+    images: dict[tuple[int, str], bytes] = {}
+    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
+        return document, images
+    for index, item in enumerate(document["data"]):
+        if not isinstance(item, dict):
+            continue
+        for key in ("b64_json", "url"):
+            value = item.get(key)
+            if not isinstance(value, str) or (key == "url" and not value.startswith("data:")):
+                continue
+            if value.startswith("data:"):
+                value = value.partition(",")[2]
+            images[index, key] = base64.b64decode(value)
+            item[key] = Diverted(index, key, len(images[index, key]))
+    return document, images
+
+
+def check(chunks: list[bytes]) -> None:
+    document, images = expected(b"".join(chunks))
+    got_document, got_images = parse(chunks)
+    assert got_images == {place: data for place, data in images.items() if data}
+    assert got_document == document
+
+
+# Properties.
+
+
+@SETTINGS
+@given(st.data())
+def test_random_image_documents(data: st.DataObject) -> None:
+    """Any valid encoding of a response, chunked anyhow, yields json.loads' document and images."""
+    body = data.draw(image_documents().flatmap(encodings))
+    check(data.draw(chunkings(body)))
+
+
+@SETTINGS
+@given(st.data())
+def test_arbitrary_json_round_trips(data: st.DataObject) -> None:
+    """A document without an image array parses exactly as json.loads does, chunked anyhow."""
+    value = data.draw(json_values)
+    if isinstance(value, dict):
+        value.pop("data", None)
+    body = data.draw(encodings(value))
+    assert parse(data.draw(chunkings(body)))[0] == json.loads(body)
+
+
+# Examples.
+
+ESCAPED_BODY = (
+    b'\xef\xbb\xbf {"created": 1700000000, "data": [\r\n'
+    b'  {"revised_prompt": "caf\xc3\xa9 \\ud83d\\ude00 \\"q\\" \xf0\x9f\x98\x80",\n'
+    b'   "b64_json": "\\u0064ata:image\\/png;base64\\u002cQUJD\\nREVG\\r\\nR0g\\u03d", "url": null},\n'
+    b'  {"url": "data:image/png;base64,SGVsbG8=", "n": [-0, 1.5e+3, 2E-2, true, false, null]},\n'
+    b'  {"url": "https://example.com/a.png"}\n'
+    b"]}\n"
+)
+
+
+def test_escapes_split_at_every_byte_boundary() -> None:
+    """A response full of escapes, split in two at every byte boundary, parses the same way."""
+    for cut in range(len(ESCAPED_BODY) + 1):
+        check([ESCAPED_BODY[:cut], ESCAPED_BODY[cut:]])
+
+
+def test_escaped_response_values() -> None:
+    """Escaped prefixes are stripped, images decoded, and other values kept as json.loads has them."""
+    document, images = parse([ESCAPED_BODY])
+    assert images == {(0, "b64_json"): b"ABCDEFGH", (1, "url"): b"Hello"}
+    assert document["data"][0] == {
+        "revised_prompt": 'café 😀 "q" 😀',
+        "b64_json": Diverted(0, "b64_json", 8),
+        "url": None,
+    }
+    assert document["data"][1]["url"] == Diverted(1, "url", 5)
+    assert document["data"][2] == {"url": "https://example.com/a.png"}
+
+
+def test_empty_and_null_image_strings() -> None:
+    """An empty image string yields no pieces and a zero-size Diverted; null stays None."""
+    body = b'{"data": [{"b64_json": ""}, {"b64_json": null}, {"url": "data:image/png;base64,"}]}'
+    document, images = parse([body])
+    assert images == {}
+    assert document == {
+        "data": [
+            {"b64_json": Diverted(0, "b64_json", 0)},
+            {"b64_json": None},
+            {"url": Diverted(2, "url", 0)},
+        ]
+    }
+
+
+def test_pieces_come_in_order_per_image() -> None:
+    """Pieces of each image arrive in order; images follow each other; each piece is non-empty."""
+    first, second = bytes(range(256)) * 40, b"\x89PNG" * 3000
+    body = json.dumps(
+        {"data": [{"b64_json": base64.b64encode(p).decode()} for p in (first, second)]}
+    ).encode()
+    parser = ImageStreamParser()
+    pieces = [piece for i in range(0, len(body), 1000) for piece in parser.feed(body[i : i + 1000])]
+    assert len(pieces) > 2
+    assert all(data for _, _, data in pieces)
+    assert [place for place, _, _ in pieces] == sorted(place for place, _, _ in pieces)
+    assert b"".join(d for i, _, d in pieces if i == 0) == first
+    assert b"".join(d for i, _, d in pieces if i == 1) == second
+    assert parser.close()["data"][1] == {"b64_json": Diverted(1, "b64_json", len(second))}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"data": {"b64_json": "QUJD"}}',
+        b'{"b64_json": "QUJD", "url": "data:,QUJD"}',
+        b'{"outer": {"data": [{"b64_json": "QUJD"}]}}',
+        b'[{"data": [{"b64_json": "QUJD"}]}]',
+        b'{"data": [[{"b64_json": "QUJD"}]]}',
+        b'{"data": [{"nested": {"b64_json": "QUJD"}}]}',
+        b'{"data": [{"url": "https://x/y.png", "URL": "data:,QUJD"}]}',
+    ],
+)
+def test_other_shapes_are_kept_whole(body: bytes) -> None:
+    """Image strings anywhere but $.data[i] stay in the document as ordinary strings."""
+    document, images = parse([body])
+    assert images == {}
+    assert document == json.loads(body)
+
+
+def test_duplicate_keys_divert_only_the_first() -> None:
+    """A repeated "data" or image key is kept as json.loads keeps it: the last one wins."""
+    body = b'{"data": [{"b64_json": "QUJD", "b64_json": "REVG"}], "data": [{"b64_json": "R0hJ"}]}'
+    document, images = parse([body])
+    assert images == {(0, "b64_json"): b"ABC"}
+    assert document == json.loads(body)
+
+
+def test_data_url_scheme_is_case_insensitive() -> None:
+    """A url starting with DATA: is streamed like data:, since URL schemes ignore case."""
+    document, images = parse([b'{"data": [{"url": "DATA:image/png;base64,QUJD"}]}'])
+    assert images == {(0, "url"): b"ABC"}
+    assert document == {"data": [{"url": Diverted(0, "url", 3)}]}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"0", b"-0", b"-12.5e-3", b"1E+400", b"123456789012345678901234567890", b" 7 "]
+    + [b'"\\u00e9\\ud83d\\ude00\xf0\x9f\x98\x80"', b"true", b"null", b"[]", b"{}", b'""'],
+)
+def test_top_level_scalars_and_numbers(body: bytes) -> None:
+    """Top-level scalars, including a bare number ended only by the body, match json.loads."""
+    assert parse([body[i : i + 1] for i in range(len(body))])[0] == json.loads(body)
+
+
+# Errors.
+
+
+def test_truncated_body_raises_at_every_cut() -> None:
+    """A body cut short anywhere raises JSONStreamError, from feed() or from close()."""
+    body = (
+        b'{"created": 12, "data": [{"b64_json": "QUJDREVG", "url": "data:,QUJD"},'
+        b' {"x": [1.5, true, null, "a\\u00e9\\n"]}]}'
+    )
+    parse([body])
+    for cut in range(len(body)):
+        with pytest.raises(JSONStreamError):
+            parse([body[:cut]])
+
+
+INVALID_JSON = [
+    b"",
+    b"   ",
+    b'{"a": 1} x',
+    b'{"a": 1}{}',
+    b'{"a": 1 "b": 2}',
+    b"[1 2]",
+    b"[1,]",
+    b'{"a": 1,}',
+    b"[,1]",
+    b"hello",
+    b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+    b'{"a": tru}',
+    b'{"a": True}',
+    b'{"a": nulls}',
+    b"NaN",
+    b"-Infinity",
+    b'{"a": 01}',
+    b'{"a": 1.}',
+    b'{"a": .5}',
+    b'{"a": +1}',
+    b'{"a": 1e}',
+    b'{"a": --1}',
+    b'{a: 1}',
+    b"{'a': 1}",
+    b'{"a" 1}',
+    b'{"a": }',
+    b"}",
+    b"]",
+    b"[}",
+    b'{"a": [1}',
+    b'{"a": "\x01"}',
+    b'{"a": "\\x"}',
+    b'{"a": "\\u12G4"}',
+    b'{"a": "\xff"}',
+    b'{"a": "\xc3"}',
+    b'\xef\xbb{"a": 1}',
+    b' \xef\xbb\xbf{"a": 1}',
+    b'{"data": [{"b64_json": "QUJD\x01"}]}',
+    b'{"data": [{"b64_json": "QU\\xJD"}]}',
+    b'{"data": [{"b64_json": "QUJD\\u00"}]}',
+    b'{"data": [{"b64_json": "QUJD"]}',
+    b'{"data": [{"url": "data:image/\xffpng;base64,QUJD"}]}',
+    b'{"data": [{"url": "data:image/png;base64,QUJD\x1f"}]}',
+    b'{"data": [{"url": "https://x/\\q"}]}',
+]
+
+
+@pytest.mark.parametrize("body", INVALID_JSON)
+def test_invalid_json_raises(body: bytes) -> None:
+    """Bodies that are not one valid JSON text raise JSONStreamError, whole or byte by byte."""
+    for chunks in ([body], [body[i : i + 1] for i in range(len(body))]):
+        with pytest.raises(JSONStreamError):
+            parse(chunks)
+
+
+@pytest.mark.parametrize(
+    ("value", "b64decode_accepts"),
+    [
+        ("QUJDR", False),  # one character more than a multiple of 4
+        ("QUJDRA", False),  # missing padding
+        ("QUJDRA=", False),  # short padding
+        ("QQ==QUJD", True),  # b64decode stops at the padding and drops the rest
+        ("QQ==\\nQUJD", True),
+        ("QQ===", True),  # excess padding
+        ("Q===", True),  # padding where no group can end
+        ("====", True),
+        ("=QUJD", True),
+        ("QUJD\\u00e9", False),  # not ASCII
+        ("QUJD\xc3\xa9", False),
+        ("data:image/png;base64", False),  # a data: URL without its comma
+    ],
+)
+def test_invalid_base64_raises(value: str, b64decode_accepts: bool) -> None:
+    """Invalid base64 raises JSONStreamError, even where b64decode would silently drop data."""
+    body = b'{"data": [{"b64_json": "' + value.encode("latin-1") + b'"}]}'
+    decoded = json.loads(body.decode("utf-8"))["data"][0]["b64_json"]
+    try:
+        base64.b64decode(decoded)
+    except (binascii.Error, ValueError):
+        assert not b64decode_accepts
+    else:
+        assert b64decode_accepts
+    for chunks in ([body], [body[i : i + 1] for i in range(len(body))]):
+        with pytest.raises(JSONStreamError):
+            parse(chunks)
+
+
+def test_max_document_bytes_counts_kept_content_only() -> None:
+    """Kept content beyond max_document_bytes raises; streamed image data does not count."""
+    image = base64.b64encode(bytes(300_000))
+    small = b'{"data": [{"b64_json": "' + image + b'"}], "note": "' + b"x" * 100 + b'"}'
+    assert parse([small[i : i + 4096] for i in range(0, len(small), 4096)], max_document_bytes=200)
+    large = b'{"data": {"b64_json": "' + image + b'"}}'
+    with pytest.raises(JSONStreamError, match="exceeds"):
+        parse([large[i : i + 4096] for i in range(0, len(large), 4096)], max_document_bytes=200)
+
+
+def test_failed_parser_stays_failed_and_closed_parser_refuses_input() -> None:
+    """After an error every call raises again; feeding after close() is a RuntimeError."""
+    parser = ImageStreamParser()
+    with pytest.raises(JSONStreamError):
+        parser.feed(b"{]")
+    with pytest.raises(JSONStreamError):
+        parser.feed(b"}")
+    with pytest.raises(JSONStreamError):
+        parser.close()
+    parser = ImageStreamParser()
+    parser.feed(b"{}")
+    assert parser.close() == {}
+    with pytest.raises(RuntimeError):
+        parser.feed(b" ")
+
+
+# Bounded memory.
+
+
+@pytest.mark.parametrize("wrap", [b"", b"\\r\\n"])
+def test_memory_stays_bounded_for_a_large_image(wrap: bytes) -> None:
+    """A ~30 MB image string streams in 64 KiB chunks with small, constant parser state."""
+    payload = random.Random(0).randbytes(22 * 1024 * 1024)
+    digest = hashlib.sha256(payload).digest()
+    text = base64.b64encode(payload)
+    del payload
+    if wrap:
+        text = wrap.join(text[i : i + 76] for i in range(0, len(text), 76))
+    body = b'{"created": 1700000000, "data": [{"b64_json": "' + text + b'"}]}'
+    del text
+    parser = ImageStreamParser()
+    received = hashlib.sha256()
+    size = 0
+    tracemalloc.start()
+    try:
+        for offset in range(0, len(body), CHUNK):
+            for _, _, data in parser.feed(body[offset : offset + CHUNK]):
+                received.update(data)
+                size += len(data)
+            assert len(parser._carry) < 4
+            assert len(parser._escape) < 6
+            assert not parser._raw
+            assert len(parser._probe) == 0
+        document = parser.close()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert received.digest() == digest
+    assert document == {"created": 1700000000, "data": [{"b64_json": Diverted(0, "b64_json", size)}]}
+    assert peak < 2 * 1024 * 1024
