@@ -4,10 +4,25 @@ One pooled client session fans requests out, streams every image to disk in boun
 retries only what cannot be billed twice. See `Client`.
 """
 
-from importlib.metadata import version
+import importlib.metadata
 
+from ._bulk import (
+    MANIFEST_NAME,
+    STATUSES,
+    BadLine,
+    BatchRun,
+    BatchStats,
+    BatchSummary,
+    JobDefaults,
+    ManifestEntry,
+    Status,
+    content_id,
+    read_jobs,
+    read_manifest,
+    run_batch,
+)
 from ._client import ENV_API_KEY, ENV_BASE_URL, Client, ClientStats
-from ._clock import Clock, FakeClock, SystemClock
+from ._clock import Clock, SystemClock
 from ._config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DOWNLOAD_TIMEOUT,
@@ -56,9 +71,10 @@ from ._models import (
     Timings,
     resolve_model,
 )
+from ._progress import PlainProgress, Progress, RichProgress
 from ._results import GenerationResult, Outcome
 
-__version__ = version("gemimg-async")
+__version__ = importlib.metadata.version("gemimg-async")
 
 __all__ = [
     "ASPECT_RATIOS",
@@ -70,12 +86,18 @@ __all__ = [
     "DEFAULT_READ_TIMEOUT_4K",
     "ENV_API_KEY",
     "ENV_BASE_URL",
+    "MANIFEST_NAME",
     "MAX_INLINE_IMAGE_BYTES",
     "MAX_INPUT_IMAGES",
+    "STATUSES",
     "APIError",
     "AuthenticationError",
     "Backoff",
+    "BadLine",
     "BadRequestError",
+    "BatchRun",
+    "BatchStats",
+    "BatchSummary",
     "Client",
     "ClientStats",
     "Clock",
@@ -83,7 +105,6 @@ __all__ = [
     "ConnectError",
     "ContentPolicyError",
     "DownloadError",
-    "FakeClock",
     "GemimgError",
     "GeneratedImage",
     "GenerationResult",
@@ -96,15 +117,21 @@ __all__ = [
     "InvalidPromptError",
     "InvalidResponseFormatError",
     "InvalidSizeError",
+    "JobDefaults",
     "MalformedResponseError",
+    "ManifestEntry",
     "Model",
     "Outcome",
     "OutcomeUnknownError",
+    "PlainProgress",
+    "Progress",
     "RateLimitError",
     "RefusalError",
     "ResponseFormat",
     "RetryPolicy",
+    "RichProgress",
     "ServerError",
+    "Status",
     "SystemClock",
     "Timeouts",
     "Timings",
@@ -112,5 +139,9 @@ __all__ = [
     "TransportError",
     "ValidationError",
     "__version__",
+    "content_id",
+    "read_jobs",
+    "read_manifest",
     "resolve_model",
+    "run_batch",
 ]

@@ -6,6 +6,7 @@ Data flows one way: request value -> pool -> transport -> streamed answer -> sin
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import random
@@ -308,7 +309,8 @@ class Client:
         finally:
             for task in workers:
                 task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(*workers, return_exceptions=True)
             self._workers -= workers
 
     async def _map_worker(
@@ -375,49 +377,60 @@ class Client:
         queued: float,
         delivery: _Delivery,
     ) -> GenerationResult:
-        key = str(uuid.uuid4())
-        request_ids: list[str] = []
-        attempts = 0
+        trace = _Trace(str(uuid.uuid4()))
         try:
-            body = request.body(await encode_images(request.images))
-
-            async def attempt(number: int) -> tuple[Any, list[BodyImage]]:
-                nonlocal attempts
-                attempts = number
-                try:
-                    return await self._attempt(body, key, request.model, delivery, request_ids)
-                except APIError as error:
-                    if classify(error) is Failure.THROTTLED:
-                        self._limit.throttled(slot)
-                    raise
-
-            began = self._clock.monotonic()
-            doc, found = await call_with_retries(
-                attempt,
-                GenerationRetrier(self._retry, self._budget, self._rng),
-                self._clock,
-                what=f"generation {key[:8]}",
-            )
+            return await self._run(request, slot, trace, queued=queued, delivery=delivery)
         except GemimgError as error:
-            error.idempotency_key = key
-            error.request_ids = tuple(request_ids)
-            error.request_id = error.request_id or (request_ids[-1] if request_ids else None)
+            error.idempotency_key = trace.key
+            error.request_ids = tuple(trace.request_ids)
+            error.request_id = error.request_id or trace.request_id
+            error.attempts = trace.attempts
             raise
+
+    async def _run(
+        self,
+        request: ImageRequest,
+        slot: Slot,
+        trace: _Trace,
+        *,
+        queued: float,
+        delivery: _Delivery,
+    ) -> GenerationResult:
+        if delivery.folder is not None and request.id is not None and not delivery.overwrite:
+            _refuse_taken_names(delivery.folder, request.id, request.n)
+        body = request.body(await encode_images(request.images))
+
+        async def attempt(number: int) -> tuple[Any, list[BodyImage]]:
+            trace.attempts = number
+            try:
+                return await self._attempt(body, request.model, delivery, trace)
+            except APIError as error:
+                if classify(error) is Failure.THROTTLED:
+                    self._limit.throttled(slot)
+                raise
+
+        began = self._clock.monotonic()
+        doc, found = await call_with_retries(
+            attempt,
+            GenerationRetrier(self._retry, self._budget, self._rng),
+            self._clock,
+            what=f"generation {trace.key[:8]}",
+        )
         self._limit.succeeded()
         self._budget.succeeded()
         generated = self._clock.monotonic()
         created = doc.get("created")
         created = created if isinstance(created, int) and not isinstance(created, bool) else None
-        stem = request.id or _default_stem(created or self._clock.time(), key)
+        stem = request.id or _default_stem(created or self._clock.time(), trace.key)
         images = await self._place(found, stem, delivery)
         _check_shape(request, images)
         result = GenerationResult(
             request=request,
             images=images,
             created=created,
-            idempotency_key=key,
-            request_ids=tuple(request_ids),
-            attempts=attempts,
+            idempotency_key=trace.key,
+            request_ids=tuple(trace.request_ids),
+            attempts=trace.attempts,
             timings=Timings(queued, generated - began, self._clock.monotonic() - generated),
             stem=stem,
             saver=self._save,
@@ -432,26 +445,21 @@ class Client:
         return result
 
     async def _attempt(
-        self,
-        body: bytes,
-        key: str,
-        model: str,
-        delivery: _Delivery,
-        request_ids: list[str],
+        self, body: bytes, model: str, delivery: _Delivery, trace: _Trace
     ) -> tuple[Any, list[BodyImage]]:
         """One POST, its answer streamed into sinks; raises what the answer amounts to."""
         request_id = None
         try:
             async with self._transport.generation(
-                body, idempotency_key=key, model=model, timeouts=delivery.timeouts
+                body, idempotency_key=trace.key, model=model, timeouts=delivery.timeouts
             ) as answer:
                 request_id = answer.request_id
                 if request_id:
-                    request_ids.append(request_id)
+                    trace.request_ids.append(request_id)
                 doc, found = await receive_body(answer.chunks, self._sink_opener(delivery.folder))
         except APIError as error:
             if error.request_id:
-                request_ids.append(error.request_id)
+                trace.request_ids.append(error.request_id)
             raise
         except (JSONStreamError, NotAnImageError, TooLargeError) as exc:
             raise MalformedResponseError(
@@ -608,6 +616,19 @@ def _no_image_error(doc: Any, request_id: str | None) -> APIError:
     )
 
 
+def _refuse_taken_names(folder: Path, stem: str, n: int) -> None:
+    """FileExistsError before paying for images that could not be saved under their names."""
+    for index in range(n):
+        for extension in ("png", "jpg", "webp", "gif"):
+            path = folder / f"{stem}_{index}.{extension}"
+            if os.path.lexists(path):
+                raise FileExistsError(
+                    errno.EEXIST,
+                    "an image by that name exists; pass overwrite=True or another id",
+                    str(path),
+                )
+
+
 def _default_stem(created: float, key: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(created))}-{key[:8]}"
 
@@ -629,6 +650,20 @@ def _check_shape(request: ImageRequest, images: Sequence[GeneratedImage]) -> Non
                     image.width,
                     image.height,
                 )
+
+
+@attrs.define
+class _Trace:
+    """What one generation has done so far, for its result or its error."""
+
+    key: str
+    """The Idempotency-Key of every attempt."""
+    request_ids: list[str] = attrs.Factory(list)
+    attempts: int = 0
+
+    @property
+    def request_id(self) -> str | None:
+        return self.request_ids[-1] if self.request_ids else None
 
 
 @attrs.frozen

@@ -10,6 +10,7 @@ import anyio
 import attrs
 
 from ._clock import Clock
+from ._exceptions import ConfigurationError
 
 __all__ = [
     "DEFAULT_DECREASE_FACTOR",
@@ -53,7 +54,7 @@ class AdaptiveLimit:
 
     def __attrs_post_init__(self) -> None:
         if self.maximum < 1:
-            raise ValueError(f"max_concurrency must be at least 1, not {self.maximum}")
+            raise ConfigurationError(f"max_concurrency must be at least 1, not {self.maximum}")
         self._limiter = anyio.CapacityLimiter(self.maximum)
 
     @property
@@ -105,7 +106,7 @@ class RateLimit:
 
     def __attrs_post_init__(self) -> None:
         if not self.rpm > 0:
-            raise ValueError(f"rpm must be above 0, not {self.rpm}")
+            raise ConfigurationError(f"rpm must be above 0, not {self.rpm}")
 
     async def wait(self) -> None:
         now = self.clock.monotonic()

@@ -35,6 +35,7 @@ __all__ = [
     "Model",
     "ResponseFormat",
     "Timings",
+    "check_stem",
     "data_uri",
     "resolve_model",
 ]
@@ -85,7 +86,7 @@ def _normalize_size(size: str | None) -> str | None:
     if size is None:
         return None
     match = _SIZE.fullmatch(size) if isinstance(size, str) else None
-    if not match or "0" in (match[1], match[2]):
+    if not match or 0 in (int(match[1]), int(match[2])):
         raise InvalidSizeError(
             f"size must be an aspect ratio W:H such as '16:9' (one of {', '.join(ASPECT_RATIOS)}), "
             f"not {size!r}"
@@ -113,8 +114,18 @@ def _image_ref(image: ImageInput) -> str:
             f"not {image!r:.80}"
         )
     if image.startswith("data:"):
-        _check_data_uri(image)
+        return _labelled_data_uri(image)
     return image
+
+
+def check_stem(stem: str, *, what: str = "stem") -> str:
+    """`stem` if it can name files inside a folder; ValidationError if it could escape it."""
+    if not (isinstance(stem, str) and _ID.fullmatch(stem)):
+        raise ValidationError(
+            f"{what} must be 1-128 letters, digits, '.', '_' or '-', not starting with '.' "
+            f"or '-': it names files. Got {stem!r:.140}"
+        )
+    return stem
 
 
 def data_uri(data: bytes, *, source: str) -> str:
@@ -130,7 +141,8 @@ def data_uri(data: bytes, *, source: str) -> str:
     return f"data:{info.media_type};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def _check_data_uri(uri: str) -> None:
+def _labelled_data_uri(uri: str) -> str:
+    """`uri` checked to hold base64 of an image, and labelled with the type its bytes show."""
     match = _DATA_URI.match(uri)
     if not match or not (match[2] or "").lower().endswith("base64"):
         raise InvalidImageError(
@@ -149,10 +161,9 @@ def _check_data_uri(uri: str) -> None:
     info = sniff(decoded)
     if info is None:
         raise InvalidImageError("a data: URI image is not a PNG, JPEG, WEBP or GIF image")
-    if match[1] and match[1].lower() != info.media_type:
-        raise InvalidImageError(
-            f"a data: URI says {match[1]} but holds {info.media_type}: relays reject the mismatch"
-        )
+    if match[1] == info.media_type:
+        return uri
+    return f"data:{info.media_type};base64,{uri[match.end() :]}"
 
 
 _REPR_MAX = 80
@@ -202,11 +213,8 @@ class ImageRequest:
             raise TooManyImagesError(
                 f"{len(self.images)} input images given; the model takes at most {MAX_INPUT_IMAGES}"
             )
-        if self.id is not None and not (isinstance(self.id, str) and _ID.fullmatch(self.id)):
-            raise ValidationError(
-                f"id must be 1-128 letters, digits, '.', '_' or '-', not starting with '.' "
-                f"or '-': it names files. Got {self.id!r:.140}"
-            )
+        if self.id is not None:
+            check_stem(self.id, what="id")
 
     def body(self, images: Sequence[str]) -> bytes:
         """The JSON body for the relay, with `images` as the encoded inputs."""
@@ -220,9 +228,12 @@ class ImageRequest:
         return json.dumps(doc, ensure_ascii=False).encode()
 
     def to_json(self) -> dict[str, Any]:
-        """This request as a JSON-ready dict; `from_json` reads it back."""
-        doc = attrs.asdict(self, filter=lambda a, v: v != a.default, retain_collection_types=False)
-        doc["prompt"] = self.prompt
+        """This request as a JSON-ready dict of the fields that differ from their defaults."""
+        doc: dict[str, Any] = {"prompt": self.prompt}
+        for field in attrs.fields(ImageRequest)[1:]:
+            value = getattr(self, field.name)
+            if value != field.default:
+                doc[field.name] = list(value) if isinstance(value, tuple) else value
         return doc
 
     @classmethod

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from ._models import GeneratedImage, ImageRequest, Timings
+from ._models import GeneratedImage, ImageRequest, Timings, check_stem
 
 __all__ = ["GenerationResult", "Outcome"]
 
@@ -66,7 +66,9 @@ class GenerationResult:
         URL images are downloaded now. An existing file is never replaced unless `overwrite`:
         FileExistsError instead.
         """
-        saved = await self._saver(self.images, Path(folder), stem or self.stem, overwrite=overwrite)
+        saved = await self._saver(
+            self.images, Path(folder), check_stem(stem or self.stem), overwrite=overwrite
+        )
         return [image.path for image in saved if image.path is not None]
 
 

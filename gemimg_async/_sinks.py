@@ -28,6 +28,7 @@ from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 from ._jsonstream import Diverted, ImageStreamParser, JSONStreamError
 from ._media import SNIFF_BYTES, MediaInfo, sniff
+from ._models import check_stem
 
 __all__ = [
     "WRITE_BLOCK",
@@ -173,7 +174,7 @@ class AtomicFile:
         """Place the image at `{folder}/{stem}_{index}.{ext}`, never over an existing file unless
         `overwrite`; the extension comes from the bytes. Returns the final path."""
         try:
-            final = self.folder / f"{stem}_{index}.{self.info.extension}"
+            final = self.folder / f"{check_stem(stem)}_{index}.{self.info.extension}"
             if self._pending:
                 await self._file.write(self._pending)
                 self._pending = bytearray()
@@ -231,7 +232,8 @@ async def receive_body(
     """Read a relay answer, streaming every inline image into a sink from `open_sink`.
 
     Returns the document (image strings replaced by `Diverted`) and the images it holds, in
-    order. Raises JSONStreamError when the body is not JSON. On any error the sinks are aborted.
+    order. Raises JSONStreamError when the body is not JSON, NotAnImageError when an image string
+    holds no image (or a PNG cut short). On any error the sinks are aborted.
     """
     parser = ImageStreamParser()
     sinks: dict[tuple[int, str], ImageSink] = {}
@@ -245,7 +247,9 @@ async def receive_body(
                 await sink.write(data)
         doc = parser.close()
         async for image in _images_in(doc, sinks, open_sink):
-            images.append(image)  # noqa: PERF401 - kept one by one, to abort them on failure
+            images.append(image)
+            if image.sink is not None:
+                image.sink.info  # noqa: B018 - raises NotAnImageError for what is no image
     except BaseException:
         await _abort_all([*sinks.values(), *(image.sink for image in images)])
         raise

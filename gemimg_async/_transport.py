@@ -7,6 +7,7 @@ and whatever shape of error body the relay chose.
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import logging
@@ -62,7 +63,8 @@ _HEADERS = {"User-Agent": "gemimg-async"}
 
 
 def endpoint_url(base_url: str, *, allow_insecure_http: bool = False) -> yarl.URL:
-    """The generations endpoint under `base_url`, written with or without `/v1`."""
+    """The generations endpoint under `base_url`, written with or without `/v1` (or as the
+    endpoint itself)."""
     try:
         url = yarl.URL(base_url.strip())
     except (TypeError, ValueError) as exc:
@@ -76,8 +78,7 @@ def endpoint_url(base_url: str, *, allow_insecure_http: bool = False) -> yarl.UR
             f"base_url {base_url!r} would send the API key unencrypted: use https, "
             "or pass allow_insecure_http=True for a relay you trust on your own network"
         )
-    path = url.path.rstrip("/")
-    path = path.removesuffix("/v1")
+    path = url.path.rstrip("/").removesuffix("/images/generations").removesuffix("/v1")
     return url.with_path(f"{path}/v1/images/generations").with_query(None).with_fragment(None)
 
 
@@ -159,7 +160,7 @@ class Transport:
         with _map_errors(tracker=tracker, what=f"POST {self.endpoint}"):
             async with self._api_session().post(
                 self.endpoint,
-                data=body,
+                data=io.BytesIO(body),  # streamed by aiohttp; raw bytes over 1 MB warn
                 headers=headers,
                 timeout=timeout,
                 allow_redirects=False,
@@ -210,8 +211,8 @@ class Transport:
                     log.debug("GET %s -> %d", _safe_url(url), response.status)
                     if response.status in (403, 404, 410):
                         raise ImageExpiredError(
-                            f"the image URL answered {response.status}: relays keep images for "
-                            "about 24 hours, so download them as soon as they are made",
+                            f"the image URL has expired (it answered {response.status}): relays "
+                            "keep images about 24 hours, so download them as soon as they are made",
                             url=url,
                             status=response.status,
                         )
@@ -293,7 +294,7 @@ def _body_sent(tracker: aiohttp.UploadTracker) -> bool:
 
 def error_fields(body: bytes) -> tuple[str, str | int | None]:
     """(message, code) from an error body of any shape relays use: JSON, HTML or text."""
-    text = body.decode("utf-8", "replace").strip()
+    text = body.decode("utf-8-sig", "replace").strip()
     try:
         doc = json.loads(text)
     except ValueError:
@@ -318,7 +319,9 @@ def document_error(doc: dict[str, Any]) -> tuple[str | None, str | int | None]:
         ),
         error if isinstance(error, str) and error else None,
     )
-    code = source.get("code", source.get("type"))
+    code = source.get("code")
+    if code is None:
+        code = source.get("type")
     if not isinstance(code, (str, int)) or isinstance(code, bool):
         code = None
     return message, code

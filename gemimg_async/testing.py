@@ -1,4 +1,3 @@
-# Copyright 2026 the gemimg-async authors. MIT License.
 """A fake relay for tests, demos and benchmarks: a real HTTP server on the current event loop.
 
 `FakeRelay` speaks the relay API (``POST /v1/images/generations``) on 127.0.0.1, answers with real

@@ -1,4 +1,3 @@
-# Copyright 2026 the gemimg-async authors. MIT License.
 import asyncio
 import base64
 import io

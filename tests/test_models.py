@@ -1,0 +1,653 @@
+"""Request and result values, model names, validation, serialisation, and image sniffing."""
+
+import base64
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gemimg_async import (
+    ASPECT_RATIOS,
+    MAX_INLINE_IMAGE_BYTES,
+    MAX_INPUT_IMAGES,
+    GeneratedImage,
+    ImageRequest,
+    InvalidCountError,
+    InvalidImageError,
+    InvalidModelError,
+    InvalidPromptError,
+    InvalidResponseFormatError,
+    InvalidSizeError,
+    Model,
+    Timings,
+    TooManyImagesError,
+    ValidationError,
+    resolve_model,
+)
+from gemimg_async._inputs import encode_images
+from gemimg_async._media import MediaInfo, sniff
+from gemimg_async._models import data_uri
+
+STANDARD = "gemini-3-pro-image-preview"
+TIER_2K = "gemini-3-pro-image-preview-2k"
+TIER_4K = "gemini-3-pro-image-preview-4k"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+# --- image builders ----------------------------------------------------------------------------
+
+
+def bytes_id(value: object) -> str | None:
+    """A short test id for a long bytes parameter (pytest would print every byte)."""
+    return f"{len(value)}-bytes" if isinstance(value, bytes) and len(value) > 16 else None
+
+
+def png(width: int = 3, height: int = 2) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(data, zlib.crc32(kind))
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = b"".join(b"\x00" + b"\x40" * (3 * width) for _ in range(height))
+    return (
+        PNG_SIGNATURE
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def jpeg(width: int = 4, height: int = 3, *, sof: int = 0xC0, fill: bool = False) -> bytes:
+    app0 = b"\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+    dqt = b"\xff\xdb\x00\x43\x00" + bytes(64)
+    frame = b"\x08" + struct.pack(">HH", height, width) + b"\x03" + b"\x01\x11\x00" * 3
+    start = b"\xff" + bytes([sof]) + struct.pack(">H", 2 + len(frame)) + frame
+    return b"\xff\xd8" + app0 + (b"\xff" if fill else b"") + dqt + start + b"\xff\xd9"
+
+
+def webp_lossless(width: int, height: int) -> bytes:
+    bits = (width - 1) | ((height - 1) << 14)
+    payload = b"\x2f" + bits.to_bytes(4, "little") + bytes(11)
+    return _riff(b"VP8L", payload)
+
+
+def webp_lossy(width: int, height: int) -> bytes:
+    payload = b"\x00\x00\x00" + b"\x9d\x01\x2a" + struct.pack("<HH", width, height) + bytes(10)
+    return _riff(b"VP8 ", payload)
+
+
+def webp_extended(width: int, height: int) -> bytes:
+    payload = b"\x10\x00\x00\x00" + (width - 1).to_bytes(3, "little")
+    payload += (height - 1).to_bytes(3, "little")
+    return _riff(b"VP8X", payload)
+
+
+def _riff(fourcc: bytes, payload: bytes) -> bytes:
+    chunk = fourcc + struct.pack("<I", len(payload)) + payload
+    return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
+
+
+def gif(width: int, height: int, version: bytes = b"89a") -> bytes:
+    return b"GIF" + version + struct.pack("<HH", width, height) + b"\x00\x00\x00" + b"\x3b" * 8
+
+
+def uri(data: bytes, media_type: str = "image/png") -> str:
+    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "full"),
+    [
+        (Model.STANDARD, STANDARD),
+        (Model.RES_2K, TIER_2K),
+        (Model.RES_4K, TIER_4K),
+        ("standard", STANDARD),
+        ("2k", TIER_2K),
+        ("4k", TIER_4K),
+        ("2K", TIER_2K),
+        (" 4K ", TIER_4K),
+        ("Standard", STANDARD),
+        (STANDARD, STANDARD),
+        (TIER_2K, TIER_2K),
+        (TIER_4K, TIER_4K),
+    ],
+)
+def test_resolve_model_accepts_members_aliases_and_full_names(given, full):
+    """A Model member, an alias (any case) or a full name resolves to the full model name."""
+    assert resolve_model(given) == full
+    assert type(resolve_model(given)) is str
+
+
+@pytest.mark.parametrize("name", ["gemini-3-pro-image-preview-hd", "my-relay/Model_X", "8k"])
+def test_unknown_model_names_pass_through(name):
+    """A name that is no member or alias is sent unchanged."""
+    assert resolve_model(name) == name
+    assert ImageRequest("a fox", model=name).model == name
+
+
+@pytest.mark.parametrize("bad", ["", "   ", None, 4, b"4k"])
+def test_resolve_model_rejects_what_is_no_name(bad):
+    """An empty or non-string model raises InvalidModelError."""
+    with pytest.raises(InvalidModelError):
+        resolve_model(bad)
+
+
+def test_model_members_are_the_documented_names():
+    """The three tiers' values are the relay's model names, and compare equal to them."""
+    assert [m.value for m in Model] == [STANDARD, TIER_2K, TIER_4K]
+    assert Model.RES_4K == TIER_4K
+
+
+# --- ImageRequest: defaults and normalisation --------------------------------------------------
+
+
+def test_request_defaults():
+    """A bare request is the standard model, url, one image, no size, no inputs."""
+    request = ImageRequest("a fox")
+    assert request.model == STANDARD
+    assert request.size is None
+    assert request.n == 1
+    assert request.images == ()
+    assert request.response_format == "url"
+    assert request.id is None
+
+
+@pytest.mark.parametrize("ratio", ASPECT_RATIOS)
+@pytest.mark.parametrize("template", ["{}:{}", "{}x{}", "{}X{}", "{}\u00d7{}", " {} : {} "])
+def test_sizes_normalise_to_w_colon_h(ratio, template):
+    """Every documented ratio written W:H, WxH, WXH, with a times sign or spaced is W:H."""
+    width, height = ratio.split(":")
+    assert ImageRequest("a fox", size=template.format(width, height)).size == ratio
+
+
+def test_documented_ratios_are_the_api_list():
+    """ASPECT_RATIOS is exactly the relay contract's list."""
+    assert ASPECT_RATIOS == (
+        "1:1",
+        "2:3",
+        "3:2",
+        "3:4",
+        "4:3",
+        "4:5",
+        "5:4",
+        "9:16",
+        "16:9",
+        "21:9",
+    )
+
+
+@pytest.mark.parametrize(
+    "size", ["", "16", "16:", ":9", "16:9:1", "a:b", "-1:1", "1.5:1", "1024x1024", "16/9", 169]
+)
+def test_malformed_sizes_raise(size):
+    """A size that is not W:H raises InvalidSizeError."""
+    with pytest.raises(InvalidSizeError):
+        ImageRequest("a fox", size=size)
+
+
+@pytest.mark.parametrize("size", ["7:3", "2:1", "3:1", "1:2", "32:9", "2:2"])
+def test_undocumented_ratios_raise_unless_allowed(size):
+    """A well-formed ratio outside the list raises, and passes with allow_any_size=True."""
+    with pytest.raises(InvalidSizeError, match="allow_any_size"):
+        ImageRequest("a fox", size=size)
+    assert ImageRequest("a fox", size=size, allow_any_size=True).size == size
+
+
+@pytest.mark.parametrize("size", ["0:1", "1:0", "0:0", "00:1", "1:00", "000:7"])
+def test_zero_sides_raise_even_with_allow_any_size(size):
+    """A ratio with a zero side is never sent, allow_any_size or not."""
+    with pytest.raises(InvalidSizeError):
+        ImageRequest("a fox", size=size, allow_any_size=True)
+
+
+def test_leading_zeros_are_dropped():
+    """016:009 is 16:9."""
+    assert ImageRequest("a fox", size="016:009").size == "16:9"
+
+
+# --- ImageRequest: validation ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prompt", ["", " ", "\n\t ", None, 42, b"a fox"])
+def test_bad_prompts_raise(prompt):
+    """An empty, blank or non-string prompt raises InvalidPromptError."""
+    with pytest.raises(InvalidPromptError):
+        ImageRequest(prompt)
+
+
+def test_prompt_is_kept_exactly():
+    """A prompt is sent as written: no stripping, Chinese intact."""
+    prompt = "  一只狐狸 in the snow \n"
+    assert ImageRequest(prompt).prompt == prompt
+
+
+@pytest.mark.parametrize("n", [0, -1, True, False, 1.0, "2", None])
+def test_bad_counts_raise(n):
+    """n that is not a whole number of at least 1 (bools included) raises InvalidCountError."""
+    with pytest.raises(InvalidCountError):
+        ImageRequest("a fox", n=n)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 10])
+def test_good_counts_pass(n):
+    """Any whole n >= 1 is accepted (relays may answer fewer)."""
+    assert ImageRequest("a fox", n=n).n == n
+
+
+@pytest.mark.parametrize("response_format", ["png", "URL", "b64", "", None, "json"])
+def test_bad_response_formats_raise(response_format):
+    """Only "url" and "b64_json" are response formats."""
+    with pytest.raises(InvalidResponseFormatError):
+        ImageRequest("a fox", response_format=response_format)
+
+
+@pytest.mark.parametrize("identifier", ["", ".hidden", "-x", "a/b", "../up", "a b", "x" * 129, 7])
+def test_bad_ids_raise(identifier):
+    """An id that could not safely name a file raises ValidationError."""
+    with pytest.raises(ValidationError):
+        ImageRequest("a fox", id=identifier)
+
+
+@pytest.mark.parametrize("identifier", ["poster", "job_7.v2", "A-1", "x" * 128])
+def test_good_ids_pass(identifier):
+    """Letters, digits, '.', '_' and '-' make an id."""
+    assert ImageRequest("a fox", id=identifier).id == identifier
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        InvalidPromptError,
+        InvalidCountError,
+        InvalidSizeError,
+        InvalidResponseFormatError,
+        InvalidImageError,
+        InvalidModelError,
+    ],
+)
+def test_validation_errors_are_value_errors(error):
+    """Each validation error is a ValidationError and a ValueError."""
+    assert issubclass(error, ValidationError)
+    assert issubclass(error, ValueError)
+
+
+# --- ImageRequest: input images ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "media_type"),
+    [
+        (png(), "image/png"),
+        (jpeg(), "image/jpeg"),
+        (webp_lossless(5, 6), "image/webp"),
+        (webp_lossy(5, 6), "image/webp"),
+        (gif(7, 8), "image/gif"),
+        (gif(7, 8, b"87a"), "image/gif"),
+    ],
+    ids=bytes_id,
+)
+def test_bytes_become_a_data_uri_typed_by_magic(data, media_type):
+    """Image bytes become a base64 data URI whose MIME type comes from the bytes."""
+    assert ImageRequest("a fox", images=data).images == (uri(data, media_type),)
+    assert data_uri(data, source="x") == uri(data, media_type)
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"hello world, not an image", b"<html></html>", b"RIFF\x00\x00\x00\x00WAVEfmt "]
+)
+def test_bytes_that_are_no_image_raise(data):
+    """Bytes that are not PNG/JPEG/WEBP/GIF raise InvalidImageError."""
+    with pytest.raises(InvalidImageError):
+        ImageRequest("a fox", images=[data])
+
+
+def test_inline_limit_is_inclusive():
+    """Bytes of exactly the inline limit are taken; one byte more raises InvalidImageError."""
+    at_limit = png() + bytes(MAX_INLINE_IMAGE_BYTES - len(png()))
+    assert ImageRequest("a fox", images=[at_limit]).images[0].startswith("data:image/png;")
+    with pytest.raises(InvalidImageError, match="MB"):
+        ImageRequest("a fox", images=[at_limit + b"\x00"])
+
+
+def test_urls_and_data_uris_are_kept_as_given():
+    """http(s) URLs and valid data URIs are kept exactly."""
+    given = ["https://example.com/a.png?sig=x", "http://example.com/b", uri(jpeg(), "image/jpeg")]
+    assert ImageRequest("a fox", images=given).images == tuple(given)
+
+
+def test_paths_are_kept_as_paths_until_sent(tmp_path):
+    """A local path (str or Path) is kept as its string and read only when sent."""
+    later = tmp_path / "not-yet.png"
+    request = ImageRequest("a fox", images=[later, str(later)])
+    assert request.images == (str(later), str(later))
+
+
+def test_a_single_image_may_be_given_bare():
+    """images="https://..." is one image, not a sequence of characters."""
+    assert ImageRequest("a fox", images="https://example.com/a.png").images == (
+        "https://example.com/a.png",
+    )
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "data:image/png,rawbytes",
+        "data:text/plain;base64,aGVsbG8=",
+        "data:image/png;base64,%%%%not-base64%%%%",
+        uri(b"hello world, this is text not an image"),
+        "",
+        None,
+        123,
+    ],
+)
+def test_bad_image_references_raise(image):
+    """A malformed, mislabelled or non-image data URI, or a non-reference, raises."""
+    with pytest.raises(InvalidImageError):
+        ImageRequest("a fox", images=[image])
+
+
+@pytest.mark.anyio
+async def test_data_uri_with_bad_base64_after_the_head_raises():
+    """A data URI whose base64 breaks after its head fails when made ready to send, off the loop."""
+    encoded = base64.b64encode(png(40, 40)).decode()
+    broken = f"data:image/png;base64,{encoded[:120]}!!!!{encoded[120:]}"
+    request = ImageRequest("a fox", images=[broken])
+    with pytest.raises(InvalidImageError, match="base64"):
+        await encode_images(request.images)
+
+
+@pytest.mark.parametrize(
+    ("given", "labelled"),
+    [
+        (f"data:;base64,{base64.b64encode(png()).decode()}", uri(png())),
+        (uri(png(), "image/jpeg"), uri(png())),
+        (uri(jpeg(), "image/png"), uri(jpeg(), "image/jpeg")),
+        (uri(gif(2, 2), "image/webp"), uri(gif(2, 2), "image/gif")),
+        (uri(png(), "IMAGE/PNG"), uri(png())),
+    ],
+)
+def test_data_uris_are_labelled_by_their_bytes(given, labelled):
+    """A data URI with no or the wrong MIME type is relabelled with the type its bytes show."""
+    assert ImageRequest("a fox", images=[given]).images == (labelled,)
+
+
+def test_oversized_data_uri_raises():
+    """A data URI holding more than the inline limit raises InvalidImageError."""
+    big = uri(png() + bytes(MAX_INLINE_IMAGE_BYTES))
+    with pytest.raises(InvalidImageError, match="MB"):
+        ImageRequest("a fox", images=[big])
+
+
+def test_fourteen_images_pass_fifteen_raise():
+    """Up to 14 input images are accepted; 15 raise TooManyImagesError."""
+    urls = [f"https://example.com/{i}.png" for i in range(MAX_INPUT_IMAGES + 1)]
+    assert MAX_INPUT_IMAGES == 14
+    assert len(ImageRequest("a fox", images=urls[:14]).images) == 14
+    with pytest.raises(TooManyImagesError) as caught:
+        ImageRequest("a fox", images=urls)
+    assert isinstance(caught.value, InvalidImageError)
+
+
+# --- ImageRequest: values ----------------------------------------------------------------------
+
+
+def test_requests_are_frozen_and_hashable():
+    """A request cannot be changed, and can be a dict key."""
+    request = ImageRequest("a fox", images=["https://example.com/a.png"])
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        request.prompt = "a wolf"
+    assert {request: 1}[ImageRequest("a fox", images=("https://example.com/a.png",))] == 1
+
+
+def test_equal_requests_however_written():
+    """Aliases, members and full names, and 16x9 vs 16:9, make equal requests."""
+    assert ImageRequest("a fox", model="4k", size="16x9") == ImageRequest(
+        "a fox", model=Model.RES_4K, size="16:9"
+    )
+
+
+def test_repr_shortens_inline_images():
+    """A request's repr shows a long data URI shortened, not megabytes of base64."""
+    data = png() + bytes(200_000)
+    text = repr(ImageRequest("a fox", images=[data]))
+    assert len(text) < 500
+    assert "data:image/png;base64," in text
+
+
+# --- ImageRequest: the wire body ---------------------------------------------------------------
+
+
+def test_body_holds_the_documented_fields():
+    """body() sends model, prompt, size, response_format and n; never id or allow_any_size."""
+    request = ImageRequest(
+        "a fox", model="2k", size="3:2", n=2, response_format="b64_json", id="fox"
+    )
+    assert json.loads(request.body([])) == {
+        "model": TIER_2K,
+        "prompt": "a fox",
+        "size": "3:2",
+        "response_format": "b64_json",
+        "n": 2,
+    }
+
+
+def test_body_without_size_has_no_size():
+    """No size given means no size field."""
+    assert "size" not in json.loads(ImageRequest("a fox").body([]))
+
+
+def test_body_sends_one_image_as_a_string_and_several_as_a_list():
+    """One input image is sent as a string, several as an array."""
+    request = ImageRequest("a fox")
+    assert json.loads(request.body(["https://a"]))["image"] == "https://a"
+    assert json.loads(request.body(["https://a", "https://b"]))["image"] == [
+        "https://a",
+        "https://b",
+    ]
+
+
+def test_body_is_utf8_not_escaped():
+    """A Chinese prompt is sent as UTF-8, not \\u escapes."""
+    body = ImageRequest("一只狐狸").body([])
+    assert "一只狐狸".encode() in body
+    assert json.loads(body)["prompt"] == "一只狐狸"
+
+
+# --- ImageRequest: JSON ------------------------------------------------------------------------
+
+
+def test_to_json_keeps_only_what_differs_from_the_defaults():
+    """to_json() writes the prompt and the fields that are not defaults, JSON-ready."""
+    request = ImageRequest("a fox", model="4k", size="1x1", images=["https://example.com/a.png"])
+    doc = request.to_json()
+    assert doc == {
+        "prompt": "a fox",
+        "model": TIER_4K,
+        "size": "1:1",
+        "images": ["https://example.com/a.png"],
+    }
+    assert json.loads(json.dumps(doc)) == doc
+
+
+def test_to_json_of_a_bare_request_is_the_prompt():
+    """The JSON of a default request is just its prompt."""
+    assert ImageRequest("a fox").to_json() == {"prompt": "a fox"}
+
+
+REQUESTS = st.builds(
+    ImageRequest,
+    st.text(min_size=1).filter(str.strip),
+    model=st.sampled_from([*Model, "2k", "standard", "4K", "custom-model"]),
+    size=st.sampled_from([None, *ASPECT_RATIOS, "16x9"]),
+    n=st.integers(1, 8),
+    images=st.lists(
+        st.sampled_from(
+            ["https://example.com/a.png", "http://x/y", uri(png()), uri(gif(1, 1), "image/gif")]
+        ),
+        max_size=MAX_INPUT_IMAGES,
+    ),
+    response_format=st.sampled_from(["url", "b64_json"]),
+    id=st.one_of(st.none(), st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,20}", fullmatch=True)),
+    allow_any_size=st.booleans(),
+)
+
+
+@given(REQUESTS)
+def test_json_round_trip(request):
+    """from_json(to_json(r)) == r for any valid request, through real JSON text."""
+    assert ImageRequest.from_json(json.loads(json.dumps(request.to_json()))) == request
+
+
+@given(REQUESTS)
+def test_body_is_valid_json_of_the_request(request):
+    """body() is JSON whose fields match the request."""
+    doc = json.loads(request.body(list(request.images)))
+    assert doc["model"] == request.model
+    assert doc["prompt"] == request.prompt
+    assert doc["n"] == request.n
+    assert doc.get("size") == request.size
+    assert set(doc) <= {"model", "prompt", "size", "response_format", "n", "image"}
+
+
+def test_from_json_takes_image_as_string_or_list():
+    """from_json() reads the wire name "image", a string or an array."""
+    one = ImageRequest.from_json({"prompt": "a fox", "image": "https://example.com/a.png"})
+    many = ImageRequest.from_json({"prompt": "a fox", "image": ["https://a/1", "https://a/2"]})
+    assert one.images == ("https://example.com/a.png",)
+    assert many.images == ("https://a/1", "https://a/2")
+
+
+def test_from_json_rejects_unknown_fields():
+    """A misspelt field is an error, not silently dropped."""
+    with pytest.raises(ValueError, match="quality"):
+        ImageRequest.from_json({"prompt": "a fox", "quality": "hd"})
+
+
+def test_from_json_validates():
+    """from_json() applies the same validation as the constructor."""
+    with pytest.raises(InvalidSizeError):
+        ImageRequest.from_json({"prompt": "a fox", "size": "7:3"})
+    with pytest.raises(InvalidPromptError):
+        ImageRequest.from_json({"prompt": ""})
+
+
+# --- GeneratedImage and Timings ----------------------------------------------------------------
+
+
+def test_generated_image_from_json_reads_an_http_url():
+    """An item with an http(s) URL becomes a GeneratedImage holding it."""
+    image = GeneratedImage.from_json(2, {"url": "https://cdn.example.com/x.png"})
+    assert image == GeneratedImage(2, url="https://cdn.example.com/x.png")
+
+
+@pytest.mark.parametrize(
+    "item",
+    [{}, {"url": ""}, {"url": None}, {"url": "data:image/png;base64,AAAA"}, {"b64_json": "A"}],
+)
+def test_generated_image_from_json_without_an_http_url_is_none(item):
+    """An item without an http(s) URL gives None."""
+    assert GeneratedImage.from_json(0, item) is None
+
+
+def test_generated_image_repr_hides_bytes():
+    """A GeneratedImage's repr gives its byte count, not its bytes."""
+    text = repr(GeneratedImage(0, data=b"\x89PNG" + bytes(10_000)))
+    assert "10004 bytes" in text
+    assert len(text) < 300
+
+
+def test_generated_images_are_frozen():
+    """A GeneratedImage cannot be changed."""
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        GeneratedImage(0).url = "https://x"
+
+
+def test_timings_total_is_the_sum_of_phases():
+    """Timings.total adds queued, generating and saving."""
+    assert Timings(1.5, 2.0, 0.25).total == 3.75
+    assert Timings().total == 0.0
+
+
+# --- sniff -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (png(3, 2), MediaInfo("image/png", "png", 3, 2)),
+        (png(4096, 1755)[:24], MediaInfo("image/png", "png", 4096, 1755)),
+        (jpeg(640, 480), MediaInfo("image/jpeg", "jpg", 640, 480)),
+        (jpeg(33, 17, sof=0xC2), MediaInfo("image/jpeg", "jpg", 33, 17)),
+        (jpeg(33, 17, fill=True), MediaInfo("image/jpeg", "jpg", 33, 17)),
+        (gif(320, 200), MediaInfo("image/gif", "gif", 320, 200)),
+        (gif(1, 65535, b"87a"), MediaInfo("image/gif", "gif", 1, 65535)),
+        (webp_lossless(16383, 1), MediaInfo("image/webp", "webp", 16383, 1)),
+        (webp_lossy(1024, 576), MediaInfo("image/webp", "webp", 1024, 576)),
+        (webp_extended(4096, 2304), MediaInfo("image/webp", "webp", 4096, 2304)),
+    ],
+    ids=bytes_id,
+)
+def test_sniff_reads_type_and_pixel_size(head, expected):
+    """sniff() tells the type from magic bytes and reads the pixel size from the header."""
+    assert sniff(head) == expected
+
+
+@pytest.mark.parametrize(
+    ("head", "media_type", "extension"),
+    [
+        (PNG_SIGNATURE, "image/png", "png"),
+        (png()[:20], "image/png", "png"),
+        (b"\xff\xd8\xff", "image/jpeg", "jpg"),
+        (jpeg()[:10], "image/jpeg", "jpg"),
+        (b"GIF89a", "image/gif", "gif"),
+        (b"RIFF\x00\x00\x00\x00WEBP", "image/webp", "webp"),
+    ],
+    ids=bytes_id,
+)
+def test_sniff_of_a_short_head_knows_the_type_not_the_size(head, media_type, extension):
+    """A head too short for the size still gives the type, with no size."""
+    assert sniff(head) == MediaInfo(media_type, extension, None, None)
+
+
+def test_sniff_jpeg_with_sof_beyond_the_head_has_no_size():
+    """A JPEG whose frame header lies past the head gives no size, not a wrong one."""
+    data = b"\xff\xd8\xff\xe1\xff\xf0" + bytes(200)
+    assert sniff(data) == MediaInfo("image/jpeg", "jpg", None, None)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"",
+        b"\x89PNG",
+        b"\x89PNX\r\n\x1a\n" + bytes(20),
+        b"GIF90a" + bytes(10),
+        b"RIFF\x00\x00\x00\x00WAVEfmt ",
+        b"<!DOCTYPE html><html>",
+        b'{"error": "not found"}',
+        b"BM" + bytes(60),
+        b"\x00\x00\x00\x18ftypavif",
+        b" \x89PNG\r\n\x1a\n",
+    ],
+)
+def test_sniff_of_what_is_no_supported_image_is_none(head):
+    """Anything but PNG, JPEG, GIF or WEBP magic gives None."""
+    assert sniff(head) is None
+
+
+def test_sniff_reads_the_relay_png_it_is_given(tmp_path):
+    """A PNG written to disk and read back sniffs to the same type and size."""
+    path = Path(tmp_path, "x.png")
+    path.write_bytes(png(9, 5))
+    with path.open("rb") as file:
+        assert sniff(file.read(64)) == MediaInfo("image/png", "png", 9, 5)
+    assert path.stat().st_size == len(png(9, 5))

@@ -1,0 +1,366 @@
+"""The endpoint URL, and how every error answer a relay gives becomes one of our errors."""
+
+import json
+
+import pytest
+from multidict import CIMultiDict
+
+from gemimg_async import (
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    ContentPolicyError,
+    RateLimitError,
+    ServerError,
+)
+from gemimg_async._transport import api_error, endpoint_url, error_fields
+
+NGINX_502 = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    b"</body>\r\n</html>\r\n"
+)
+OVERLOADED_ZH = "当前分组上游负载已饱和，请稍后再试"  # noqa: RUF001 - Chinese punctuation, as relays write it
+BLOCKED_ZH = "您的提示词包含违规内容，请修改后重试"  # noqa: RUF001 - Chinese punctuation, as relays write it
+CLOUDFLARE_524 = (
+    b"<!DOCTYPE html>\n<html lang='en'><head><title>example.com | 524: A timeout occurred"
+    b"</title><style>body{font-family:system-ui;color:#313131}</style>"
+    b"<script>window._cf_chl_opt={cvId:'3',cZone:'example.com'};</script></head>"
+    b"<body><h1>A timeout occurred</h1><p>Error code 524</p></body></html>"
+)
+
+
+def error(status, body=b"", headers=None, request_id="req_1"):
+    return api_error(
+        status, CIMultiDict(headers or {}), body, request_id=request_id, now=1_700_000_000.0
+    )
+
+
+def as_json(doc) -> bytes:
+    return json.dumps(doc, ensure_ascii=False).encode()
+
+
+# --- endpoint_url ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("base_url", "endpoint"),
+    [
+        ("https://api.example.com", "https://api.example.com/v1/images/generations"),
+        ("https://api.example.com/", "https://api.example.com/v1/images/generations"),
+        ("https://api.example.com/v1", "https://api.example.com/v1/images/generations"),
+        ("https://api.example.com/v1/", "https://api.example.com/v1/images/generations"),
+        ("  https://api.example.com/v1  ", "https://api.example.com/v1/images/generations"),
+        ("https://api.example.com:8443", "https://api.example.com:8443/v1/images/generations"),
+        ("https://example.com/openai", "https://example.com/openai/v1/images/generations"),
+        ("https://example.com/openai/v1", "https://example.com/openai/v1/images/generations"),
+        ("https://api.example.com/v1?x=1#top", "https://api.example.com/v1/images/generations"),
+        ("http://localhost:8080", "http://localhost:8080/v1/images/generations"),
+        ("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1/images/generations"),
+        ("http://127.8.0.1", "http://127.8.0.1/v1/images/generations"),
+        ("http://[::1]:9", "http://[::1]:9/v1/images/generations"),
+    ],
+)
+def test_endpoint_url_with_or_without_v1(base_url, endpoint):
+    """The generations endpoint is found under a base URL written with or without /v1."""
+    assert str(endpoint_url(base_url)) == endpoint
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["", "api.example.com", "ftp://api.example.com", "https://", "file:///etc/passwd", "://x"],
+)
+def test_endpoint_url_rejects_what_is_no_http_url(base_url):
+    """Anything but an http(s) URL with a host raises ConfigurationError."""
+    with pytest.raises(ConfigurationError):
+        endpoint_url(base_url)
+
+
+@pytest.mark.parametrize(
+    "base_url", ["http://api.example.com", "http://192.168.1.10:3000", "http://127.0.0.1.nip.io"]
+)
+def test_plain_http_to_another_host_needs_opting_in(base_url):
+    """http:// to a non-loopback host raises ConfigurationError unless allow_insecure_http."""
+    with pytest.raises(ConfigurationError, match="allow_insecure_http"):
+        endpoint_url(base_url)
+    assert endpoint_url(base_url, allow_insecure_http=True).path.endswith("/v1/images/generations")
+
+
+def test_endpoint_url_error_is_a_configuration_error_not_a_crash():
+    """A base URL yarl cannot parse raises ConfigurationError."""
+    with pytest.raises(ConfigurationError):
+        endpoint_url("https://[not-an-ip")
+
+
+# --- error_fields: JSON shapes -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("doc", "message", "code"),
+    [
+        (
+            {"error": {"message": "Invalid size", "type": "invalid_request_error", "code": "bad"}},
+            "Invalid size",
+            "bad",
+        ),
+        ({"error": {"message": "Invalid size", "code": 400}}, "Invalid size", 400),
+        ({"error": {"message": "Invalid size", "code": 0}}, "Invalid size", 0),
+        (
+            {"error": {"message": "Invalid size", "type": "invalid_request_error"}},
+            "Invalid size",
+            "invalid_request_error",
+        ),
+        ({"error": {"message": "Invalid size"}}, "Invalid size", None),
+        ({"error": {"msg": "Invalid size", "code": "bad"}}, "Invalid size", "bad"),
+        ({"error": "model overloaded"}, "model overloaded", None),
+        ({"message": "Invalid token", "code": 401}, "Invalid token", 401),
+        ({"message": "Invalid token", "code": "unauthorized"}, "Invalid token", "unauthorized"),
+        ({"msg": "余额不足", "code": 1001}, "余额不足", 1001),
+        (
+            {"error_msg": "Open api qps request limit reached", "code": 18},
+            "Open api qps request limit reached",
+            18,
+        ),
+        ({"detail": "Not Found"}, "Not Found", None),
+        (
+            {"error": {"message": OVERLOADED_ZH, "code": "upstream_error"}},
+            OVERLOADED_ZH,
+            "upstream_error",
+        ),
+        (
+            {"success": False, "message": "令牌已过期", "code": "token_expired"},
+            "令牌已过期",
+            "token_expired",
+        ),
+        ({"message": "rate limited", "code": True}, "rate limited", None),
+        ({"message": "rate limited", "code": None}, "rate limited", None),
+        ({"message": "rate limited", "code": {"nested": 1}}, "rate limited", None),
+        ({"message": 42}, "42", None),
+    ],
+)
+def test_error_fields_reads_every_json_shape(doc, message, code):
+    """The message and code are found whatever JSON shape the relay chose."""
+    assert error_fields(as_json(doc)) == (message, code)
+
+
+def test_error_fields_json_without_a_message_gives_the_text():
+    """A JSON error with no message field gives the body itself as the message."""
+    body = b'{"status": "fail", "data": null}'
+    assert error_fields(body) == ('{"status": "fail", "data": null}', None)
+
+
+def test_error_fields_reads_pretty_printed_json():
+    """Whitespace and newlines around and inside the JSON do not matter."""
+    body = b'\n\n  {\n  "error": {\n    "message": "Bad key",\n    "code": "k"\n  }\n}\n'
+    assert error_fields(body) == ("Bad key", "k")
+
+
+def test_error_fields_reads_json_after_a_byte_order_mark():
+    """A JSON error body that starts with a UTF-8 BOM is read as JSON."""
+    body = b"\xef\xbb\xbf" + as_json({"error": {"message": "Bad key", "code": "k"}})
+    assert error_fields(body) == ("Bad key", "k")
+
+
+def test_error_fields_keeps_long_json_messages_whole():
+    """A long JSON message is not cut."""
+    message = "policy " * 100
+    assert error_fields(as_json({"error": {"message": message}})) == (message, None)
+
+
+# --- error_fields: other bodies ----------------------------------------------------------------
+
+
+def test_error_fields_html_page_gives_its_text():
+    """An nginx error page gives its text without tags."""
+    message, code = error_fields(NGINX_502)
+    assert "502 Bad Gateway" in message
+    assert "<" not in message
+    assert "\r" not in message
+    assert "\n" not in message
+    assert code is None
+
+
+def test_error_fields_html_drops_scripts_and_styles():
+    """A Cloudflare page gives its words, not its script or CSS."""
+    message, _ = error_fields(CLOUDFLARE_524)
+    assert "A timeout occurred" in message
+    assert "524" in message
+    assert "_cf_chl_opt" not in message
+    assert "font-family" not in message
+
+
+@pytest.mark.parametrize("body", [b"", b"   ", b"\r\n\r\n"])
+def test_error_fields_empty_body(body):
+    """An empty body gives a message saying so, never an empty one."""
+    assert error_fields(body) == ("(empty body)", None)
+
+
+def test_error_fields_plain_text():
+    """A text body is the message."""
+    body = b"upstream connect error or disconnect/reset before headers. reset reason: overflow"
+    assert error_fields(body) == (body.decode(), None)
+
+
+def test_error_fields_cuts_long_text():
+    """A long non-JSON body is cut to 200 characters."""
+    message, _ = error_fields(b"x" * 10_000)
+    assert message == "x" * 200
+
+
+def test_error_fields_survives_bytes_that_are_not_utf8():
+    """A body in another encoding gives a message, not a UnicodeDecodeError."""
+    message, code = error_fields("服务器繁忙".encode("gbk"))
+    assert isinstance(message, str)
+    assert message
+    assert code is None
+
+
+def test_error_fields_cut_json_gives_the_text():
+    """A JSON body cut short (the read limit) gives its text."""
+    body = as_json({"error": {"message": "x" * 500}})[:100]
+    message, code = error_fields(body)
+    assert message == body.decode()
+    assert code is None
+
+
+# --- api_error: status to class ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, BadRequestError),
+        (401, AuthenticationError),
+        (402, BadRequestError),
+        (403, AuthenticationError),
+        (404, BadRequestError),
+        (405, BadRequestError),
+        (408, ServerError),
+        (409, BadRequestError),
+        (413, BadRequestError),
+        (415, BadRequestError),
+        (422, BadRequestError),
+        (429, RateLimitError),
+        (500, ServerError),
+        (501, ServerError),
+        (502, ServerError),
+        (503, ServerError),
+        (504, ServerError),
+        (520, ServerError),
+        (524, ServerError),
+        (599, ServerError),
+    ],
+)
+@pytest.mark.parametrize(
+    "body",
+    [
+        as_json({"error": {"message": "Something failed", "code": "c"}}),
+        as_json({"msg": "Something failed", "code": 7}),
+        NGINX_502,
+        b"",
+    ],
+    ids=["openai", "msg", "html", "empty"],
+)
+def test_every_status_maps_to_its_class(status, cls, body):
+    """Each status maps to one error class, whatever the body, with status and request id."""
+    err = error(status, body, request_id="req_abc")
+    assert type(err) is cls
+    assert err.status == status
+    assert err.request_id == "req_abc"
+    assert err.message
+    assert str(err).startswith(f"HTTP {status}: ")
+    assert "req_abc" in str(err)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Your request was rejected as a result of our safety system.",
+        "Prompt blocked: IMAGE_SAFETY",
+        "content_policy_violation",
+        "The request was flagged by moderation",
+        "This prompt contains prohibited content",
+        BLOCKED_ZH,
+        "输入内容包含敏感词",
+        "图片未通过内容审核",
+    ],
+)
+@pytest.mark.parametrize("status", [400, 422])
+def test_blocked_prompts_raise_content_policy_error(status, message):
+    """A 4xx whose message says the prompt was blocked raises ContentPolicyError."""
+    err = error(status, as_json({"error": {"message": message, "code": "x"}}))
+    assert type(err) is ContentPolicyError
+    assert isinstance(err, BadRequestError)
+    assert err.message == message
+
+
+@pytest.mark.parametrize(
+    "code", ["content_policy_violation", "content-policy", "moderation_blocked"]
+)
+def test_blocked_prompts_are_recognised_by_code(code):
+    """A 400 whose code names the content policy raises ContentPolicyError."""
+    err = error(400, as_json({"error": {"message": "Request rejected", "code": code}}))
+    assert type(err) is ContentPolicyError
+
+
+def test_an_ordinary_bad_request_is_not_a_policy_error():
+    """A 400 about a bad field is a plain BadRequestError."""
+    err = error(400, as_json({"error": {"message": "size must be one of 1:1, 16:9"}}))
+    assert type(err) is BadRequestError
+
+
+@pytest.mark.parametrize(("status", "cls"), [(401, AuthenticationError), (500, ServerError)])
+def test_status_wins_over_a_policy_word(status, cls):
+    """Only a 4xx other than 401/403/429 becomes ContentPolicyError."""
+    err = error(status, as_json({"error": {"message": "safety system unavailable"}}))
+    assert type(err) is cls
+
+
+def test_error_carries_message_and_code():
+    """An APIError carries the relay's message and code and shows them in str()."""
+    err = error(
+        400,
+        as_json({"error": {"message": "Invalid size", "code": "invalid_size"}}),
+        request_id="req_9",
+    )
+    assert (err.message, err.code, err.request_id) == ("Invalid size", "invalid_size", "req_9")
+    assert str(err) == "HTTP 400: Invalid size (code invalid_size, request id req_9)"
+
+
+def test_error_without_request_id_or_code_reads_plainly():
+    """With no code and no request id, str() is just the status and the message."""
+    err = error(500, b"", request_id=None)
+    assert str(err) == "HTTP 500: (empty body)"
+
+
+@pytest.mark.parametrize(("status", "cls"), [(429, RateLimitError), (503, ServerError)])
+def test_retry_after_is_carried(status, cls):
+    """A Retry-After header is carried on the error as seconds."""
+    err = error(status, b"", {"Retry-After": "12"})
+    assert type(err) is cls
+    assert err.retry_after == 12.0
+    assert "retry after 12 s" in str(err)
+
+
+def test_no_retry_after_is_none():
+    """Without Retry-After, retry_after is None."""
+    assert error(429, b"").retry_after is None
+
+
+def test_chinese_server_error_keeps_its_message():
+    """A 500 with a Chinese message keeps it intact."""
+    err = error(500, as_json({"error": {"message": "上游服务错误", "code": "upstream_error"}}))
+    assert type(err) is ServerError
+    assert err.message == "上游服务错误"
+    assert "上游服务错误" in str(err)
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_redirect_says_where_to(status):
+    """A redirect is an APIError telling the user the address to use instead."""
+    err = error(status, b"", {"Location": "https://api.example.org/v1/images/generations"})
+    assert isinstance(err, APIError)
+    assert err.status == status
+    assert "https://api.example.org/v1/images/generations" in err.message
+    assert "base_url" in err.message
