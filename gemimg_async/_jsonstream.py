@@ -37,7 +37,7 @@ class Diverted:
 
 
 _WHITESPACE: Final = re.compile(rb"[ \t\n\r]*+")
-_NUMBER_CHARS: Final = re.compile(rb"[-+.eE0-9]*+")
+_NUMBER_SPAN: Final = re.compile(rb"[-+.eE0-9]*+")
 # Complete units of string content; the escapes are checked later by json.loads.
 _RAW_SPAN: Final = re.compile(rb'(?:[^"\\]++|\\.)*+', re.DOTALL)
 # Complete units of string content that are valid JSON.
@@ -67,6 +67,7 @@ _RBRACE: Final = ord("}")
 _LBRACKET: Final = ord("[")
 _RBRACKET: Final = ord("]")
 _NUMBER_START: Final = frozenset(b"-0123456789")
+_NUMBER_CHARS: Final = frozenset(b"-+.eE0123456789")
 _LITERALS: Final[dict[int, tuple[bytes, Any]]] = {
     ord("t"): (b"true", True),
     ord("f"): (b"false", False),
@@ -80,10 +81,21 @@ _DATA_URL: Final = "data:"
 # mismatch shows by the sixth escape or a surrogate pair at the latest.
 _PROBE_LIMIT: Final = 48
 
+# Roles of values: where they sit in the response schema.
 _PLAIN: Final = 0
 _ROOT: Final = 1
 _DATA: Final = 2
 _IMAGE: Final = 3
+_IMAGE_STRING: Final = 4
+
+_MAX_FAILED_WHOLES: Final = 4
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 class _Frame:
@@ -166,6 +178,11 @@ class ImageStreamParser:
         self._literal = b""
         self._literal_value: Any = None
         self._bom = b""
+        # the current chunk as text, for parsing whole values at C speed
+        self._text = ""
+        self._text_of: bytes | None = None
+        self._text_is_ascii = True
+        self._failed_wholes = 0
         # the streamed string being read
         self._probe = bytearray()
         self._index = -1
@@ -181,6 +198,7 @@ class ImageStreamParser:
         self._check_usable()
         out: list[tuple[int, str, bytes]] = []
         self._out = out
+        self._failed_wholes = 0
         try:
             pos, end = 0, len(chunk)
             while pos < end:
@@ -190,6 +208,10 @@ class ImageStreamParser:
         except JSONStreamError:
             self._failed = True
             raise
+        finally:
+            # hold on to nothing of this chunk: neither its text nor the pieces handed out
+            self._text, self._text_of = "", None
+            self._out = []
         return out
 
     def close(self) -> Any:
@@ -253,14 +275,15 @@ class ImageStreamParser:
 
     def _begin_value(self, chunk: bytes, pos: int) -> int:
         char = chunk[pos]
-        parent = self._stack[-1] if self._stack else None
+        role = self._role(char)
+        if role == _PLAIN:
+            whole = self._whole(chunk, pos)
+            if whole is not None:
+                self._complete(whole[0])
+                return whole[1]
         if char == _QUOTE:
-            if (
-                parent is not None
-                and parent.role == _IMAGE
-                and parent.key in _IMAGE_KEYS
-                and parent.key not in parent.container
-            ):
+            if role == _IMAGE_STRING:
+                parent = self._stack[-1]
                 self._index, self._key = parent.index, parent.key
                 self._state = self._probing
             else:
@@ -268,20 +291,13 @@ class ImageStreamParser:
                 self._state = self._string
             return pos + 1
         if char == _LBRACE:
-            if parent is None:
-                self._stack.append(_Frame({}, _ROOT, -1))
-            elif parent.role == _DATA:
-                self._stack.append(_Frame({}, _IMAGE, len(parent.container)))
-            else:
-                self._stack.append(_Frame({}, _PLAIN, -1))
+            index = len(self._stack[-1].container) if role == _IMAGE else -1
+            self._stack.append(_Frame({}, role, index))
             self._state = self._first_key
             return pos + 1
         if char == _LBRACKET:
-            if parent is not None and parent.role == _ROOT and parent.key == "data":
-                role = _PLAIN if parent.claimed else _DATA
-                parent.claimed = True
-            else:
-                role = _PLAIN
+            if role == _DATA:
+                self._stack[-1].claimed = True
             self._stack.append(_Frame([], role, -1))
             self._state = self._first_item
             return pos + 1
@@ -293,6 +309,50 @@ class ImageStreamParser:
             self._state = self._word
             return pos
         raise self._error("expected a JSON value", chunk, pos)
+
+    def _role(self, char: int) -> int:
+        """The place in the response schema of the value that starts with ``char``."""
+        if not self._stack:
+            return _ROOT if char == _LBRACE else _PLAIN
+        parent = self._stack[-1]
+        if parent.role == _ROOT:
+            if char == _LBRACKET and parent.key == "data" and not parent.claimed:
+                return _DATA
+        elif parent.role == _DATA:
+            if char == _LBRACE:
+                return _IMAGE
+        elif (
+            parent.role == _IMAGE
+            and char == _QUOTE
+            and parent.key in _IMAGE_KEYS
+            and parent.key not in parent.container
+        ):
+            return _IMAGE_STRING
+        return _PLAIN
+
+    def _whole(self, chunk: bytes, pos: int) -> tuple[Any, int] | None:
+        """Parse the value at ``pos`` at C speed if it ends within this chunk."""
+        if self._failed_wholes >= _MAX_FAILED_WHOLES:
+            return None
+        if self._text_of is not chunk:
+            # latin-1 keeps byte offsets; a non-ASCII value is decoded again, from UTF-8
+            self._text = chunk.decode("latin-1")
+            self._text_of = chunk
+            self._text_is_ascii = chunk.isascii()
+        try:
+            value, end = _DECODER.raw_decode(self._text, pos)
+        except (ValueError, RecursionError):
+            # an incomplete (or invalid) value; looking again costs up to a chunk each time
+            self._failed_wholes += 1
+            return None
+        if chunk[pos] in _NUMBER_START and (end == len(chunk) or chunk[end] in _NUMBER_CHARS):
+            return None  # the number may go on in the next chunk, or is invalid
+        if not self._text_is_ascii and not chunk[pos:end].isascii():
+            try:
+                value = _DECODER.decode(chunk[pos:end].decode("utf-8", "surrogatepass"))
+            except ValueError as exc:
+                raise JSONStreamError(f"invalid UTF-8 in a JSON value: {exc}") from exc
+        return value, end
 
     def _first_key(self, chunk: bytes, pos: int) -> int:
         pos = _skip_whitespace(chunk, pos)
@@ -311,6 +371,11 @@ class ImageStreamParser:
     def _key_string(self, chunk: bytes, pos: int) -> int:
         if chunk[pos] != _QUOTE:
             raise self._error("expected a string key", chunk, pos)
+        whole = self._whole(chunk, pos)
+        if whole is not None:
+            self._stack[-1].key = whole[0]
+            self._state = self._colon
+            return whole[1]
         self._is_key = True
         self._state = self._string
         return pos + 1
@@ -398,7 +463,7 @@ class ImageStreamParser:
             self._complete(text)
 
     def _number(self, chunk: bytes, pos: int) -> int:
-        end = _match_end(_NUMBER_CHARS, chunk, pos)
+        end = _match_end(_NUMBER_SPAN, chunk, pos)
         self._raw.append(chunk[pos:end])
         if end < len(chunk):
             self._finish_number()
@@ -570,7 +635,6 @@ class ImageStreamParser:
                 pad - quad_start < _MIN_PAD_POS
                 or quad_start + _B64_QUAD != cut
                 or quads[pad:] != b"=" * (cut - pad)
-                or self._carry
             ):
                 raise JSONStreamError(f"misplaced padding in base64 image data ({self._key})")
             self._padded = True

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import itertools
 import json
+import os
 import random
 import tracemalloc
 from typing import Any
@@ -119,8 +121,7 @@ def chunkings(draw: st.DrawFn, body: bytes) -> list[bytes]:
     if mode == "whole":
         return [body]
     cuts = sorted(draw(st.lists(st.integers(0, len(body)), max_size=30)))
-    edges = [0, *cuts, len(body)]
-    return [body[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+    return [body[a:b] for a, b in itertools.pairwise([0, *cuts, len(body)])]
 
 
 SPECIAL_KEYS = st.sampled_from(["data", "b64_json", "url", "created", "x"])
@@ -143,14 +144,21 @@ def extra_fields(*reserved: str) -> st.SearchStrategy[dict[str, Any]]:
     return st.dictionaries(keys, json_values, max_size=3)
 
 
+# ASCII characters outside the base64 alphabet, which b64decode skips.
+NOISE = st.sampled_from(' "\\\t\b\f\x00\x7f!#*,-.:;<>?@[]^_{|}~')
+
+
 @st.composite
 def base64_values(draw: st.DrawFn) -> str:
-    """Base64 of random bytes, possibly wrapped into lines."""
+    """Base64 of random bytes, possibly wrapped into lines or sprinkled with skipped characters."""
     text = base64.b64encode(draw(st.binary(max_size=120))).decode()
     wrap = draw(st.sampled_from(["", "", "\n", "\r\n", " "]))
     if wrap:
         width = draw(st.integers(1, 80))
         text = wrap.join(text[i : i + width] for i in range(0, len(text), width))
+    for _ in range(draw(st.sampled_from([0, 0, 3, 20]))):
+        at = draw(st.integers(0, len(text)))
+        text = text[:at] + draw(NOISE) + text[at:]
     return text
 
 
@@ -158,7 +166,11 @@ def base64_values(draw: st.DrawFn) -> str:
 def image_items(draw: st.DrawFn) -> Any:
     kind = draw(st.sampled_from(["b64_json", "b64_json", "data_url", "https", "null", "other"]))
     if kind == "other":
-        return draw(json_values)
+        value = draw(json_values)
+        if isinstance(value, dict):
+            value.pop("b64_json", None)
+            value.pop("url", None)
+        return value
     item = draw(extra_fields("b64_json", "url"))
     if kind == "b64_json":
         item["b64_json"] = draw(st.sampled_from(["", PNG_PREFIX])) + draw(base64_values())
@@ -247,7 +259,8 @@ def test_arbitrary_json_round_trips(data: st.DataObject) -> None:
 ESCAPED_BODY = (
     b'\xef\xbb\xbf {"created": 1700000000, "data": [\r\n'
     b'  {"revised_prompt": "caf\xc3\xa9 \\ud83d\\ude00 \\"q\\" \xf0\x9f\x98\x80",\n'
-    b'   "b64_json": "\\u0064ata:image\\/png;base64\\u002cQUJD\\nREVG\\r\\nR0g\\u03d", "url": null},\n'
+    b'   "b64_json": "\\u0064ata:image\\/png;base64\\u002cQU\\\\JD\\nRE\\"VG\\\\u0041AAA'
+    b'\\r\\n\\u005cR0g\\b\\f\\t\\u003d", "url": null},\n'
     b'  {"url": "data:image/png;base64,SGVsbG8=", "n": [-0, 1.5e+3, 2E-2, true, false, null]},\n'
     b'  {"url": "https://example.com/a.png"}\n'
     b"]}\n"
@@ -261,12 +274,13 @@ def test_escapes_split_at_every_byte_boundary() -> None:
 
 
 def test_escaped_response_values() -> None:
-    """Escaped prefixes are stripped, images decoded, and other values kept as json.loads has them."""
+    """Escaped prefixes are stripped, images decoded, other values kept as json.loads has them."""
     document, images = parse([ESCAPED_BODY])
-    assert images == {(0, "b64_json"): b"ABCDEFGH", (1, "url"): b"Hello"}
+    image = b"ABCDEF" + base64.b64decode("u0041AAA") + b"GH"
+    assert images == {(0, "b64_json"): image, (1, "url"): b"Hello"}
     assert document["data"][0] == {
         "revised_prompt": 'café 😀 "q" 😀',
-        "b64_json": Diverted(0, "b64_json", 8),
+        "b64_json": Diverted(0, "b64_json", len(image)),
         "url": None,
     }
     assert document["data"][1]["url"] == Diverted(1, "url", 5)
@@ -339,8 +353,10 @@ def test_data_url_scheme_is_case_insensitive() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"0", b"-0", b"-12.5e-3", b"1E+400", b"123456789012345678901234567890", b" 7 "]
-    + [b'"\\u00e9\\ud83d\\ude00\xf0\x9f\x98\x80"', b"true", b"null", b"[]", b"{}", b'""'],
+    [
+        *[b"0", b"-0", b"-12.5e-3", b"1E+400", b"123456789012345678901234567890", b" 7 "],
+        *[b'"\\u00e9\\ud83d\\ude00\xf0\x9f\x98\x80"', b"true", b"null", b"[]", b"{}", b'""'],
+    ],
 )
 def test_top_level_scalars_and_numbers(body: bytes) -> None:
     """Top-level scalars, including a bare number ended only by the body, match json.loads."""
@@ -385,7 +401,7 @@ INVALID_JSON = [
     b'{"a": +1}',
     b'{"a": 1e}',
     b'{"a": --1}',
-    b'{a: 1}',
+    b"{a: 1}",
     b"{'a': 1}",
     b'{"a" 1}',
     b'{"a": }',
@@ -427,7 +443,8 @@ def test_invalid_json_raises(body: bytes) -> None:
         ("QQ==QUJD", True),  # b64decode stops at the padding and drops the rest
         ("QQ==\\nQUJD", True),
         ("QQ===", True),  # excess padding
-        ("Q===", True),  # padding where no group can end
+        ("QQ======", True),
+        ("Q===", False),  # padding where no group can end
         ("====", True),
         ("=QUJD", True),
         ("QUJD\\u00e9", False),  # not ASCII
@@ -454,7 +471,10 @@ def test_max_document_bytes_counts_kept_content_only() -> None:
     """Kept content beyond max_document_bytes raises; streamed image data does not count."""
     image = base64.b64encode(bytes(300_000))
     small = b'{"data": [{"b64_json": "' + image + b'"}], "note": "' + b"x" * 100 + b'"}'
-    assert parse([small[i : i + 4096] for i in range(0, len(small), 4096)], max_document_bytes=200)
+    _, images = parse(
+        [small[i : i + 4096] for i in range(0, len(small), 4096)], max_document_bytes=200
+    )
+    assert images == {(0, "b64_json"): bytes(300_000)}
     large = b'{"data": {"b64_json": "' + image + b'"}}'
     with pytest.raises(JSONStreamError, match="exceeds"):
         parse([large[i : i + 4096] for i in range(0, len(large), 4096)], max_document_bytes=200)
@@ -482,7 +502,7 @@ def test_failed_parser_stays_failed_and_closed_parser_refuses_input() -> None:
 @pytest.mark.parametrize("wrap", [b"", b"\\r\\n"])
 def test_memory_stays_bounded_for_a_large_image(wrap: bytes) -> None:
     """A ~30 MB image string streams in 64 KiB chunks with small, constant parser state."""
-    payload = random.Random(0).randbytes(22 * 1024 * 1024)
+    payload = os.urandom(22 * 1024 * 1024)
     digest = hashlib.sha256(payload).digest()
     text = base64.b64encode(payload)
     del payload
@@ -503,10 +523,15 @@ def test_memory_stays_bounded_for_a_large_image(wrap: bytes) -> None:
             assert len(parser._escape) < 6
             assert not parser._raw
             assert len(parser._probe) == 0
+            assert not parser._text
+            assert not parser._out
         document = parser.close()
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert received.digest() == digest
-    assert document == {"created": 1700000000, "data": [{"b64_json": Diverted(0, "b64_json", size)}]}
+    assert document == {
+        "created": 1700000000,
+        "data": [{"b64_json": Diverted(0, "b64_json", size)}],
+    }
     assert peak < 2 * 1024 * 1024
