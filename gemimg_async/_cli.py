@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
 
+from ._bulk import BatchRun, BatchSummary, JobDefaults
 from ._client import ENV_API_KEY, ENV_BASE_URL, Client
 from ._config import DEFAULT_MAX_CONCURRENCY
 from ._exceptions import ConfigurationError, GemimgError, ValidationError
 from ._models import ASPECT_RATIOS
+from ._progress import PlainProgress, Progress, RichProgress, rich_available
 
 __all__ = ["main"]
 
@@ -27,10 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _log_to_stderr(verbose=args.verbose)
     try:
         return int(args.run(args))
     except (ConfigurationError, ValidationError) as error:
@@ -41,6 +42,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever `sys.stderr` is at the time, so a live progress bar can move it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stderr)  # noqa: T201
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def _log_to_stderr(*, verbose: bool) -> None:
+    logger = logging.getLogger("gemimg_async")
+    for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s"
+            if verbose
+            else "gemimg-async: %(message)s"
+        )
+    )
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,6 +92,38 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", type=Path, default=Path("out"), help="folder (default ./out)")
     _add_connection_options(generate)
     generate.set_defaults(run=_generate)
+
+    batch = commands.add_parser(
+        "batch",
+        help="generate every job of a job file, resumably",
+        description="Generate every job of JOBS into DIR, recording each in DIR/manifest.jsonl. "
+        "Run the same command again to resume: saved jobs are skipped, failed ones sent again.",
+    )
+    batch.add_argument("jobs", type=Path, metavar="JOBS", help="a .jsonl, .csv or .txt job file")
+    batch.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the folder for the images and manifest.jsonl",
+    )
+    _add_request_options(batch)
+    _add_connection_options(batch)
+    batch.add_argument("--rpm", type=float, help="start at most this many requests a minute")
+    batch.add_argument(
+        "--retry-unknown",
+        action="store_true",
+        help="send again jobs recorded outcome_unknown; they may have been billed, and may be "
+        "billed twice",
+    )
+    batch.add_argument(
+        "--progress-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between status lines when stdout is no terminal (default 10)",
+    )
+    batch.set_defaults(run=_batch)
 
     fake = commands.add_parser(
         "fake-server", help="run the built-in fake relay, for demos and offline tests"
@@ -121,6 +180,96 @@ def _generate(args: argparse.Namespace) -> int:
 
     anyio.run(run)
     return EXIT_OK
+
+
+def _batch(args: argparse.Namespace) -> int:
+    defaults = JobDefaults(model=args.model, size=args.size, response_format=args.response_format)
+    progress: Progress = (
+        RichProgress()
+        if sys.stdout.isatty() and rich_available()
+        else PlainProgress(interval=args.progress_interval)
+    )
+
+    async def run() -> BatchSummary:
+        async with Client(
+            args.api_key, args.base_url, max_concurrency=args.concurrency, rpm=args.rpm
+        ) as client:
+            batch = BatchRun(
+                client,
+                args.out,
+                defaults=defaults,
+                retry_unknown=args.retry_unknown,
+                progress=progress,
+            )
+            with _CtrlC(batch, progress):
+                return await batch.run(args.jobs)
+
+    summary = anyio.run(run)
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    if not summary.ok:
+        _hint(summary)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _hint(summary: BatchSummary) -> None:
+    lines = []
+    if summary.failed or summary.refused:
+        lines.append(
+            "failed and refused jobs: see the manifest's lines with their errors; run the "
+            "same command again to send them again"
+        )
+    if summary.outcome_unknown:
+        lines.append(
+            f"{summary.outcome_unknown} job(s) are outcome_unknown: they were sent and may have "
+            "been billed; add --retry-unknown to send them again anyway"
+        )
+    if summary.bad_lines:
+        lines.append(
+            f"{len(summary.bad_lines)} bad line(s) of the job file were skipped (listed above)"
+        )
+    for line in lines:
+        print(f"gemimg-async: {line}", file=sys.stderr)  # noqa: T201
+
+
+class _CtrlC:
+    """The first Ctrl-C stops taking jobs, the second abandons those in flight."""
+
+    def __init__(self, batch: BatchRun, progress: Progress) -> None:
+        self._batch = batch
+        self._progress = progress
+        self._loop = asyncio.get_running_loop()
+        self._installed = False
+
+    def __enter__(self) -> None:
+        try:
+            self._loop.add_signal_handler(signal.SIGINT, self._pressed)
+        except (NotImplementedError, RuntimeError, ValueError):  # Windows, or not the main thread
+            return
+        self._installed = True
+
+    def __exit__(self, *_: object) -> None:
+        if self._installed:
+            self._loop.remove_signal_handler(signal.SIGINT)
+            self._installed = False
+
+    def _pressed(self) -> None:
+        batch = self._batch
+        if not batch.stopping:
+            batch.stop()
+            in_flight = batch.stats.in_flight
+            print(  # noqa: T201
+                f"stopping: finishing {in_flight} request{'s' if in_flight != 1 else ''} "
+                "already sent (Ctrl-C again to abandon them)",
+                file=sys.stderr,
+                flush=True,
+            )
+            self._progress.update(batch.stats)
+            return
+        print("abandoning the requests in flight", file=sys.stderr, flush=True)  # noqa: T201
+        batch.abort("abandoned by a second Ctrl-C after it was sent; it may have been billed")
+        self.__exit__()  # a third Ctrl-C is Python's own KeyboardInterrupt
 
 
 def _fake_server(args: argparse.Namespace) -> int:

@@ -1,0 +1,485 @@
+"""The `gemimg-async` command, and the progress displays of `batch`.
+
+The batch tests that need a real process (kill -9, Ctrl-C) run `python -m gemimg_async` as a
+subprocess against the session's fake relay, awaited with anyio so the relay keeps answering on
+this event loop. The others call `main()` in a worker thread (it runs its own event loop).
+"""
+
+import collections
+import io
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.abc import ByteReceiveStream
+
+from gemimg_async import MANIFEST_NAME, BadLine, BatchStats, BatchSummary
+from gemimg_async._cli import main
+from gemimg_async._progress import (
+    PlainProgress,
+    RichProgress,
+    format_duration,
+    status_line,
+    summary_rows,
+)
+from gemimg_async.testing import FakeRelay, Fault
+
+pytestmark = pytest.mark.anyio
+
+API_KEY = "sk-test"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"IEND\xaeB`\x82"
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """main() sets up the gemimg_async logger; put it back for the other tests."""
+    logger = logging.getLogger("gemimg_async")
+    handlers, level = list(logger.handlers), logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+
+
+def child_env() -> dict[str, str]:
+    env = {**os.environ, "GEMIMG_API_KEY": API_KEY}
+    env.pop("GEMIMG_BASE_URL", None)
+    return env
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gemimg_async", *args]
+
+
+async def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    """The command in a subprocess, to the end."""
+    return await anyio.run_process(command(*args), cwd=cwd, env=child_env(), check=False)
+
+
+async def main_in_thread(*args: str) -> int:
+    """main() with its own event loop in a worker thread (this thread's loop is the test's, and
+    the relay answers on it)."""
+    return await anyio.to_thread.run_sync(main, list(args))
+
+
+def write_prompts(folder: Path, count: int, name: str = "jobs.txt") -> Path:
+    path = folder / name
+    path.write_text("".join(f"prompt number {i}\n" for i in range(count)), encoding="utf-8")
+    return path
+
+
+def manifest_lines(out: Path) -> list[dict]:
+    """Every line of the manifest, each of which must be valid JSON."""
+    return [json.loads(line) for line in (out / MANIFEST_NAME).read_text().splitlines()]
+
+
+def latest(lines: list[dict]) -> dict[str, dict]:
+    return {line["id"]: line for line in lines}
+
+
+def is_complete_png(path: Path) -> bool:
+    data = path.read_bytes()
+    return data.startswith(PNG_SIGNATURE) and data.endswith(PNG_END)
+
+
+async def wait_for(condition) -> None:
+    """Poll `condition` for up to 20 seconds."""
+    with anyio.fail_after(20):
+        while not condition():  # noqa: ASYNC110 - polling another process's files
+            await anyio.sleep(0.01)
+
+
+async def read_until(stream: ByteReceiveStream, text: bytes, seen: bytearray) -> None:
+    with anyio.fail_after(20):
+        while text not in seen:
+            seen += await stream.receive()
+
+
+async def drain(stream: ByteReceiveStream | None, into: bytearray) -> None:
+    if stream is None:
+        return
+    try:
+        while True:
+            into += await stream.receive()
+    except anyio.EndOfStream:
+        pass
+
+
+@pytest.fixture
+def slow_relay(relay):
+    """The session relay, taking 50 ms per generation for this test."""
+    relay.latency = 0.05
+    yield relay
+    relay.latency = 0.0
+
+
+def stats(**kwargs) -> BatchStats:
+    fields = {
+        "total": 100,
+        "saved": 11,
+        "failed": 1,
+        "skipped": 0,
+        "bad_lines": 0,
+        "in_flight": 8,
+        "images": 12,
+        "elapsed": 50.7,
+        "limit": 8,
+    }
+    return BatchStats(**{**fields, **kwargs})
+
+
+def summary(**kwargs) -> BatchSummary:
+    fields = {
+        "saved": 95,
+        "refused": 1,
+        "failed": 3,
+        "outcome_unknown": 1,
+        "skipped": 40,
+        "sent": 60,
+        "images": 57,
+        "bad_lines": (BadLine("jobs.jsonl", 7, "not valid JSON"),),
+        "elapsed": 372.0,
+        "manifest": Path("out/manifest.jsonl"),
+        "interrupted": False,
+    }
+    return BatchSummary(**{**fields, **kwargs})
+
+
+# --- progress displays -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(None, "--"), (0.84, "0.8s"), (45.2, "45s"), (372, "6m12s"), (7500, "2h05m")],
+)
+def test_durations_read_at_a_glance(seconds, text):
+    """Durations show as 0.8s, 45s, 6m12s, 2h05m, or -- when unknown."""
+    assert format_duration(seconds) == text
+
+
+def test_the_status_line_says_done_failed_in_flight_rate_eta_and_limit():
+    """The plain status line has every figure the issue asks for."""
+    assert status_line(stats()) == (
+        "12/100 done, 1 failed, 8 in flight, 14.2 img/min, ETA 6m12s, limit 8"
+    )
+    line = status_line(stats(total=None, skipped=5, stopping=True))
+    assert line.startswith("17 done (5 before), ")
+    assert "ETA --" in line
+    assert line.endswith(", stopping")
+
+
+def test_plain_progress_prints_a_line_per_interval_and_a_summary():
+    """PlainProgress writes a status line when its interval has passed, then the summary."""
+    out = io.StringIO()
+    progress = PlainProgress(interval=3600, file=out)
+    progress.start(stats())
+    progress.update(stats())  # too soon: nothing
+    progress.interval = 0
+    progress.update(stats())
+    progress.finish(summary())
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "batch started of about 100 jobs, limit 8"
+    assert lines[1] == "12/100 done, 1 failed, 8 in flight, 14.2 img/min, ETA 6m12s, limit 8"
+    table = "\n".join(lines[2:])
+    for label, value in summary_rows(summary()):
+        assert label in table
+        assert value in table
+    assert "100 (40 done before this run)" in table
+
+
+def test_rich_progress_draws_a_live_bar_and_a_summary_table():
+    """RichProgress shows the bar with its figures on a terminal, then a summary table."""
+    from rich.console import Console  # noqa: PLC0415
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=100, color_system=None)
+    progress = RichProgress(console)
+    progress.start(stats(saved=0, failed=0, images=0, in_flight=0))
+    progress.update(stats())
+    progress.finish(summary(interrupted=True))
+    text = console.file.getvalue()
+    assert "12/100 done" in text
+    assert "ETA 6m12s" in text
+    assert "1 failed · 8 in flight · 14.2 img/min · limit 8" in text
+    assert "━" in text
+    assert "batch summary" in text
+    assert "outcome unknown" in text
+    assert "run it again to go on" in text
+
+
+# --- usage -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.jsonl"], "no such job file"),
+        (["jobs.json"], "a job file ends in"),
+        (["jobs.txt", "--size", "7:3"], "7:3"),
+    ],
+)
+async def test_usage_errors_exit_2(tmp_path, monkeypatch, capsys, args, message):
+    """A missing or unknown job file, or a bad flag value, exits 2 with a message."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GEMIMG_API_KEY", API_KEY)
+    (tmp_path / "jobs.json").write_text("{}")
+    write_prompts(tmp_path, 1)
+    code = await main_in_thread("batch", *args, "--out", "out", "--base-url", "http://127.0.0.1:9")
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+async def test_no_key_exits_2(tmp_path, monkeypatch, capsys):
+    """Without a key, batch exits 2 and says how to give one."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GEMIMG_API_KEY", raising=False)
+    write_prompts(tmp_path, 1)
+    code = await main_in_thread(
+        "batch", "jobs.txt", "--out", "out", "--base-url", "http://127.0.0.1:9"
+    )
+    assert code == 2
+    assert "GEMIMG_API_KEY" in capsys.readouterr().err
+
+
+def test_out_is_required():
+    """batch without --out is a usage error (argparse exits 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["batch", "jobs.txt"])
+    assert exit_info.value.code == 2
+
+
+# --- batch -------------------------------------------------------------------------------------
+
+
+async def test_batch_saves_everything_and_exits_0(relay, tmp_path):
+    """`gemimg-async batch` in a subprocess saves every job, prints a summary, and exits 0; the
+    same command again sends nothing."""
+    write_prompts(tmp_path, 5)
+    args = ("batch", "jobs.txt", "--out", "out", "--base-url", relay.url, "--concurrency", "3")
+    done = await run_cli(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.decode()
+    stdout = done.stdout.decode()
+    assert "batch started of about 5 jobs" in stdout
+    assert "saved            5" in stdout
+    lines = manifest_lines(tmp_path / "out")
+    assert [line["status"] for line in lines] == ["saved"] * 5
+    assert all(is_complete_png(tmp_path / "out" / line["paths"][0]) for line in lines)
+    assert len(relay.requests) == 5
+    again = await run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0
+    assert "5 (5 done before this run)" in again.stdout.decode()
+    assert len(relay.requests) == 5
+
+
+async def test_failures_and_bad_lines_exit_1_and_are_reported(relay, tmp_path, capsys, monkeypatch):
+    """A failed job and bad lines make the exit status 1; each bad line is named on stderr."""
+    monkeypatch.setenv("GEMIMG_API_KEY", API_KEY)
+    relay.script(Fault.status(400, message="nope"))
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"prompt": "one", "id": "one"}\nnot json\n{"prompt": "two", "id": "two"}\n')
+    out = tmp_path / "out"
+    code = await main_in_thread(
+        "batch", str(jobs), "--out", str(out), "--base-url", relay.url, "--concurrency", "1"
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "jobs.jsonl:2: skipped: not valid JSON" in err
+    assert "1 bad line(s)" in err
+    states = {line["id"]: line["status"] for line in manifest_lines(out)}
+    assert states == {"one": "failed", "two": "saved"}
+
+
+async def test_job_file_values_override_the_flags(relay, tmp_path, monkeypatch):
+    """--model, --size and --format fill what a job leaves out; the job's own values win."""
+    monkeypatch.setenv("GEMIMG_API_KEY", API_KEY)
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(
+        '{"prompt": "own values", "size": "1:1", "model": "standard", "response_format": "url"}\n'
+        '{"prompt": "flag values"}\n'
+    )
+    code = await main_in_thread(
+        "batch",
+        str(jobs),
+        "--out",
+        str(tmp_path / "out"),
+        "--base-url",
+        relay.url,
+        "--model",
+        "2k",
+        "--size",
+        "16:9",
+        "--format",
+        "b64_json",
+    )
+    assert code == 0
+    sent = {request.prompt: request for request in relay.requests}
+    own, flags = sent["own values"], sent["flag values"]
+    assert (own.model, own.size, own.response_format) == (
+        "gemini-3-pro-image-preview",
+        "1:1",
+        "url",
+    )
+    assert (flags.model, flags.size, flags.response_format) == (
+        "gemini-3-pro-image-preview-2k",
+        "16:9",
+        "b64_json",
+    )
+
+
+async def test_kill_9_mid_run_then_resume_pays_for_nothing_twice(slow_relay, tmp_path):
+    """kill -9 of a real batch mid-run leaves a valid manifest whose saved images are complete;
+    re-running finishes the batch without asking again for any job that was sent before, and
+    every job ends in exactly one final state."""
+    relay = slow_relay
+    write_prompts(tmp_path, 40)
+    out = tmp_path / "out"
+    args = ("batch", "jobs.txt", "--out", "out", "--base-url", relay.url, "--concurrency", "4")
+    process = await anyio.open_process(
+        command(*args),
+        cwd=tmp_path,
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    async with process:
+        manifest = out / MANIFEST_NAME
+        await wait_for(lambda: manifest.exists() and manifest.read_bytes().count(b"\n") >= 8)
+        process.kill()
+        await process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+    lines = manifest_lines(out)  # every line is valid JSON
+    assert 8 <= len(lines) < 40
+    saved_before = {line["prompt"] for line in lines if line["status"] == "saved"}
+    for line in lines:
+        assert line["status"] == "saved"
+        assert all(is_complete_png(out / name) for name in line["paths"])
+    sent_before = {request.prompt for request in relay.requests}
+    assert saved_before < sent_before  # some were in flight at the kill
+
+    resumed = await run_cli(*args, cwd=tmp_path)
+    assert resumed.returncode in (0, 1), resumed.stderr.decode()
+    sent_on_resume = [request.prompt for request in relay.requests[len(sent_before) :]]
+    assert not set(sent_on_resume) & sent_before  # nothing sent before is asked again
+    states = latest(manifest_lines(out))
+    assert len(states) == 40
+    assert {line["status"] for line in states.values()} <= {"saved", "outcome_unknown"}
+    unknown = {line["prompt"] for line in states.values() if line["status"] == "outcome_unknown"}
+    assert not unknown & saved_before  # only jobs in flight at the kill (perhaps not arrived)
+    if unknown:
+        assert "outcome_unknown" in resumed.stderr.decode()
+
+    final = await run_cli(*args, "--retry-unknown", cwd=tmp_path)
+    assert final.returncode == 0, final.stderr.decode()
+    lines = manifest_lines(out)
+    states = latest(lines)
+    assert len(states) == 40
+    assert {line["status"] for line in states.values()} == {"saved"}
+    prompts = collections.Counter(request.prompt for request in relay.requests)
+    assert all(prompts[prompt] == 1 for prompt in saved_before)
+    assert all(prompts[prompt] <= 2 for prompt in unknown)  # sent again only on --retry-unknown
+    saved_paths = [name for line in lines if line["status"] == "saved" for name in line["paths"]]
+    assert len(saved_paths) == len(set(saved_paths)) == 40  # no image file referenced twice
+    assert all(is_complete_png(out / name) for name in saved_paths)
+
+
+async def test_ctrl_c_finishes_what_was_sent_records_it_and_exits_130(relay, tmp_path):
+    """The first Ctrl-C takes no new job, lets the requests in flight finish, records them and
+    exits 130; the same command then sends only the rest."""
+    relay.latency = 0.5
+    try:
+        write_prompts(tmp_path, 12)
+        args = ("batch", "jobs.txt", "--out", "out", "--base-url", relay.url, "--concurrency", "3")
+        err = bytearray()
+        process = await anyio.open_process(command(*args), cwd=tmp_path, env=child_env())
+        async with process:
+            await wait_for(lambda: len(relay.requests) == 3)
+            process.send_signal(signal.SIGINT)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(drain, process.stdout, bytearray())
+                tg.start_soon(drain, process.stderr, err)
+            await process.wait()
+    finally:
+        relay.latency = 0.0
+    assert process.returncode == 130
+    assert b"stopping: finishing 3 requests already sent (Ctrl-C again to abandon them)" in err
+    lines = manifest_lines(tmp_path / "out")
+    first = {request.prompt for request in relay.requests}
+    assert len(first) == 3
+    assert [line["status"] for line in lines] == ["saved"] * 3
+    assert {line["prompt"] for line in lines} == first
+
+    rest = await run_cli(*args, cwd=tmp_path)
+    assert rest.returncode == 0
+    later = [request.prompt for request in relay.requests[3:]]
+    assert len(later) == 9
+    assert not set(later) & first
+
+
+async def test_a_second_ctrl_c_abandons_what_is_in_flight_at_once(tmp_path):
+    """The second Ctrl-C cancels the requests in flight, records each as outcome_unknown (they
+    may have been billed) and exits 130 at once."""
+    async with FakeRelay(api_keys=API_KEY, latency=60.0) as relay:
+        write_prompts(tmp_path, 6)
+        args = ("batch", "jobs.txt", "--out", "out", "--base-url", relay.url, "--concurrency", "3")
+        err = bytearray()
+        process = await anyio.open_process(command(*args), cwd=tmp_path, env=child_env())
+        async with process:
+            await wait_for(lambda: len(relay.requests) == 3)
+            process.send_signal(signal.SIGINT)
+            assert process.stderr is not None
+            await read_until(process.stderr, b"Ctrl-C again", err)
+            process.send_signal(signal.SIGINT)
+            with anyio.fail_after(10):  # far less than the relay's 60 s
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(drain, process.stdout, bytearray())
+                    tg.start_soon(drain, process.stderr, err)
+                await process.wait()
+    assert process.returncode == 130, err.decode()
+    lines = manifest_lines(tmp_path / "out")
+    assert len(lines) == 3
+    for line in lines:
+        assert line["status"] == "outcome_unknown"
+        assert line["error"] == (
+            "abandoned by a second Ctrl-C after it was sent; it may have been billed"
+        )
+    assert {line["prompt"] for line in lines} == {r.prompt for r in relay.requests}
+
+
+# --- the other commands ------------------------------------------------------------------------
+
+
+async def test_fake_server_and_generate_still_work(tmp_path):
+    """`fake-server` serves on a free port and `generate` saves an image from it."""
+    url_file = tmp_path / "url"
+    server = await anyio.open_process(
+        command("fake-server", "--port", "0", "--url-file", str(url_file)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    async with server:
+        try:
+            await wait_for(lambda: url_file.exists() and url_file.read_text())
+            done = await run_cli(
+                "generate",
+                "a fox",
+                "--base-url",
+                url_file.read_text(),
+                "--out",
+                "out",
+                cwd=tmp_path,
+            )
+        finally:
+            server.terminate()
+            await server.wait()
+    assert done.returncode == 0, done.stderr.decode()
+    (path,) = done.stdout.decode().split()
+    assert is_complete_png(tmp_path / path)
