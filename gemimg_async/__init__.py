@@ -6,21 +6,7 @@ retries only what cannot be billed twice. See `Client`.
 
 import importlib.metadata
 
-from ._bulk import (
-    MANIFEST_NAME,
-    STATUSES,
-    BadLine,
-    BatchRun,
-    BatchStats,
-    BatchSummary,
-    JobDefaults,
-    ManifestEntry,
-    Status,
-    content_id,
-    read_jobs,
-    read_manifest,
-    run_batch,
-)
+from ._bulk import BatchRun, BatchStats, BatchSummary, run_batch
 from ._client import ENV_API_KEY, ENV_BASE_URL, Client, ClientStats
 from ._clock import Clock, SystemClock
 from ._config import (
@@ -61,6 +47,8 @@ from ._exceptions import (
     TransportError,
     ValidationError,
 )
+from ._jobs import BadLine, JobDefaults, content_id, read_jobs
+from ._manifest import MANIFEST_NAME, STATUSES, ManifestEntry, Status, read_manifest
 from ._models import (
     ASPECT_RATIOS,
     GeneratedImage,

@@ -106,8 +106,8 @@ class Client:
         *,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         rpm: float | None = None,
-        timeouts: Timeouts = Timeouts(),  # noqa: B008 - frozen, shared safely
-        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, shared safely
+        timeouts: Timeouts = Timeouts(),
+        retry: RetryPolicy = RetryPolicy(),
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         allow_insecure_http: bool = False,
         clock: Clock | None = None,

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Protocol, TextIO
 
 import attrs
 
-from ._bulk import STATUSES, BatchStats, BatchSummary
+from ._bulk import BatchStats, BatchSummary
+from ._manifest import STATUSES
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType

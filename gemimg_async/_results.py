@@ -82,7 +82,7 @@ class Outcome:
     result: GenerationResult | None = None
     error: Exception | None = None
     attempts: int = 0
-    timings: Timings = Timings()  # noqa: RUF009 - frozen, shared safely
+    timings: Timings = Timings()
     started: float = 0.0
     """Wall-clock (Unix) time the request got its place in the pool."""
     finished: float = 0.0

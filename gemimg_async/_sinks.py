@@ -31,6 +31,7 @@ from ._media import SNIFF_BYTES, MediaInfo, sniff
 from ._models import check_stem
 
 __all__ = [
+    "TEMP_PREFIX",
     "WRITE_BLOCK",
     "AtomicFile",
     "BodyImage",
@@ -43,7 +44,7 @@ __all__ = [
 
 WRITE_BLOCK = 1024 * 1024
 """Bytes gathered before a file write: each aiofiles call is a thread hop, so hop per megabyte."""
-_TEMP_PREFIX = ".gemimg-"
+TEMP_PREFIX = ".gemimg-"
 _PNG_END = b"IEND\xaeB`\x82"
 
 
@@ -152,7 +153,7 @@ class AtomicFile:
     @classmethod
     async def create(cls, folder: Path, *, max_bytes: int) -> AtomicFile:
         await aiofiles.os.makedirs(folder, exist_ok=True)
-        tmp = folder / f"{_TEMP_PREFIX}{uuid.uuid4().hex}.part"
+        tmp = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}.part"
         return cls(folder, max_bytes, tmp, await aiofiles.open(tmp, "xb"))
 
     @property

@@ -28,7 +28,7 @@ from gemimg_async import (
     read_manifest,
     run_batch,
 )
-from gemimg_async._bulk import _Journal
+from gemimg_async._manifest import Journal
 from gemimg_async.testing import FakeClock, FakeRelay, Fault
 
 pytestmark = pytest.mark.anyio
@@ -514,7 +514,7 @@ async def test_a_job_a_dead_run_had_in_flight_is_not_paid_for_twice(
     """A job a killed run sent but never recorded ends outcome_unknown (or saved, when its images
     are on disk) without being sent again."""
     jobs = write_jobs(tmp_path, "jobs.jsonl", jsonl({"prompt": "lost", "id": "lost"}))
-    journal = _Journal.open(out)  # a run that marks the job sent, then dies
+    journal = Journal.open(out)  # a run that marks the job sent, then dies
     journal.mark_sent(ImageRequest("lost", id="lost"), time.time())
     journal.close()
     if images_landed:
@@ -611,7 +611,7 @@ async def test_stop_event_of_run_batch_stops_taking_jobs(tmp_path, out):
 
 async def test_a_second_batch_on_the_same_folder_is_refused(client, out):
     """Two batches never write one folder at once: the second raises ConfigurationError."""
-    journal = _Journal.open(out)
+    journal = Journal.open(out)
     try:
         with pytest.raises(ConfigurationError, match="another gemimg-async batch"):
             await run_batch(client, [ImageRequest("x")], out)
