@@ -15,8 +15,8 @@ import asyncio
 import logging
 import os
 import time
+import uuid
 from collections.abc import (
-    AsyncGenerator,
     AsyncIterator,
     Callable,
     Coroutine,
@@ -25,7 +25,7 @@ from collections.abc import (
 )
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
@@ -42,7 +42,6 @@ from ._manifest import (
     Status,
 )
 from ._models import ImageRequest
-from ._results import Outcome
 
 if TYPE_CHECKING:
     from ._progress import Progress
@@ -52,6 +51,7 @@ __all__ = ["BatchRun", "BatchStats", "BatchSummary", "run_batch"]
 log = logging.getLogger("gemimg_async")
 
 _TICK = 0.5
+_SKIP_SLICE = 256
 _UNAUTHORIZED = 401
 _ABANDONED = "abandoned after it was sent, when the batch was aborted; it may have been billed"
 _DANGLING = (
@@ -256,6 +256,7 @@ class BatchRun:
                     status="saved" if names else "outcome_unknown",
                     paths=names or (),
                     error=None if names else _DANGLING,
+                    idempotency_keys=_keys(doc.get("key")),
                     model=doc.get("model"),
                     size=doc.get("size"),
                     started=float(doc.get("started", 0.0)),
@@ -276,11 +277,17 @@ class BatchRun:
         await journal.sync()
         journal.forget_sent()
 
-    def _to_send(
+    async def _to_send(
         self, requests: Iterator[ImageRequest], journal: Journal, images: FolderImages
-    ) -> Iterator[ImageRequest]:
-        """The jobs to send, marked sent as `Client.map` takes them (it sends each at once)."""
-        for request in requests:
+    ) -> AsyncIterator[ImageRequest]:
+        """The jobs to send, marked sent as `Client.map` takes them (it sends each at once).
+
+        Reading a line and skipping a done job take microseconds; a resume skips thousands, so
+        the loop is let go every `_SKIP_SLICE` of them.
+        """
+        for number, request in enumerate(requests, 1):
+            if number % _SKIP_SLICE == 0:
+                await anyio.lowlevel.checkpoint()
             if self._stopping:
                 return
             assert request.id is not None
@@ -311,20 +318,20 @@ class BatchRun:
                 if prior is not None and not self.retry_unknown:
                     self._skip(prior)
                     continue
-            journal.mark_sent(request, time.time())
-            self._in_flight[request.id] = request
-            yield request
+            # a resend of what may have been billed keeps its key: a relay that honours
+            # Idempotency-Key then bills it once
+            known = prior.idempotency_keys if prior and prior.status == "outcome_unknown" else ()
+            keyed = attrs.evolve(request, idempotency_key=(known or _new_key())[-1])
+            journal.mark_sent(keyed, time.time())
+            self._in_flight[request.id] = keyed
+            yield keyed
 
     def _skip(self, entry: ManifestEntry) -> None:
         self._skipped += 1
         self._counts[entry.status] += 1
 
-    async def _send_all(self, journal: Journal, requests: Iterator[ImageRequest]) -> None:
-        # map is an async generator (annotated AsyncIterator): aclose() cancels what it runs
-        outcomes = cast(
-            "AsyncGenerator[Outcome, None]",
-            self.client.map(requests, save_to=self.out_dir, overwrite=True),
-        )
+    async def _send_all(self, journal: Journal, requests: AsyncIterator[ImageRequest]) -> None:
+        outcomes = self.client.map(requests, save_to=self.out_dir, overwrite=True)
         try:
             with self._scope:
                 async for outcome in outcomes:
@@ -363,6 +370,7 @@ class BatchRun:
                 status="saved" if names else "outcome_unknown",
                 paths=names or (),
                 error=None if names else (self._abort_reason or _ABANDONED),
+                idempotency_keys=_keys(request.idempotency_key),
                 model=request.model,
                 size=request.size,
                 finished=now,
@@ -417,6 +425,14 @@ async def run_batch(
 
     async with _background(on(stop, batch.stop), on(abort, batch.abort)):
         return await batch.run(jobs)
+
+
+def _new_key() -> tuple[str]:
+    return (str(uuid.uuid4()),)
+
+
+def _keys(key: object) -> tuple[str, ...]:
+    return (key,) if isinstance(key, str) and key else ()
 
 
 @asynccontextmanager

@@ -12,7 +12,14 @@ import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -278,7 +285,7 @@ class Client:
         ordered: bool = False,
         overwrite: bool = False,
         timeouts: Timeouts | None = None,
-    ) -> AsyncIterator[Outcome]:
+    ) -> AsyncGenerator[Outcome, None]:
         """Run every request through the pool; yield an `Outcome` for each as it ends.
 
         Requests are pulled one at a time, only when a place in the pool is free, so a
@@ -377,7 +384,7 @@ class Client:
         queued: float,
         delivery: _Delivery,
     ) -> GenerationResult:
-        trace = _Trace(str(uuid.uuid4()))
+        trace = _Trace(request.idempotency_key or str(uuid.uuid4()))
         try:
             return await self._run(request, slot, trace, queued=queued, delivery=delivery)
         except GemimgError as error:

@@ -274,6 +274,7 @@ class Journal:
         written data; the next manifest fsync makes it durable)."""
         doc = {
             "id": request.id,
+            "key": request.idempotency_key,
             "at": self._size,
             "n": request.n,
             "model": request.model,

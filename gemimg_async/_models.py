@@ -50,6 +50,7 @@ ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9"
 _RESPONSE_FORMATS = ("url", "b64_json")
 _SIZE = re.compile(r"\s*(\d{1,3})\s*[:xX\u00d7]\s*(\d{1,3})\s*")
 _DATA_URI = re.compile(r"data:(image/[a-z0-9.+-]+)?(;[^,]*)?,", re.IGNORECASE)
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]{1,255}")
 _ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 
@@ -193,6 +194,9 @@ class ImageRequest:
     response_format: ResponseFormat = "url"
     id: str | None = None
     allow_any_size: bool = False
+    idempotency_key: str | None = None
+    """The Idempotency-Key to send; None gives each send a fresh one. Set it to resend a request
+    that may have been billed: a relay that honours the header then bills it once."""
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
@@ -215,6 +219,13 @@ class ImageRequest:
             )
         if self.id is not None:
             check_stem(self.id, what="id")
+        if self.idempotency_key is not None and not (
+            isinstance(self.idempotency_key, str) and _HEADER_TOKEN.fullmatch(self.idempotency_key)
+        ):
+            raise ValidationError(
+                "idempotency_key must be 1-255 printable ASCII characters without spaces, "
+                f"not {self.idempotency_key!r:.80}"
+            )
 
     def body(self, images: Sequence[str]) -> bytes:
         """The JSON body for the relay, with `images` as the encoded inputs."""

@@ -515,7 +515,7 @@ async def test_a_job_a_dead_run_had_in_flight_is_not_paid_for_twice(
     are on disk) without being sent again."""
     jobs = write_jobs(tmp_path, "jobs.jsonl", jsonl({"prompt": "lost", "id": "lost"}))
     journal = Journal.open(out)  # a run that marks the job sent, then dies
-    journal.mark_sent(ImageRequest("lost", id="lost"), time.time())
+    journal.mark_sent(ImageRequest("lost", id="lost", idempotency_key="key-1"), time.time())
     journal.close()
     if images_landed:
         (out / "lost_0.png").write_bytes(PNG_SIGNATURE + PNG_END)
@@ -527,6 +527,7 @@ async def test_a_job_a_dead_run_had_in_flight_is_not_paid_for_twice(
     else:
         assert entry["status"] == "outcome_unknown"
         assert "may have been billed" in entry["error"]
+        assert entry["idempotency_keys"] == ["key-1"]
         assert summary.outcome_unknown == 1
     assert not (out / ".manifest-sent.jsonl").read_bytes()
     relay.reset()
@@ -585,6 +586,8 @@ async def test_abort_records_what_was_in_flight_as_outcome_unknown(tmp_path, out
         assert len(lines) == 3
         assert all(line["status"] == "outcome_unknown" for line in lines)
         assert all("may have been billed" in line["error"] for line in lines)
+        keys = {line["prompt"]: line["idempotency_keys"] for line in lines}
+        assert keys == {r.prompt: [r.idempotency_key] for r in relay.requests}
         sent_before = set(prompts_sent(relay))
         relay.latency = 0.0
         relay.reset()
@@ -594,6 +597,7 @@ async def test_abort_records_what_was_in_flight_as_outcome_unknown(tmp_path, out
         relay.reset()
         await run_batch(client, jobs, out, retry_unknown=True)
         assert set(prompts_sent(relay)) == sent_before
+        assert {r.prompt: [r.idempotency_key] for r in relay.requests} == keys  # billed once
     assert {doc["status"] for doc in latest(out).values()} == {"saved"}
 
 

@@ -16,11 +16,18 @@ USER_FACING_MODULES = (
     "_clock",
     "_config",
     "_exceptions",
+    "_jobs",
+    "_manifest",
     "_models",
     "_progress",
     "_results",
 )
 INTERNAL = {
+    "_jobs.count_jobs",  # a progress estimate for the CLI
+    "_jobs.iterable_jobs",  # run_batch takes requests directly; this numbers them
+    "_manifest.FolderImages",  # the batch runner's view of its output folder
+    "_manifest.Journal",  # the batch runner's append-only writer; read_manifest reads
+    "_manifest.status_of",  # ManifestEntry.from_outcome applies it
     "_models.data_uri",  # used by _inputs to inline files; users pass bytes to `images=`
     "_models.check_stem",  # the file-name rule behind `id=` and `save(stem=)`, enforced there
     # text formatting for the progress displays and the CLI; users take a Progress class

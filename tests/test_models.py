@@ -651,3 +651,16 @@ def test_sniff_reads_the_relay_png_it_is_given(tmp_path):
     with path.open("rb") as file:
         assert sniff(file.read(64)) == MediaInfo("image/png", "png", 9, 5)
     assert path.stat().st_size == len(png(9, 5))
+
+
+@pytest.mark.parametrize("key", ["", "has space", "line\nbreak", "x" * 256, "caf\u00e9"])
+def test_an_idempotency_key_that_is_no_header_token_is_refused(key):
+    """An idempotency key that could not travel as a header value raises ValidationError."""
+    with pytest.raises(ValidationError):
+        ImageRequest("a fox", idempotency_key=key)
+
+
+def test_an_idempotency_key_round_trips_through_json():
+    """A request's own idempotency key survives to_json/from_json."""
+    request = ImageRequest("a fox", idempotency_key="job-7-attempt")
+    assert ImageRequest.from_json(request.to_json()) == request

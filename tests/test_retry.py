@@ -26,6 +26,7 @@ from gemimg_async import (
     ConfigurationError,
     ConnectError,
     ContentPolicyError,
+    ImageRequest,
     InvalidPromptError,
     MalformedResponseError,
     OutcomeUnknownError,
@@ -688,3 +689,13 @@ async def test_logs_tell_what_happened_and_never_the_key(relay, client, caplog):
     for request_id in ids(relay):
         assert request_id in text
     assert relay.generation_count == result.attempts + info.value.attempts == 4
+
+
+async def test_a_given_idempotency_key_is_sent_on_every_attempt(relay, client):
+    """A request's own Idempotency-Key is the one sent, on each attempt, and on its result."""
+    relay.script(Fault.server_error(502))
+    request = ImageRequest("a fox", idempotency_key="resend-of-job-7")
+    result = await client.send(request)
+    assert [r.idempotency_key for r in relay.requests] == ["resend-of-job-7"] * 2
+    assert result.idempotency_key == "resend-of-job-7"
+    assert result.attempts == len(relay.requests) == 2
