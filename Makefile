@@ -16,8 +16,8 @@ demo: $(STAMP)
 	bash examples/demo.sh $(BIN)
 
 test: $(STAMP)
-	$(BIN)/ruff check gemimg_async tests benchmarks examples
-	$(BIN)/ruff format --check gemimg_async tests benchmarks examples
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict gemimg_async
 	$(BIN)/pytest
 
