@@ -7,7 +7,7 @@ retries only what cannot be billed twice. See `Client`.
 import importlib.metadata
 
 from ._bulk import BatchRun, BatchStats, BatchSummary, run_batch
-from ._client import ENV_API_KEY, ENV_BASE_URL, Client, ClientStats
+from ._client import ENV_API_KEY, ENV_BASE_URL, Client, ClientStats, GenerateOptions
 from ._clock import Clock, SystemClock
 from ._config import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -26,6 +26,7 @@ from ._exceptions import (
     APIError,
     AuthenticationError,
     BadRequestError,
+    ClientClosedError,
     ConfigurationError,
     ConnectError,
     ContentPolicyError,
@@ -87,6 +88,7 @@ __all__ = [
     "BatchStats",
     "BatchSummary",
     "Client",
+    "ClientClosedError",
     "ClientStats",
     "Clock",
     "ConfigurationError",
@@ -94,6 +96,7 @@ __all__ = [
     "ContentPolicyError",
     "DownloadError",
     "GemimgError",
+    "GenerateOptions",
     "GeneratedImage",
     "GenerationResult",
     "ImageExpiredError",

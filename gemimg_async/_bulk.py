@@ -12,6 +12,7 @@ Data flows one way::
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import time
@@ -53,6 +54,7 @@ log = logging.getLogger("gemimg_async")
 _TICK = 0.5
 _SKIP_SLICE = 256
 _UNAUTHORIZED = 401
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 _ABANDONED = "abandoned after it was sent, when the batch was aborted; it may have been billed"
 _DANGLING = (
     "in flight when an earlier run ended without recording it (killed?); it may have been billed"
@@ -350,12 +352,18 @@ class BatchRun:
                 await journal.sync()
 
     def _halt_on(self, error: Exception | None) -> None:
-        """A rejected key (401) will fail every job: stop taking them. (403 may be one model's.)"""
-        rejected = isinstance(error, AuthenticationError) and error.status == _UNAUTHORIZED
-        if rejected and self._halted is None:
+        """Stop taking jobs when every one would fail: a rejected key (401; a 403 may be one
+        model's), or a disk that takes no more (each job would be paid for, then lost)."""
+        if self._halted is not None:
+            return
+        if isinstance(error, AuthenticationError) and error.status == _UNAUTHORIZED:
             self._halted = f"the relay rejected the API key: {error}"
-            log.error("%s; taking no more jobs", self._halted)
-            self.stop()
+        elif isinstance(error, OSError) and error.errno in _DISK_FULL:
+            self._halted = f"the output folder takes no more: {error}"
+        else:
+            return
+        log.error("%s; taking no more jobs", self._halted)
+        self.stop()
 
     def _abandon(self, journal: Journal) -> None:
         """Record the jobs cancelled in flight: sent, so perhaps billed."""

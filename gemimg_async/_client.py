@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import random
@@ -16,14 +17,15 @@ from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
+    Callable,
+    Generator,
     Iterable,
     Iterator,
     Sequence,
 )
-from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, Self, TypedDict, Unpack, cast
 
 import aiofiles
 import anyio
@@ -39,15 +41,17 @@ from ._config import (
 )
 from ._exceptions import (
     APIError,
+    ClientClosedError,
     ConfigurationError,
     DownloadError,
     GemimgError,
     MalformedResponseError,
+    OutcomeUnknownError,
     RefusalError,
 )
 from ._inputs import encode_images
-from ._jsonstream import JSONStreamError
-from ._limits import AdaptiveLimit, RateLimit, Slot
+from ._jsonstream import JSONStreamError, JSONTruncatedError
+from ._limits import AdaptiveLimit, Pool, RateLimit, Slot
 from ._models import GeneratedImage, ImageInput, ImageRequest, Model, ResponseFormat, Timings
 from ._results import GenerationResult, Outcome
 from ._retry import (
@@ -70,13 +74,25 @@ from ._sinks import (
 )
 from ._transport import Transport, document_error, endpoint_url
 
-__all__ = ["ENV_API_KEY", "ENV_BASE_URL", "Client", "ClientStats"]
+__all__ = ["ENV_API_KEY", "ENV_BASE_URL", "Client", "ClientStats", "GenerateOptions"]
 
 log = logging.getLogger("gemimg_async")
 
 ENV_API_KEY = "GEMIMG_API_KEY"
 ENV_BASE_URL = "GEMIMG_BASE_URL"
 _RATIO_TOLERANCE = 0.05
+
+
+class GenerateOptions(TypedDict, total=False):
+    """The keyword arguments of `Client.generate` besides `model`."""
+
+    size: str | None
+    n: int
+    images: ImageInput | Sequence[ImageInput] | None
+    response_format: ResponseFormat
+    save_to: str | os.PathLike[str] | None
+    allow_any_size: bool
+    timeouts: Timeouts | None
 
 
 @attrs.frozen
@@ -139,6 +155,7 @@ class Client:
         )
         self._limit = AdaptiveLimit(max_concurrency)
         self._rate = RateLimit(rpm, self._clock) if rpm is not None else None
+        self._pool = Pool(self._limit, self._rate)
         self._retry = retry
         self._budget = RetryBudget(retry.budget_tokens, retry.budget_ratio)
         self._max_image_bytes = max_image_bytes
@@ -163,11 +180,15 @@ class Client:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Cancel what `map` still runs and close the connections."""
+        """Cancel what `map` still runs and close the connections.
+
+        A `map` still iterating then raises ClientClosedError; so does any later call.
+        """
         for task in self._workers:
             task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        await self._transport.aclose()
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(*self._workers, return_exceptions=True)
+            await self._transport.aclose()
 
     @property
     def stats(self) -> ClientStats:
@@ -210,54 +231,16 @@ class Client:
         return await self.send(request, save_to=save_to, timeouts=timeouts)
 
     async def generate_2k(
-        self,
-        prompt: str,
-        *,
-        size: str | None = None,
-        n: int = 1,
-        images: ImageInput | Sequence[ImageInput] | None = None,
-        response_format: ResponseFormat = "url",
-        save_to: str | os.PathLike[str] | None = None,
-        allow_any_size: bool = False,
-        timeouts: Timeouts | None = None,
+        self, prompt: str, **options: Unpack[GenerateOptions]
     ) -> GenerationResult:
         """`generate` with the 2K model."""
-        return await self.generate(
-            prompt,
-            model=Model.RES_2K,
-            size=size,
-            n=n,
-            images=images,
-            response_format=response_format,
-            save_to=save_to,
-            allow_any_size=allow_any_size,
-            timeouts=timeouts,
-        )
+        return await self.generate(prompt, model=Model.RES_2K, **options)
 
     async def generate_4k(
-        self,
-        prompt: str,
-        *,
-        size: str | None = None,
-        n: int = 1,
-        images: ImageInput | Sequence[ImageInput] | None = None,
-        response_format: ResponseFormat = "url",
-        save_to: str | os.PathLike[str] | None = None,
-        allow_any_size: bool = False,
-        timeouts: Timeouts | None = None,
+        self, prompt: str, **options: Unpack[GenerateOptions]
     ) -> GenerationResult:
         """`generate` with the 4K model (and its longer read timeout)."""
-        return await self.generate(
-            prompt,
-            model=Model.RES_4K,
-            size=size,
-            n=n,
-            images=images,
-            response_format=response_format,
-            save_to=save_to,
-            allow_any_size=allow_any_size,
-            timeouts=timeouts,
-        )
+        return await self.generate(prompt, model=Model.RES_4K, **options)
 
     async def send(
         self,
@@ -269,10 +252,10 @@ class Client:
     ) -> GenerationResult:
         """Generate what `request` asks, waiting for a place in the pool first."""
         asked = self._clock.monotonic()
-        async with self._slot() as slot:
+        async with _Lease(self._pool) as lease:
             return await self._execute(
                 request,
-                slot,
+                lease,
                 queued=self._clock.monotonic() - asked,
                 delivery=_Delivery.to(save_to, overwrite=overwrite, timeouts=timeouts),
             )
@@ -288,12 +271,13 @@ class Client:
     ) -> AsyncGenerator[Outcome, None]:
         """Run every request through the pool; yield an `Outcome` for each as it ends.
 
-        Requests are pulled one at a time, only when a place in the pool is free, so a
-        generator of a million prompts costs no more than the pool. One request's failure is
-        its outcome's `error`; the others go on. Outcomes come in completion order, or input
-        order with `ordered=True` (holding at most twice the pool's size). Leaving the loop
-        early cancels what is in flight: use `contextlib.aclosing(client.map(...))` to have
-        that happen at once rather than when the generator is collected.
+        A request is pulled from `requests` only when the previous one has a place in the pool,
+        so a generator of a million prompts costs no more than the pool, and at most one request
+        pulled waits for its place. One request's failure is its outcome's `error`; the others go
+        on. Outcomes come in completion order, or input order with `ordered=True` (holding at
+        most twice the pool's size). Leaving the loop early cancels what is in flight: use
+        `contextlib.aclosing(client.map(...))` to have that happen at once rather than when the
+        generator is collected.
         """
         source = _Source(requests)
         send, receive = anyio.create_memory_object_stream[Outcome]()
@@ -313,11 +297,14 @@ class Client:
                     yield outcome
             if source.failure is not None:
                 raise source.failure
+            if not source.exhausted:
+                raise ClientClosedError("the client was closed while map() was running")
         finally:
             for task in workers:
                 task.cancel()
             with anyio.CancelScope(shield=True):
                 await asyncio.gather(*workers, return_exceptions=True)
+                await source.aclose()
             self._workers -= workers
 
     async def _map_worker(
@@ -328,65 +315,73 @@ class Client:
         delivery: _Delivery,
     ) -> None:
         async with send:
-            while not source.exhausted:
+            while True:
                 if window is not None:
                     await window.acquire()
-                asked = self._clock.monotonic()
-                async with self._slot() as slot:
-                    item = await source.next()
-                    if item is None:
-                        if window is not None:
-                            window.release()
-                        return
-                    index, request = item
-                    started, queued = self._clock.time(), self._clock.monotonic() - asked
-                    try:
-                        result = await self._execute(
-                            request,
-                            slot,
-                            queued=queued,
-                            delivery=delivery,
-                        )
-                    except Exception as error:  # noqa: BLE001 - one request's failure is its outcome
-                        outcome = Outcome(
-                            index,
-                            request,
-                            error=error,
-                            attempts=getattr(error, "attempts", 0),
-                            timings=Timings(queued=queued),
-                            started=started,
-                            finished=self._clock.time(),
-                        )
-                    else:
-                        outcome = Outcome(
-                            index,
-                            request,
-                            result=result,
-                            attempts=result.attempts,
-                            timings=result.timings,
-                            started=started,
-                            finished=self._clock.time(),
-                        )
+                lease = _Lease(self._pool)
+                try:
+                    # One worker at a time takes a request, then waits for its place: no place
+                    # is held while a slow source is awaited, and one request at most is
+                    # pulled ahead of its place.
+                    async with source.lock:
+                        item = None if source.exhausted else await source.pull()
+                        if item is None:
+                            return
+                        asked = self._clock.monotonic()
+                        await lease.acquire()
+                    outcome = await self._outcome(
+                        *item, lease, queued=self._clock.monotonic() - asked, delivery=delivery
+                    )
+                finally:
+                    lease.release()
+                    if window is not None and source.exhausted:
+                        window.release()
                 await send.send(outcome)
 
-    @asynccontextmanager
-    async def _slot(self) -> AsyncIterator[Slot]:
-        async with self._limit.slot() as slot:
-            if self._rate is not None:
-                await self._rate.wait()
-            yield slot
+    async def _outcome(
+        self,
+        index: int,
+        request: ImageRequest,
+        lease: _Lease,
+        *,
+        queued: float,
+        delivery: _Delivery,
+    ) -> Outcome:
+        """`_execute`, with a failure as the outcome's error rather than raised."""
+        started = self._clock.time()
+        try:
+            result = await self._execute(request, lease, queued=queued, delivery=delivery)
+        except Exception as error:  # noqa: BLE001 - one request's failure is its outcome
+            return Outcome(
+                index,
+                request,
+                error=error,
+                attempts=getattr(error, "attempts", 0),
+                timings=Timings(queued=queued),
+                started=started,
+                finished=self._clock.time(),
+            )
+        return Outcome(
+            index,
+            request,
+            result=result,
+            attempts=result.attempts,
+            timings=result.timings,
+            started=started,
+            finished=self._clock.time(),
+        )
 
     async def _execute(
         self,
         request: ImageRequest,
-        slot: Slot,
+        lease: _Lease,
         *,
         queued: float,
         delivery: _Delivery,
     ) -> GenerationResult:
         trace = _Trace(request.idempotency_key or str(uuid.uuid4()))
         try:
-            return await self._run(request, slot, trace, queued=queued, delivery=delivery)
+            return await self._run(request, lease, trace, queued=queued, delivery=delivery)
         except GemimgError as error:
             error.idempotency_key = trace.key
             error.request_ids = tuple(trace.request_ids)
@@ -397,7 +392,7 @@ class Client:
     async def _run(
         self,
         request: ImageRequest,
-        slot: Slot,
+        lease: _Lease,
         trace: _Trace,
         *,
         queued: float,
@@ -412,15 +407,21 @@ class Client:
             try:
                 return await self._attempt(body, request.model, delivery, trace)
             except APIError as error:
-                if classify(error) is Failure.THROTTLED:
-                    self._limit.throttled(slot)
+                if classify(error) is Failure.THROTTLED and lease.slot is not None:
+                    self._limit.throttled(lease.slot)
                 raise
+
+        async def wait(delay: float) -> None:
+            # the place goes back while waiting: a retry queues under the limit and rate of now
+            lease.release()
+            await self._clock.sleep(delay)
+            await lease.acquire()
 
         began = self._clock.monotonic()
         doc, found = await call_with_retries(
             attempt,
             GenerationRetrier(self._retry, self._budget, self._rng),
-            self._clock,
+            wait,
             what=f"generation {trace.key[:8]}",
         )
         self._limit.succeeded()
@@ -429,7 +430,7 @@ class Client:
         created = doc.get("created")
         created = created if isinstance(created, int) and not isinstance(created, bool) else None
         stem = request.id or _default_stem(created or self._clock.time(), trace.key)
-        images = await self._place(found, stem, delivery)
+        images = await self._place(found, stem, delivery, paid=trace.key[:8])
         _check_shape(request, images)
         result = GenerationResult(
             request=request,
@@ -468,6 +469,10 @@ class Client:
             if error.request_id:
                 trace.request_ids.append(error.request_id)
             raise
+        except JSONTruncatedError as exc:
+            raise OutcomeUnknownError(
+                f"the relay's answer ended early ({exc}); it may have generated and billed it"
+            ) from exc
         except (JSONStreamError, NotAnImageError, TooLargeError) as exc:
             raise MalformedResponseError(
                 f"the relay answered 200, but {exc}", status=200, request_id=request_id
@@ -476,36 +481,40 @@ class Client:
             raise _no_image_error(doc, request_id)
         return doc, found
 
-    def _sink_opener(self, folder: Path | None) -> Any:
-        async def open_file() -> ImageSink:
-            assert folder is not None
-            return await AtomicFile.create(folder, max_bytes=self._max_image_bytes)
-
-        async def open_memory() -> ImageSink:
-            return MemoryImage(self._max_image_bytes)
-
-        return open_memory if folder is None else open_file
+    def _sink_opener(self, folder: Path | None) -> Callable[[], ImageSink]:
+        if folder is None:
+            return functools.partial(MemoryImage, self._max_image_bytes)
+        return functools.partial(AtomicFile.create, folder, max_bytes=self._max_image_bytes)
 
     async def _place(
-        self, found: Sequence[BodyImage], stem: str, delivery: _Delivery
+        self, found: Sequence[BodyImage], stem: str, delivery: _Delivery, *, paid: str
     ) -> tuple[GeneratedImage, ...]:
-        """The found images as results: committed to files, downloaded, or kept in memory."""
+        """The found images as results: committed to files, downloaded, or kept in memory.
+
+        They are paid for: a name taken meanwhile gets the `paid` suffix rather than losing one.
+        """
         placed: list[GeneratedImage] = []
         try:
             for number, image in enumerate(found):
                 if image.sink is not None:
-                    placed.append(await _settle(image.sink, number, stem, delivery.overwrite))
+                    placed.append(
+                        await image.sink.settle(
+                            number, stem, overwrite=delivery.overwrite, fallback=paid
+                        )
+                    )
                 elif delivery.folder is None:
                     placed.append(GeneratedImage(number, url=image.url))
                 else:
                     assert image.url is not None
                     placed.append(
-                        await self._download(image.url, number, stem, delivery.folder, delivery)
+                        await self._download(
+                            image.url, number, stem, delivery.folder, delivery, fallback=paid
+                        )
                     )
         except BaseException:
             for image in found[len(placed) :]:
                 if image.sink is not None:
-                    await image.sink.abort()
+                    image.sink.abort()
             raise
         return tuple(placed)
 
@@ -516,28 +525,35 @@ class Client:
         stem: str,
         folder: Path,
         delivery: _Delivery,
+        *,
+        fallback: str | None = None,
     ) -> GeneratedImage:
         """Stream `url` into `folder/{stem}_{index}.{ext}`, retrying what may succeed later."""
 
         async def attempt(_: int) -> GeneratedImage:
-            sink = await AtomicFile.create(folder, max_bytes=self._max_image_bytes)
+            sink = AtomicFile.create(folder, max_bytes=self._max_image_bytes)
             try:
                 async with self._transport.download(
                     url, delivery.timeouts, max_bytes=self._max_image_bytes
                 ) as answer:
                     async for chunk in answer.chunks:
                         await sink.write(chunk)
-                image = await _settle(sink, index, stem, delivery.overwrite)
             except (NotAnImageError, TooLargeError) as exc:
-                await sink.abort()
+                sink.abort()
                 raise DownloadError(f"{exc}", url=url, status=200) from exc
             except BaseException:
-                await sink.abort()
+                sink.abort()
                 raise
+            try:
+                image = await sink.settle(
+                    index, stem, overwrite=delivery.overwrite, fallback=fallback
+                )
+            except NotAnImageError as exc:
+                raise DownloadError(f"{exc}", url=url, status=200) from exc
             return attrs.evolve(image, url=url)
 
         return await call_with_retries(
-            attempt, DownloadRetrier(self._retry, self._rng), self._clock, what="download"
+            attempt, DownloadRetrier(self._retry, self._rng), self._clock.sleep, what="download"
         )
 
     async def _save(
@@ -559,7 +575,7 @@ class Client:
                     )
                 )
                 continue
-            sink = await AtomicFile.create(folder, max_bytes=self._max_image_bytes)
+            sink = AtomicFile.create(folder, max_bytes=self._max_image_bytes)
             try:
                 for block in _blocks(image.data) if image.data is not None else ():
                     await sink.write(block)
@@ -567,10 +583,10 @@ class Client:
                     async with aiofiles.open(image.path, "rb") as source:
                         while block := await source.read(WRITE_BLOCK):
                             await sink.write(block)
-                settled = await _settle(sink, image.index, stem, overwrite)
             except BaseException:
-                await sink.abort()
+                sink.abort()
                 raise
+            settled = await sink.settle(image.index, stem, overwrite=overwrite)
             saved.append(attrs.evolve(image, path=settled.path))
         return tuple(saved)
 
@@ -579,23 +595,6 @@ def _blocks(data: bytes) -> Iterator[bytes]:
     view = memoryview(data)
     for start in range(0, len(data), WRITE_BLOCK):
         yield bytes(view[start : start + WRITE_BLOCK])
-
-
-async def _settle(sink: ImageSink, index: int, stem: str, overwrite: bool) -> GeneratedImage:
-    """The image `sink` holds, committed to its file when it is one."""
-    info = sink.info
-    fields: dict[str, Any] = {
-        "media_type": info.media_type,
-        "width": info.width,
-        "height": info.height,
-        "byte_size": sink.size,
-    }
-    if isinstance(sink, AtomicFile):
-        return GeneratedImage(
-            index, path=await sink.commit(stem, index, overwrite=overwrite), **fields
-        )
-    assert isinstance(sink, MemoryImage)
-    return GeneratedImage(index, data=sink.getvalue(), **fields)
 
 
 def _no_image_error(doc: Any, request_id: str | None) -> APIError:
@@ -694,11 +693,11 @@ class _Delivery:
 
 @attrs.define
 class _Source:
-    """The requests of a `map`, pulled one at a time by whichever worker has a place."""
+    """The requests of a `map`, pulled one at a time (under `lock`) by a worker with a place."""
 
     _requests: Iterable[ImageRequest] | AsyncIterable[ImageRequest] = attrs.field(alias="requests")
     _iterator: Iterator[ImageRequest] | AsyncIterator[ImageRequest] = attrs.field(init=False)
-    _lock: anyio.Lock = attrs.Factory(anyio.Lock)
+    lock: anyio.Lock = attrs.Factory(anyio.Lock)
     _count: int = 0
     exhausted: bool = False
     failure: Exception | None = None
@@ -707,27 +706,56 @@ class _Source:
         requests = self._requests
         self._iterator = aiter(requests) if isinstance(requests, AsyncIterable) else iter(requests)
 
-    async def next(self) -> tuple[int, ImageRequest] | None:
-        async with self._lock:
-            if self.exhausted:
-                return None
-            try:
-                iterator = self._iterator
-                request = (
-                    await anext(iterator) if isinstance(iterator, AsyncIterator) else next(iterator)
-                )
-            except (StopIteration, StopAsyncIteration):
-                self.exhausted = True
-                return None
-            except Exception as error:  # noqa: BLE001 - the caller's iterable failed: map re-raises
-                self.failure, self.exhausted = error, True
-                return None
-            if not isinstance(cast("object", request), ImageRequest):
-                self.failure = TypeError(f"map() takes ImageRequest values, got {request!r:.80}")
-                self.exhausted = True
-                return None
-            index, self._count = self._count, self._count + 1
-            return index, request
+    async def pull(self) -> tuple[int, ImageRequest] | None:
+        """The next request and its index; None once there is none (or the iterable failed)."""
+        try:
+            iterator = self._iterator
+            request = (
+                await anext(iterator) if isinstance(iterator, AsyncIterator) else next(iterator)
+            )
+        except (StopIteration, StopAsyncIteration):
+            self.exhausted = True
+            return None
+        except Exception as error:  # noqa: BLE001 - the caller's iterable failed: map re-raises
+            self.failure, self.exhausted = error, True
+            return None
+        if not isinstance(cast("object", request), ImageRequest):
+            self.failure = TypeError(f"map() takes ImageRequest values, got {request!r:.80}")
+            self.exhausted = True
+            return None
+        index, self._count = self._count, self._count + 1
+        return index, request
+
+    async def aclose(self) -> None:
+        """Close a generator left unfinished (a job file it holds open, say)."""
+        iterator = self._iterator
+        if isinstance(iterator, AsyncGenerator):
+            await iterator.aclose()
+        elif isinstance(iterator, Generator):
+            iterator.close()
+
+
+@attrs.define
+class _Lease:
+    """A request's place in the pool: held while it is sent, given back while it waits."""
+
+    _pool: Pool = attrs.field(alias="pool")
+    slot: Slot | None = None
+
+    async def acquire(self) -> None:
+        self.slot = await self._pool.acquire()
+
+    def release(self) -> None:
+        if self.slot is not None:
+            self._pool.release(self.slot)
+            self.slot = None
+
+    async def __aenter__(self) -> Self:
+        await self.acquire()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 async def _in_order(outcomes: AsyncIterable[Outcome]) -> AsyncIterator[Outcome]:

@@ -3,6 +3,7 @@
 Every error is a `GemimgError`; catch that to catch them all::
 
     GemimgError
+    ├── ClientClosedError           the client was closed (by `aclose`) while it was in use
     ├── ConfigurationError          no key, a bad base URL, http:// to a remote host
     ├── ValidationError (ValueError)  bad input, caught before anything is sent or paid
     │   ├── InvalidModelError
@@ -36,6 +37,7 @@ __all__ = [
     "APIError",
     "AuthenticationError",
     "BadRequestError",
+    "ClientClosedError",
     "ConfigurationError",
     "ConnectError",
     "ContentPolicyError",
@@ -88,6 +90,10 @@ def _rebuild(cls: type[GemimgError], message: str, state: dict[str, object]) -> 
     Exception.__init__(error, message)
     error.__dict__.update(state)
     return error
+
+
+class ClientClosedError(GemimgError):
+    """The client was closed while a call was using it, or before it was called."""
 
 
 class ConfigurationError(GemimgError):

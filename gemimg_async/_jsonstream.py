@@ -20,11 +20,15 @@ import attrs
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["Diverted", "ImageStreamParser", "JSONStreamError"]
+__all__ = ["Diverted", "ImageStreamParser", "JSONStreamError", "JSONTruncatedError"]
 
 
 class JSONStreamError(ValueError):
     """The body is not valid JSON, ended early, or an image string is not valid base64."""
+
+
+class JSONTruncatedError(JSONStreamError):
+    """The body ended before its JSON document did."""
 
 
 @attrs.frozen
@@ -59,6 +63,7 @@ _B64_QUAD: Final = 4
 _MIN_PAD_POS: Final = 2
 
 _QUOTE: Final = ord('"')
+_EQUALS: Final = ord("=")
 _BACKSLASH: Final = ord("\\")
 _COMMA: Final = ord(",")
 _COLON: Final = ord(":")
@@ -229,7 +234,7 @@ class ImageStreamParser:
         if self._state == self._number:  # a bare top-level number ends with the body
             self._finish_number()
         if self._state != self._done:
-            raise JSONStreamError(f"body ended early, at byte {self._offset}")
+            raise JSONTruncatedError(f"body ended early, at byte {self._offset}")
         self._check_size()
 
     def _check_usable(self) -> None:
@@ -291,8 +296,7 @@ class ImageStreamParser:
                 self._state = self._string
             return pos + 1
         if char == _LBRACE:
-            index = len(self._stack[-1].container) if role == _IMAGE else -1
-            self._stack.append(_Frame({}, role, index))
+            self._stack.append(_Frame({}, role, self._image_index() if role == _IMAGE else -1))
             self._state = self._first_key
             return pos + 1
         if char == _LBRACKET:
@@ -310,14 +314,25 @@ class ImageStreamParser:
             return pos
         raise self._error("expected a JSON value", chunk, pos)
 
+    def _image_index(self) -> int:
+        """The `data` index of the image object opening here (0 when `data` is that object)."""
+        parent = self._stack[-1]
+        if parent.role == _ROOT:
+            parent.claimed = True
+            return 0
+        return len(parent.container)
+
     def _role(self, char: int) -> int:
         """The place in the response schema of the value that starts with ``char``."""
         if not self._stack:
             return _ROOT if char == _LBRACE else _PLAIN
         parent = self._stack[-1]
         if parent.role == _ROOT:
-            if char == _LBRACKET and parent.key == "data" and not parent.claimed:
-                return _DATA
+            if parent.key == "data" and not parent.claimed:
+                if char == _LBRACKET:
+                    return _DATA
+                if char == _LBRACE:  # a relay that answers its one image as an object
+                    return _IMAGE
         elif parent.role == _DATA:
             if char == _LBRACE:
                 return _IMAGE
@@ -593,6 +608,8 @@ class ImageStreamParser:
 
     def _take(self, raw: bytes) -> None:
         """Decode a stretch of a streamed string's content that ends between characters."""
+        if self._prefix is None and not self._padded and self._take_clean(raw):
+            return
         others = raw.translate(None, _B64_ALPHABET)
         data = raw
         if others:
@@ -616,6 +633,22 @@ class ImageStreamParser:
                 raise JSONStreamError(f"non-ASCII character in base64 image data ({self._key})")
             data = data.translate(None, _NOT_B64)
         self._decode(data)
+
+    def _take_clean(self, raw: bytes) -> bool:
+        """The common case in one C pass: whole quads of plain base64, unpadded. False, with
+        nothing consumed, for anything else (escapes, whitespace, padding, other characters)."""
+        buf = self._carry + raw if self._carry else raw
+        cut = len(buf) - len(buf) % _B64_QUAD
+        if not cut or buf[cut - 1] == _EQUALS:
+            return False
+        try:
+            piece = binascii.a2b_base64(buf[:cut], strict_mode=True)
+        except binascii.Error:
+            return False
+        self._carry = buf[cut:]
+        self._size += len(piece)
+        self._out.append((self._index, self._key, piece))
+        return True
 
     def _decode(self, b64: bytes) -> None:
         if not b64:

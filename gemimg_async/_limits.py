@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_DECREASE_FACTOR",
     "DEFAULT_INCREASE_AFTER",
     "AdaptiveLimit",
+    "Pool",
     "RateLimit",
     "Slot",
 ]
@@ -26,7 +27,7 @@ DEFAULT_INCREASE_AFTER = 10
 """Successes in a row after which the in-flight limit grows by one, up to its maximum."""
 
 
-@attrs.frozen
+@attrs.frozen(eq=False)
 class Slot:
     """A place in the pool; `epoch` tells which limit it was granted under."""
 
@@ -49,6 +50,7 @@ class AdaptiveLimit:
     waits: int = 0
     """Acquisitions that found the pool full and had to wait."""
     _limiter: anyio.CapacityLimiter = attrs.field(init=False)
+    _borrowers: dict[Slot, object] = attrs.Factory(dict)
     _epoch: int = 0
     _successes: int = 0
 
@@ -69,16 +71,26 @@ class AdaptiveLimit:
     def waiting(self) -> int:
         return self._limiter.statistics().tasks_waiting
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[Slot]:
-        borrower = object()
+    async def acquire(self) -> Slot:
+        """Wait for a place; the Slot returned is the token to give back with `release`."""
         if self._limiter.available_tokens < 1 or self.waiting:
             self.waits += 1
+        borrower = object()
         await self._limiter.acquire_on_behalf_of(borrower)
+        slot = Slot(self._epoch)
+        self._borrowers[slot] = borrower
+        return slot
+
+    def release(self, slot: Slot) -> None:
+        self._limiter.release_on_behalf_of(self._borrowers.pop(slot))
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[Slot]:
+        slot = await self.acquire()
         try:
-            yield Slot(self._epoch)
+            yield slot
         finally:
-            self._limiter.release_on_behalf_of(borrower)
+            self.release(slot)
 
     def throttled(self, slot: Slot) -> None:
         """The relay throttled a request sent under `slot`: shrink, once per epoch."""
@@ -115,3 +127,24 @@ class RateLimit:
         if start > now:
             self.waits += 1
             await self.clock.sleep(start - now)
+
+
+@attrs.define
+class Pool:
+    """The client-wide pool: a place under the adaptive limit, then a start under the rate."""
+
+    limit: AdaptiveLimit
+    rate: RateLimit | None = None
+
+    async def acquire(self) -> Slot:
+        slot = await self.limit.acquire()
+        try:
+            if self.rate is not None:
+                await self.rate.wait()
+        except BaseException:
+            self.limit.release(slot)
+            raise
+        return slot
+
+    def release(self, slot: Slot) -> None:
+        self.limit.release(slot)

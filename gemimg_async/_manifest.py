@@ -26,7 +26,13 @@ from typing import Any, Literal, TypeAlias, get_args
 import anyio
 import attrs
 
-from ._exceptions import ConfigurationError, ContentPolicyError, OutcomeUnknownError, RefusalError
+from ._exceptions import (
+    ConfigurationError,
+    ContentPolicyError,
+    DownloadError,
+    OutcomeUnknownError,
+    RefusalError,
+)
 from ._models import ImageRequest
 from ._results import Outcome
 from ._sinks import TEMP_PREFIX
@@ -163,7 +169,9 @@ def status_of(error: BaseException | None) -> Status:
         return "saved"
     if isinstance(error, (RefusalError, ContentPolicyError)):
         return "refused"
-    if isinstance(error, OutcomeUnknownError):
+    if isinstance(error, (OutcomeUnknownError, DownloadError, OSError)):
+        # sent and answered, or perhaps: a lost answer, an image that could not be fetched or
+        # written. A resend could pay twice, so it waits for --retry-unknown.
         return "outcome_unknown"
     return "failed"
 
@@ -299,7 +307,7 @@ class Journal:
         if self._unsynced:
             self._unsynced = False
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(os.fsync, self._fd)
+                await anyio.to_thread.run_sync(_fsync_all, self._fd, self._sent_fd)
 
     def forget_sent(self) -> None:
         """Empty the send log: every job in it has its manifest line, synced."""
@@ -308,6 +316,11 @@ class Journal:
     def close(self) -> None:
         os.close(self._sent_fd)
         os.close(self._fd)  # releases the lock
+
+
+def _fsync_all(*fds: int) -> None:
+    for fd in fds:
+        os.fsync(fd)
 
 
 def _lock(fd: int, folder: Path) -> None:

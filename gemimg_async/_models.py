@@ -37,6 +37,7 @@ __all__ = [
     "Timings",
     "check_stem",
     "data_uri",
+    "image_media_type",
     "resolve_model",
 ]
 
@@ -119,6 +120,14 @@ def _image_ref(image: ImageInput) -> str:
     return image
 
 
+def _json_image(ref: str) -> bytes:
+    """`ref` as a JSON string; a data: URI's base64 (checked, so nothing to escape) is copied."""
+    if not ref.startswith("data:"):
+        return json.dumps(ref).encode()
+    prefix, _, payload = ref.partition(",")
+    return b"".join((json.dumps(prefix + ",").encode()[:-1], payload.encode("ascii"), b'"'))
+
+
 def check_stem(stem: str, *, what: str = "stem") -> str:
     """`stem` if it can name files inside a folder; ValidationError if it could escape it."""
     if not (isinstance(stem, str) and _ID.fullmatch(stem)):
@@ -131,6 +140,12 @@ def check_stem(stem: str, *, what: str = "stem") -> str:
 
 def data_uri(data: bytes, *, source: str) -> str:
     """`data` as a data: URI, typed by its magic bytes. InvalidImageError when it is no image."""
+    return f"data:{image_media_type(data, source=source)};base64,{base64.b64encode(data).decode()}"
+
+
+def image_media_type(data: bytes, *, source: str) -> str:
+    """The media type of the image `data` holds; InvalidImageError when it is none, or too big
+    to send inline."""
     if len(data) > MAX_INLINE_IMAGE_BYTES:
         raise InvalidImageError(
             f"{source} is {len(data) / 1e6:.1f} MB; the model takes inline images up to "
@@ -139,7 +154,7 @@ def data_uri(data: bytes, *, source: str) -> str:
     info = sniff(data[:64])
     if info is None:
         raise InvalidImageError(f"{source} is not a PNG, JPEG, WEBP or GIF image")
-    return f"data:{info.media_type};base64,{base64.b64encode(data).decode('ascii')}"
+    return info.media_type
 
 
 def _labelled_data_uri(uri: str) -> str:
@@ -228,15 +243,22 @@ class ImageRequest:
             )
 
     def body(self, images: Sequence[str]) -> bytes:
-        """The JSON body for the relay, with `images` as the encoded inputs."""
+        """The JSON body for the relay, with `images` as the encoded inputs.
+
+        Joined as bytes rather than dumped: inline images are checked base64, megabytes each,
+        and `json.dumps` would scan them all on the event loop.
+        """
         doc: dict[str, Any] = {"model": self.model, "prompt": self.prompt}
         if self.size is not None:
             doc["size"] = self.size
         doc["response_format"] = self.response_format
         doc["n"] = self.n
-        if images:
-            doc["image"] = images[0] if len(images) == 1 else list(images)
-        return json.dumps(doc, ensure_ascii=False).encode()
+        head = json.dumps(doc, ensure_ascii=False).encode()
+        if not images:
+            return head
+        values = [_json_image(image) for image in images]
+        image = values[0] if len(values) == 1 else b"[" + b",".join(values) + b"]"
+        return b"".join((head[:-1], b', "image": ', image, b"}"))
 
     def to_json(self) -> dict[str, Any]:
         """This request as a JSON-ready dict of the fields that differ from their defaults."""

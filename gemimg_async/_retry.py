@@ -8,11 +8,13 @@ Every generation is paid for, so failures are sorted by what they say about bill
 | 429, 503, 408                              | throttled       | 5 attempts, Retry-After or  |
 |                                            |                 | 5 s x2 to 60 s, full jitter |
 | 500, 502, 504                              | server          | 1 retry                     |
-| read timeout, late reset, truncated body   | outcome unknown | never (opt-in: 1, same key) |
+| read timeout, late reset, truncated body,  | outcome unknown | never (opt-in: 1, same key) |
+| 524 (a proxy gave up waiting)              |                 |                             |
 | other 4xx, blocked prompt, refusal         | permanent       | never                       |
 
-A Retry-After above `RetryPolicy.max_retry_after` is raised at once. Every retry also needs the
-client-wide `RetryBudget`, so a dead relay gets errors, not a storm.
+A Retry-After above `RetryPolicy.max_retry_after` is raised at once. Every other retry also needs
+the client-wide `RetryBudget`, so a dead relay gets errors, not a storm; waiting as a throttling
+server asks (Retry-After) is not charged to it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from typing import TypeVar
 
 import attrs
 
-from ._clock import Clock
 from ._config import RetryPolicy
 from ._exceptions import (
     ConnectError,
@@ -41,6 +42,7 @@ from ._exceptions import (
 )
 
 __all__ = [
+    "GAVE_UP_STATUSES",
     "THROTTLE_STATUSES",
     "DownloadRetrier",
     "Failure",
@@ -55,6 +57,8 @@ log = logging.getLogger("gemimg_async")
 T = TypeVar("T")
 
 THROTTLE_STATUSES = frozenset({408, 429, 503})
+GAVE_UP_STATUSES = frozenset({524})
+"""Statuses of a proxy that stopped waiting for an answer still being generated."""
 
 
 class Failure(enum.Enum):
@@ -75,7 +79,8 @@ def classify(error: GemimgError) -> Failure:
     ):
         return Failure.THROTTLED
     if isinstance(error, ServerError):
-        return Failure.SERVER
+        # 524: a proxy gave up waiting while the relay went on generating, and billing
+        return Failure.OUTCOME_UNKNOWN if error.status in GAVE_UP_STATUSES else Failure.SERVER
     if isinstance(error, OutcomeUnknownError):
         return Failure.OUTCOME_UNKNOWN
     return Failure.PERMANENT
@@ -142,13 +147,13 @@ class GenerationRetrier:
         if kind is Failure.PERMANENT:
             return None
         self._failures[kind] += 1
-        budget_left = self.budget.failed()
         retry_after = getattr(error, "retry_after", None)
-        if self._failures[kind] >= self._attempts(kind):
+        too_long = retry_after is not None and retry_after > self.policy.max_retry_after
+        if self._failures[kind] >= self._attempts(kind) or too_long:
             return None
-        if retry_after is not None and retry_after > self.policy.max_retry_after:
-            return None
-        if not budget_left:
+        if retry_after is not None and kind is Failure.THROTTLED:
+            return float(retry_after)  # the server's own pacing: not a storm, not budgeted
+        if not self.budget.failed():
             log.warning("retry budget exhausted: not retrying %s", type(error).__name__)
             return None
         if retry_after is not None:
@@ -191,11 +196,12 @@ class DownloadRetrier:
 async def call_with_retries(
     attempt: Callable[[int], Awaitable[T]],
     retrier: GenerationRetrier | DownloadRetrier,
-    clock: Clock,
+    sleep: Callable[[float], Awaitable[None]],
     *,
     what: str,
 ) -> T:
-    """Await `attempt(1)`, `attempt(2)`, ... until one succeeds or `retrier` says stop."""
+    """Await `attempt(1)`, `attempt(2)`, ... until one succeeds or `retrier` says stop;
+    `sleep(delay)` waits between them."""
     for number in itertools.count(1):
         try:
             return await attempt(number)
@@ -205,5 +211,5 @@ async def call_with_retries(
             if delay is None:
                 raise
             log.info("%s: attempt %d failed (%s); retrying in %.2f s", what, number, error, delay)
-            await clock.sleep(delay)
+            await sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover

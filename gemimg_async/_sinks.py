@@ -1,8 +1,8 @@
 """Where image bytes go: atomic files on disk, or memory, written as the bytes arrive.
 
-A file is written under a hidden temporary name in its target folder, flushed, fsynced, and only
-then linked to its final name, which it never overwrites unless asked; on any error or
-cancellation the temporary file is removed. The final name never holds a partial image.
+A file is written under a hidden temporary name in its target folder, fsynced, and only then
+linked to its final name, which it never replaces unless asked; on any error or cancellation the
+temporary file is removed. The final name never holds a partial image.
 
 Relay answers are decoded while they stream in (`_jsonstream`), so a 40 MB `b64_json` body costs
 a few hundred kilobytes of memory, not three copies of itself.
@@ -14,21 +14,23 @@ import base64
 import binascii
 import contextlib
 import errno
+import io
+import logging
 import os
+import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-import aiofiles
-import aiofiles.os
+import aiofiles.threadpool
 import anyio
 import attrs
-from aiofiles.threadpool.binary import AsyncBufferedIOBase
+from aiofiles.threadpool.binary import AsyncFileIO
 
 from ._jsonstream import Diverted, ImageStreamParser, JSONStreamError
 from ._media import SNIFF_BYTES, MediaInfo, sniff
-from ._models import check_stem
+from ._models import GeneratedImage, check_stem
 
 __all__ = [
     "TEMP_PREFIX",
@@ -42,8 +44,11 @@ __all__ = [
     "receive_body",
 ]
 
-WRITE_BLOCK = 1024 * 1024
-"""Bytes gathered before a file write: each aiofiles call is a thread hop, so hop per megabyte."""
+log = logging.getLogger("gemimg_async")
+
+WRITE_BLOCK = 512 * 1024
+"""Bytes gathered before a file write: each aiofiles call is a thread hop (~150 us), and each
+request in flight holds up to two blocks."""
 TEMP_PREFIX = ".gemimg-"
 _PNG_END = b"IEND\xaeB`\x82"
 
@@ -57,25 +62,28 @@ class TooLargeError(ValueError):
 
 
 class ImageSink(Protocol):
-    """Takes one image's bytes as they arrive."""
+    """Takes one image's bytes as they arrive, then becomes a `GeneratedImage` or goes away."""
 
     @property
     def size(self) -> int: ...
     async def write(self, data: bytes) -> None: ...
-    async def abort(self) -> None: ...
-    @property
-    def info(self) -> MediaInfo: ...
+    def check(self) -> None: ...
+    def abort(self) -> None: ...
+    async def settle(
+        self, index: int, stem: str, *, overwrite: bool, fallback: str | None = None
+    ) -> GeneratedImage: ...
 
 
 @attrs.define
 class _Head:
-    """The first bytes of an image: enough to check it is one, and to read its size."""
+    """The first and last bytes of an image: enough to check it is one, and whole, and to read
+    its size."""
 
     max_bytes: int
     size: int = 0
     _head: bytearray = attrs.Factory(bytearray)
     _tail: bytes = b""
-    _info: MediaInfo | None = None
+    _sniffed: bool = False
 
     def take(self, data: bytes) -> None:
         self.size += len(data)
@@ -84,12 +92,11 @@ class _Head:
         self._tail = (self._tail + data[-len(_PNG_END) :])[-len(_PNG_END) :]
         if len(self._head) < SNIFF_BYTES:
             self._head += data[: SNIFF_BYTES - len(self._head)]
-            if self._info is None and len(self._head) >= 16:  # noqa: PLR2004
-                self._info = sniff(bytes(self._head))
-                if self._info is None:
+            if not self._sniffed and len(self._head) >= 16:  # noqa: PLR2004 - every magic fits
+                self._sniffed = True
+                if sniff(bytes(self._head)) is None:
                     raise NotAnImageError(_describe_non_image(bytes(self._head)))
 
-    @property
     def info(self) -> MediaInfo:
         """What the image is; NotAnImageError when it is none, or a PNG cut short."""
         info = sniff(bytes(self._head))
@@ -98,6 +105,17 @@ class _Head:
         if info.extension == "png" and self._tail != _PNG_END:
             raise NotAnImageError(f"the PNG is cut short after {self.size} bytes (no IEND chunk)")
         return info
+
+    def image(self, index: int, **where: Any) -> GeneratedImage:
+        info = self.info()
+        return GeneratedImage(
+            index,
+            media_type=info.media_type,
+            width=info.width,
+            height=info.height,
+            byte_size=self.size,
+            **where,
+        )
 
 
 def _describe_non_image(head: bytes) -> str:
@@ -121,29 +139,55 @@ class MemoryImage:
     def size(self) -> int:
         return self._head.size
 
-    @property
-    def info(self) -> MediaInfo:
-        return self._head.info
+    def check(self) -> None:
+        """NotAnImageError unless the bytes so far are a whole image."""
+        self._head.info()
 
     async def write(self, data: bytes) -> None:
         self._head.take(data)
         self._data += data
 
-    async def abort(self) -> None:
+    def abort(self) -> None:
         self._data = bytearray()
 
-    def getvalue(self) -> bytes:
-        return bytes(self._data)
+    async def settle(
+        self, index: int, stem: str, *, overwrite: bool, fallback: str | None = None
+    ) -> GeneratedImage:
+        del stem, overwrite, fallback  # memory has no names
+        return self._head.image(index, data=bytes(self._data))
+
+
+class _GuardedFile(io.FileIO):
+    """A file whose close waits for a write in progress in another thread: a cancelled write
+    leaves its thread running, and closing under it could hand its descriptor to another file."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, "xb")  # O_EXCL: fails on anything there, a symlink included
+        self._guard = threading.Lock()
+
+    def write(self, data: Any, /) -> int:
+        with self._guard:
+            return super().write(data)
+
+    def close(self) -> None:
+        with self._guard:
+            super().close()
 
 
 @attrs.define
 class AtomicFile:
-    """An image streamed to a temporary file in `folder`, placed under its final name on commit."""
+    """An image streamed to a temporary file in `folder`, placed under its final name on commit.
+
+    Creating and removing the temporary file are plain system calls on the loop (microseconds),
+    so no cancellation can fall between them and leave a file nobody owns; the writes go through
+    aiofiles in blocks.
+    """
 
     folder: Path
     max_bytes: int
     _tmp: Path
-    _file: AsyncBufferedIOBase
+    _raw: _GuardedFile
+    _file: AsyncFileIO
     _head: _Head = attrs.field(init=False)
     _pending: bytearray = attrs.Factory(bytearray)
 
@@ -151,71 +195,97 @@ class AtomicFile:
         self._head = _Head(self.max_bytes)
 
     @classmethod
-    async def create(cls, folder: Path, *, max_bytes: int) -> AtomicFile:
-        await aiofiles.os.makedirs(folder, exist_ok=True)
+    def create(cls, folder: Path, *, max_bytes: int) -> AtomicFile:
+        folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}.part"
-        return cls(folder, max_bytes, tmp, await aiofiles.open(tmp, "xb"))
+        raw = _GuardedFile(tmp)
+        return cls(folder, max_bytes, tmp, raw, aiofiles.threadpool.wrap(raw))
 
     @property
     def size(self) -> int:
         return self._head.size
 
-    @property
-    def info(self) -> MediaInfo:
-        return self._head.info
+    def check(self) -> None:
+        """NotAnImageError unless the bytes so far are a whole image."""
+        self._head.info()
 
     async def write(self, data: bytes) -> None:
         self._head.take(data)
         self._pending += data
         if len(self._pending) >= WRITE_BLOCK:
             block, self._pending = self._pending, bytearray()
-            await self._file.write(block)
+            await self._write(block)
 
-    async def commit(self, stem: str, index: int, *, overwrite: bool) -> Path:
-        """Place the image at `{folder}/{stem}_{index}.{ext}`, never over an existing file unless
-        `overwrite`; the extension comes from the bytes. Returns the final path."""
+    async def _write(self, block: bytearray) -> None:
+        view = memoryview(block)
+        while view:
+            view = view[await self._file.write(view) :]
+
+    async def settle(
+        self, index: int, stem: str, *, overwrite: bool, fallback: str | None = None
+    ) -> GeneratedImage:
+        """Place the image at `{folder}/{stem}_{index}.{ext}`, the extension from its bytes.
+
+        An existing file there is replaced only with `overwrite`; otherwise FileExistsError, or,
+        given a `fallback`, the name `{stem}_{index}-{fallback}.{ext}` (for an image already paid
+        for, which must not be lost to a name taken meanwhile).
+        """
         try:
-            final = self.folder / f"{check_stem(stem)}_{index}.{self.info.extension}"
+            extension = self._head.info().extension
+            final = self.folder / f"{check_stem(stem)}_{index}.{extension}"
             if self._pending:
-                await self._file.write(self._pending)
+                await self._write(self._pending)
                 self._pending = bytearray()
-            await self._file.flush()
-            fd = self._file.fileno()
-            await anyio.to_thread.run_sync(_sync_and_place, fd, self._tmp, final, overwrite)
-            await self._file.close()
-        except BaseException:
-            await self.abort()
-            raise
-        return final
+            spare = None if fallback is None else final.with_stem(f"{final.stem}-{fallback}")
+            path = await anyio.to_thread.run_sync(
+                _sync_and_place, self._raw.fileno(), self._tmp, final, overwrite, spare
+            )
+        finally:
+            self.abort()  # closes the file; removes the temporary name unless it was placed
+        return self._head.image(index, path=path)
 
-    async def abort(self) -> None:
-        with anyio.CancelScope(shield=True):
-            await self._file.close()
+    def abort(self) -> None:
+        try:
+            self._raw.close()
+        finally:
             with contextlib.suppress(FileNotFoundError):
-                await aiofiles.os.unlink(self._tmp)
+                self._tmp.unlink()
 
 
-def _sync_and_place(fd: int, tmp: Path, final: Path, overwrite: bool) -> None:
-    """fsync, then give `tmp` its final name atomically; the temp name then goes away."""
+def _sync_and_place(fd: int, tmp: Path, final: Path, overwrite: bool, spare: Path | None) -> Path:
+    """fsync, then give `tmp` its final name atomically (or `spare`, when `final` is taken)."""
     os.fsync(fd)
     if overwrite:
         tmp.replace(final)  # replaces a symlink at `final`; never writes through it
     else:
         try:
-            os.link(tmp, final)  # fails if `final` exists, even as a dangling symlink
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            _place_new(tmp, final)
+        except FileExistsError:
+            if spare is None:
                 raise
-            if os.path.lexists(final):  # a filesystem without hard links: check, then rename
-                raise FileExistsError(errno.EEXIST, "file exists", str(final)) from exc
-            tmp.replace(final)
-        else:
-            tmp.unlink()
+            log.warning("%s exists: saving the paid-for image as %s instead", final, spare.name)
+            _place_new(tmp, spare)
+            final = spare
     dir_fd = os.open(final.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    return final
+
+
+def _place_new(tmp: Path, final: Path) -> None:
+    """Rename `tmp` to `final`, never over an existing file (even a dangling symlink)."""
+    try:
+        os.link(tmp, final)  # fails with EEXIST whatever is there
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        if os.path.lexists(final):  # a filesystem without hard links: check, then rename
+            raise FileExistsError(errno.EEXIST, "file exists", str(final)) from exc
+        tmp.replace(final)
+    else:
+        tmp.unlink()
 
 
 @attrs.frozen
@@ -228,7 +298,7 @@ class BodyImage:
 
 
 async def receive_body(
-    chunks: AsyncIterator[bytes], open_sink: Callable[[], Awaitable[ImageSink]]
+    chunks: AsyncIterator[bytes], open_sink: Callable[[], ImageSink]
 ) -> tuple[Any, list[BodyImage]]:
     """Read a relay answer, streaming every inline image into a sink from `open_sink`.
 
@@ -244,33 +314,33 @@ async def receive_body(
             for index, key, data in parser.feed(chunk):
                 sink = sinks.get((index, key))
                 if sink is None:
-                    sink = sinks[index, key] = await open_sink()
+                    sink = sinks[index, key] = open_sink()
                 await sink.write(data)
         doc = parser.close()
         async for image in _images_in(doc, sinks, open_sink):
             images.append(image)
             if image.sink is not None:
-                image.sink.info  # noqa: B018 - raises NotAnImageError for what is no image
+                image.sink.check()
     except BaseException:
-        await _abort_all([*sinks.values(), *(image.sink for image in images)])
+        _abort_all([*sinks.values(), *(image.sink for image in images)])
         raise
     used = {id(image.sink) for image in images}
-    await _abort_all([sink for sink in sinks.values() if id(sink) not in used])
+    _abort_all([sink for sink in sinks.values() if id(sink) not in used])
     return doc, images
 
 
-async def _abort_all(sinks: list[ImageSink | None]) -> None:
+def _abort_all(sinks: list[ImageSink | None]) -> None:
     seen: set[int] = set()
     for sink in sinks:
         if sink is not None and id(sink) not in seen:
             seen.add(id(sink))
-            await sink.abort()
+            sink.abort()
 
 
 async def _images_in(
     doc: Any,
     sinks: Mapping[tuple[int, str], ImageSink],
-    open_sink: Callable[[], Awaitable[ImageSink]],
+    open_sink: Callable[[], ImageSink],
 ) -> AsyncIterator[BodyImage]:
     """The images of `doc["data"]`, whichever field of each item holds one."""
     data = doc.get("data") if isinstance(doc, dict) else None
@@ -300,11 +370,11 @@ async def _images_in(
             (v for k in ("b64_json", "url") if isinstance(v := item.get(k), str) and v), None
         )
         if inline is not None:  # the full-parse fallback: an image where streaming did not look
-            sink = await open_sink()
+            sink = open_sink()
             try:
                 await sink.write(await anyio.to_thread.run_sync(_decode_inline, inline))
             except BaseException:
-                await sink.abort()
+                sink.abort()
                 raise
             yield BodyImage(index, sink=sink)
 

@@ -7,18 +7,20 @@ and whatever shape of error body the relay chose.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import ipaddress
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, NoReturn
 
 import aiohttp
 import attrs
 import yarl
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from ._clock import Clock
 from ._config import Timeouts
@@ -26,6 +28,7 @@ from ._exceptions import (
     APIError,
     AuthenticationError,
     BadRequestError,
+    ClientClosedError,
     ConfigurationError,
     ConnectError,
     ContentPolicyError,
@@ -36,6 +39,7 @@ from ._exceptions import (
     RateLimitError,
     ServerError,
 )
+from ._pacing import Pacer
 from ._retry import parse_retry_after
 
 __all__ = [
@@ -53,6 +57,7 @@ log = logging.getLogger("gemimg_async")
 ERROR_BODY_LIMIT = 64 * 1024
 """Bytes of an error answer read to find its message: error pages are short, or cut short."""
 CHUNK_SIZE = 64 * 1024
+KEEPALIVE_SECONDS = 5.0
 _REQUEST_ID_HEADERS = ("x-request-id", "x-oneapi-request-id", "request-id", "openai-request-id")
 _BLOCKED = re.compile(
     r"safety|blocked|content[ _-]?polic|moderation|prohibited|sensitive|违规|敏感|审核|不安全",
@@ -113,27 +118,29 @@ class Transport:
     _api_key: str = attrs.field(repr=False, alias="api_key")
     timeouts: Timeouts
     clock: Clock
+    pacer: Pacer = attrs.Factory(Pacer)
     _api: aiohttp.ClientSession | None = attrs.field(default=None, repr=False)
     _files: aiohttp.ClientSession | None = attrs.field(default=None, repr=False)
     _closed: bool = False
 
     def _api_session(self) -> aiohttp.ClientSession:
         if self._closed:
-            raise RuntimeError("this client is closed")
+            raise ClientClosedError("the client is closed")
         if self._api is None:
+            # The key lives in this session's headers only: not in any call's locals.
             self._api = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0),
-                headers=_HEADERS,
+                connector=_connector(),
+                headers={**_HEADERS, "Authorization": f"Bearer {self._api_key}"},
             )
         return self._api
 
     def _files_session(self) -> aiohttp.ClientSession:
         if self._files is None:
-            self._files = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0),
-                headers=_HEADERS,
-            )
+            self._files = aiohttp.ClientSession(connector=_connector(), headers=_HEADERS)
         return self._files
+
+    def _is_closed(self) -> bool:
+        return self._closed
 
     async def aclose(self) -> None:
         self._closed = True
@@ -147,17 +154,13 @@ class Transport:
         self, body: bytes, *, idempotency_key: str, model: str, timeouts: Timeouts | None = None
     ) -> AsyncIterator[Answer]:
         """POST one generation; yield its 2xx answer, or raise the error it amounts to."""
-        headers = {
-            "Authorization": f"Bearer {self._api_key}",
-            "Content-Type": "application/json",
-            "Idempotency-Key": idempotency_key,
-        }
+        headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key}
         timeouts = timeouts or self.timeouts
         timeout = aiohttp.ClientTimeout(
             total=timeouts.total, connect=timeouts.connect, sock_read=timeouts.read_for(model)
         )
         tracker = aiohttp.UploadTracker()
-        with _map_errors(tracker=tracker, what=f"POST {self.endpoint}"):
+        try:
             async with self._api_session().post(
                 self.endpoint,
                 data=io.BytesIO(body),  # streamed by aiohttp; raw bytes over 1 MB warn
@@ -183,8 +186,16 @@ class Transport:
                     response.status,
                     response.headers,
                     request_id,
-                    response.content.iter_chunked(CHUNK_SIZE),
+                    self.pacer.paced(response.content.iter_chunked(CHUNK_SIZE)),
                 )
+        except GemimgError:
+            raise
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise_translated(exc, tracker, f"POST {self.endpoint}", self._is_closed)
+        except RuntimeError as exc:  # aiohttp's word for reading a connection closed under us
+            if not self._closed:
+                raise
+            raise_translated(exc, tracker, f"POST {self.endpoint}", self._is_closed)
 
     @asynccontextmanager
     async def download(
@@ -206,7 +217,7 @@ class Transport:
                 if not self._closed
                 else await stack.enter_async_context(aiohttp.ClientSession(headers=_HEADERS))
             )
-            with _map_errors(tracker=None, what=f"GET {_safe_url(url)}", download_url=url):
+            try:
                 async with session.get(url, timeout=timeout) as response:
                     log.debug("GET %s -> %d", _safe_url(url), response.status)
                     if response.status in (403, 404, 410):
@@ -233,17 +244,31 @@ class Transport:
                         response.status,
                         response.headers,
                         _request_id(response.headers),
-                        response.content.iter_chunked(CHUNK_SIZE),
+                        self.pacer.paced(response.content.iter_chunked(CHUNK_SIZE)),
                     )
+            except GemimgError:
+                raise
+            except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
+                if isinstance(exc, RuntimeError) and not self._closed:
+                    raise
+                raise_translated(exc, None, f"GET {_safe_url(url)}", None, download_url=url)
 
 
 async def _read_head(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """Up to `limit` bytes of an error answer: as much as arrives, for its status is the news."""
     head = bytearray()
-    async for chunk in content.iter_chunked(CHUNK_SIZE):
-        head += chunk
-        if len(head) >= limit:
-            break
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        async for chunk in content.iter_chunked(CHUNK_SIZE):
+            head += chunk
+            if len(head) >= limit:
+                break
     return bytes(head[:limit])
+
+
+def _connector() -> aiohttp.TCPConnector:
+    # The pool is ours; idle connections are dropped after 5 s (as httpx does), before most
+    # servers drop them: a POST on a connection the server just closed would look sent.
+    return aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS)
 
 
 def _safe_url(url: str) -> str:
@@ -251,28 +276,73 @@ def _safe_url(url: str) -> str:
     return str(yarl.URL(url).with_query(None).with_fragment(None))
 
 
-@contextmanager
-def _map_errors(
-    *, tracker: aiohttp.UploadTracker | None, what: str, download_url: str | None = None
-) -> Iterator[None]:
-    """Turn aiohttp's errors into ours, telling a request never sent from one whose answer was
-    lost. Errors that are not aiohttp's (a full disk, a bug) pass through untouched."""
-    try:
-        yield
-    except GemimgError:
-        raise
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        reason = _describe(exc)
-        if download_url is not None:
-            raise DownloadError(f"{what} failed: {reason}", url=download_url) from exc
-        if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
-            raise ConnectError(f"{what}: could not connect: {reason}") from exc
-        if tracker is not None and not _body_sent(tracker):
-            raise ConnectError(f"{what}: {reason} before the request was sent in full") from exc
-        raise OutcomeUnknownError(
-            f"{what}: {reason} after the request was sent; the relay may have generated "
-            "and billed it, so it is not sent again unless you opt in"
-        ) from exc
+def raise_translated(
+    exc: Exception,
+    tracker: aiohttp.UploadTracker | None,
+    what: str,
+    closed: Callable[[], bool] | None,
+    *,
+    download_url: str | None = None,
+) -> NoReturn:
+    """Raise the error of ours that an aiohttp error amounts to, telling a request never sent
+    from one whose answer was lost. Called from an `except` clause: the one place aiohttp's
+    errors become ours. (Errors that are not aiohttp's, a full disk or a bug, never come here.)
+    """
+    _scrub(exc)
+    raise _translate(exc, tracker, what, closed, download_url) from exc
+
+
+def _scrub(exc: BaseException) -> None:
+    """Take the key out of an aiohttp error before it is chained onto ours, where tracebacks,
+    loggers and error trackers (which print frames' locals) would show it.
+
+    aiohttp's frames hold the request's headers in their locals, so the error and those it
+    chains keep their messages but lose their tracebacks; a ClientResponseError also loses the
+    Authorization header from the `request_info` it carries.
+    """
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    if not isinstance(exc, aiohttp.ClientResponseError):
+        return
+    info = exc.request_info
+    headers = CIMultiDict(info.headers)
+    headers.popall("Authorization", None)
+    clean = aiohttp.RequestInfo(info.url, info.method, CIMultiDictProxy(headers), info.real_url)
+    exc.request_info = clean
+    exc.args = (clean, *exc.args[1:])
+    exc.history = ()
+
+
+def _translate(
+    exc: BaseException,
+    tracker: aiohttp.UploadTracker | None,
+    what: str,
+    closed: Callable[[], bool] | None,
+    download_url: str | None,
+) -> GemimgError:
+    reason = _describe(exc)
+    if download_url is not None:
+        return DownloadError(f"{what} failed: {reason}", url=download_url)
+    sent = tracker is None or _body_sent(tracker)
+    if closed is not None and closed():
+        if not sent:
+            return ClientClosedError(f"{what}: the client was closed before it was sent")
+        return OutcomeUnknownError(
+            f"{what}: the client was closed while the request was in flight; "
+            "the relay may have generated and billed it"
+        )
+    if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
+        return ConnectError(f"{what}: could not connect: {reason}")
+    if not sent:
+        return ConnectError(f"{what}: {reason} before the request was sent in full")
+    return OutcomeUnknownError(
+        f"{what}: {reason} after the request was sent; the relay may have generated "
+        "and billed it, so it is not sent again unless you opt in"
+    )
 
 
 def _describe(exc: BaseException) -> str:

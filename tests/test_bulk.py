@@ -5,6 +5,7 @@ Everything runs against the fake relay over real sockets on 127.0.0.1.
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import time
@@ -736,3 +737,39 @@ async def test_leaving_map_early_cancels_what_is_in_flight():
         assert map_worker_tasks() == []
         assert client.stats.in_flight == 0
     assert len(relay.requests) <= 5  # the pool's worth, and at most one pulled as "fast" ended
+
+
+async def test_an_image_paid_for_but_not_fetched_is_not_paid_for_again(
+    relay, client, tmp_path, out
+):
+    """A job whose generation succeeded but whose URL could not be fetched ends outcome_unknown:
+    a plain re-run does not pay for it again; --retry-unknown does, with the same key."""
+    relay.script_download(*[Fault.status(502)] * 3)
+    jobs = write_jobs(tmp_path, "jobs.jsonl", jsonl({"prompt": "a fox", "id": "fox"}))
+    first = await run_batch(client, jobs, out)
+    entry = latest(out)["fox"]
+    assert (first.outcome_unknown, entry["status"]) == (1, "outcome_unknown")
+    assert entry["error"].startswith("DownloadError: ")
+    relay.reset()
+    await run_batch(client, jobs, out)
+    assert relay.requests == []
+    await run_batch(client, jobs, out, retry_unknown=True)
+    assert [r.idempotency_key for r in relay.requests] == entry["idempotency_keys"]
+    assert latest(out)["fox"]["status"] == "saved"
+
+
+async def test_a_full_disk_halts_the_batch(relay, client, tmp_path, out, monkeypatch):
+    """When the output folder takes no more, the batch stops taking jobs (each would be paid
+    for, then lost) and says why."""
+    from gemimg_async import _sinks  # noqa: PLC0415 - the file class under the aiofiles wrapper
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(_sinks._GuardedFile, "write", write)
+    jobs = write_jobs(tmp_path, "jobs.txt", [f"job {i}" for i in range(20)])
+    async with Client(API_KEY, relay.url, max_concurrency=1, clock=FakeClock()) as one:
+        summary = await run_batch(one, jobs, out, defaults=JobDefaults(response_format="b64_json"))
+    assert summary.halted is not None
+    assert "takes no more" in summary.halted
+    assert len(relay.requests) == 1

@@ -21,6 +21,7 @@ from gemimg_async import (
     AuthenticationError,
     BadRequestError,
     Client,
+    ClientClosedError,
     ConfigurationError,
     ConnectError,
     ContentPolicyError,
@@ -259,10 +260,10 @@ async def test_repr_shows_the_relay_not_the_key(relay):
 
 
 async def test_a_closed_client_refuses_to_send(relay):
-    """After aclose, generate raises and nothing reaches the relay."""
+    """After aclose, generate raises ClientClosedError and nothing reaches the relay."""
     client = Client(API_KEY, relay.url, clock=FakeClock())
     await client.aclose()
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(ClientClosedError, match="closed"):
         await client.generate("a lighthouse")
     assert relay.requests == []
 
@@ -1116,6 +1117,7 @@ async def test_cancelled_generation_frees_its_place_and_leaves_no_file(relay, cl
 def test_the_error_tree_is_rooted_at_gemimg_error():
     """Every error class the package exports derives from GemimgError, as documented."""
     tree = {
+        ClientClosedError: GemimgError,
         ConfigurationError: GemimgError,
         ValidationError: GemimgError,
         InvalidModelError: ValidationError,
@@ -1316,3 +1318,61 @@ async def test_max_concurrency_one_serialises():
             tg.start_soon(client.generate, "a fox")
     assert len(relay.requests) == 5
     assert relay.max_in_flight == 1
+
+
+# --- found in review: closing a client that is in use ------------------------------------------
+
+
+async def test_closing_the_client_under_a_running_map_raises(relay):
+    """A map still iterating when its client is closed raises ClientClosedError instead of
+    ending as if every request had been made."""
+    relay.latency = 0.2
+    try:
+        client = Client(API_KEY, relay.url, clock=FakeClock(), max_concurrency=2)
+        requests = (gi.ImageRequest(f"fox {i}") for i in range(10))
+        seen = []
+
+        async def consume() -> None:
+            async for outcome in client.map(requests):
+                seen.append(outcome)
+                await client.aclose()
+
+        with pytest.raises(ClientClosedError):
+            await consume()
+        assert len(seen) == 1
+    finally:
+        relay.latency = 0.0
+
+
+async def test_an_idle_map_holds_no_place_in_the_pool(relay):
+    """A map waiting on a slow source holds no place: generate() beside it goes straight out."""
+    async with Client(API_KEY, relay.url, clock=FakeClock(), max_concurrency=2) as client:
+        go = anyio.Event()
+
+        async def slow_source():
+            await go.wait()
+            yield gi.ImageRequest("at last")
+
+        async def drain():
+            async for _ in client.map(slow_source()):
+                pass
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drain)
+            await anyio.sleep(0.05)
+            assert client.stats.in_flight == 0
+            with anyio.fail_after(5):
+                await client.generate("not kept waiting")
+            go.set()
+    assert [r.prompt for r in relay.requests] == ["not kept waiting", "at last"]
+
+
+async def test_map_under_rpm_spends_no_rate_on_an_empty_source(relay):
+    """Two requests mapped at rpm=60 wait for one start, not one per idle worker."""
+    clock = FakeClock()
+    async with Client(API_KEY, relay.url, clock=clock, rpm=60) as client:
+        requests = [gi.ImageRequest("one"), gi.ImageRequest("two")]
+        outcomes = [outcome async for outcome in client.map(requests)]
+        assert all(outcome.ok for outcome in outcomes)
+        assert client.stats.rate_waits == 1
+    assert sum(clock.sleeps) == pytest.approx(1.0)

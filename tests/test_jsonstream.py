@@ -16,7 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gemimg_async._jsonstream import Diverted, ImageStreamParser, JSONStreamError
+from gemimg_async._jsonstream import (
+    Diverted,
+    ImageStreamParser,
+    JSONStreamError,
+    JSONTruncatedError,
+)
 
 SETTINGS = settings(
     deadline=None,
@@ -320,7 +325,7 @@ def test_pieces_come_in_order_per_image() -> None:
 @pytest.mark.parametrize(
     "body",
     [
-        b'{"data": {"b64_json": "QUJD"}}',
+        b'{"images": {"b64_json": "QUJD"}}',
         b'{"b64_json": "QUJD", "url": "data:,QUJD"}',
         b'{"outer": {"data": [{"b64_json": "QUJD"}]}}',
         b'[{"data": [{"b64_json": "QUJD"}]}]',
@@ -330,10 +335,29 @@ def test_pieces_come_in_order_per_image() -> None:
     ],
 )
 def test_other_shapes_are_kept_whole(body: bytes) -> None:
-    """Image strings anywhere but $.data[i] stay in the document as ordinary strings."""
+    """Image strings anywhere but $.data[i] (or $.data as one object) stay in the document."""
     document, images = parse([body])
     assert images == {}
     assert document == json.loads(body)
+
+
+def test_data_as_one_object_is_streamed_as_image_0() -> None:
+    """A relay that answers "data": {...} for its one image is streamed like data[0]."""
+    body = b'{"created": 1, "data": {"b64_json": "QUJD", "revised_prompt": "p"}}'
+    document, images = parse([body[i : i + 3] for i in range(0, len(body), 3)])
+    assert images == {(0, "b64_json"): b"ABC"}
+    assert document == {
+        "created": 1,
+        "data": {"b64_json": Diverted(0, "b64_json", 3), "revised_prompt": "p"},
+    }
+
+
+def test_a_body_cut_short_is_a_truncation() -> None:
+    """A body that ends inside its document raises JSONTruncatedError, a JSONStreamError."""
+    parser = ImageStreamParser()
+    parser.feed(b'{"data": [{"b64_json": "QUJ')
+    with pytest.raises(JSONTruncatedError):
+        parser.close()
 
 
 def test_duplicate_keys_divert_only_the_first() -> None:
@@ -475,7 +499,7 @@ def test_max_document_bytes_counts_kept_content_only() -> None:
         [small[i : i + 4096] for i in range(0, len(small), 4096)], max_document_bytes=200
     )
     assert images == {(0, "b64_json"): bytes(300_000)}
-    large = b'{"data": {"b64_json": "' + image + b'"}}'
+    large = b'{"images": {"b64_json": "' + image + b'"}}'
     with pytest.raises(JSONStreamError, match="exceeds"):
         parse([large[i : i + 4096] for i in range(0, len(large), 4096)], max_document_bytes=200)
 

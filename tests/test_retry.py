@@ -26,6 +26,7 @@ from gemimg_async import (
     ConfigurationError,
     ConnectError,
     ContentPolicyError,
+    GemimgError,
     ImageRequest,
     InvalidPromptError,
     MalformedResponseError,
@@ -408,7 +409,7 @@ async def test_concurrent_requests_never_share_a_key(relay, client):
 
 
 async def test_a_dead_relay_drains_the_retry_budget(clock):
-    """Against a closed port each request gets fewer attempts as the shared budget drains."""
+    """Against a closed port the shared budget drains: retries stop, failures come at once."""
     async with Client(KEY, closed_port_url(), clock=clock) as client:
         attempts, tokens = [], []
         for _ in range(4):
@@ -416,21 +417,21 @@ async def test_a_dead_relay_drains_the_retry_budget(clock):
                 await client.generate("a fox")
             attempts.append(info.value.attempts)
             tokens.append(client.stats.retry_tokens)
-    assert attempts == [3, 2, 1, 1]
-    assert tokens == [7.0, 5.0, 4.0, 3.0]
+    assert attempts == [3, 3, 1, 1]  # a retry costs a token; a last attempt costs none
+    assert tokens == [8.0, 6.0, 5.0, 4.0]
 
 
 async def test_throttling_everywhere_drains_the_retry_budget(relay, client, clock):
-    """Many 503s: the first request retries, the second gets a single attempt."""
+    """Many 503s without Retry-After: the first request retries, the second gets one attempt."""
     relay.script(*[Fault.server_error(503)] * 20)
     with pytest.raises(ServerError) as first:
         await client.generate("a fox")
     assert first.value.attempts == 5
-    assert client.stats.retry_tokens == 5.0
+    assert client.stats.retry_tokens == 6.0
     with pytest.raises(ServerError) as second:
         await client.generate("a fox")
     assert second.value.attempts == 1
-    assert client.stats.retry_tokens == 4.0
+    assert client.stats.retry_tokens == 5.0
     assert relay.generation_count == first.value.attempts + second.value.attempts
 
 
@@ -439,9 +440,9 @@ async def test_successes_earn_the_budget_back(relay, client):
     relay.script(*[Fault.server_error(503)] * 5)
     with pytest.raises(ServerError):
         await client.generate("a fox")
-    assert client.stats.retry_tokens == 5.0
+    assert client.stats.retry_tokens == 6.0
     attempts = sum([(await client.generate("a fox")).attempts for _ in range(10)])
-    assert client.stats.retry_tokens == pytest.approx(6.0)
+    assert client.stats.retry_tokens == pytest.approx(7.0)
     assert relay.generation_count == 5 + attempts == 15
 
 
@@ -501,12 +502,28 @@ async def test_429s_of_requests_in_flight_together_shrink_once(relay, clock):
     assert relay.generation_count == sum(error.attempts for error in errors)
 
 
-async def test_throttled_retries_of_one_request_shrink_once(relay, client):
-    """One request retried through four 429s shrinks the limit once."""
+async def test_each_retry_of_one_request_is_a_new_signal(relay, client):
+    """A retry goes out under the limit of its time, so each further 429 shrinks it again."""
     relay.script(*[Fault.rate_limited("0")] * 4)
     result = await client.generate("a fox")
-    assert client.stats.limit == 5
+    assert client.stats.limit == 1  # 8, 5, 3, 2, 1
     assert relay.generation_count == result.attempts == 5
+
+
+async def test_a_burst_of_429s_in_flight_together_shrinks_once(relay, client):
+    """Eight requests throttled while in flight together shrink the limit once, not eight times;
+    their retries then queue under the smaller limit."""
+    relay.script(*[Fault.rate_limited("0")] * 8)
+    relay.latency = 0.05
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(client.generate, "a fox")
+    finally:
+        relay.latency = 0.0
+    assert client.stats.limit == 5
+    assert relay.generation_count == 16
+    assert client.stats.pool_waits >= 3  # eight retries, five places
 
 
 async def test_rpm_spaces_starts(relay, clock):
@@ -699,3 +716,51 @@ async def test_a_given_idempotency_key_is_sent_on_every_attempt(relay, client):
     assert [r.idempotency_key for r in relay.requests] == ["resend-of-job-7"] * 2
     assert result.idempotency_key == "resend-of-job-7"
     assert result.attempts == len(relay.requests) == 2
+
+
+# --- found in review ---------------------------------------------------------------------------
+
+
+async def test_waiting_as_the_server_asks_costs_no_budget(relay, client, clock):
+    """Throttled retries that follow the server's Retry-After leave the retry budget whole."""
+    for _ in range(2):
+        relay.script(*[Fault.rate_limited("1")] * 4)
+        result = await client.generate("a fox")
+        assert result.attempts == 5
+    assert client.stats.retry_tokens == 10.0
+    assert clock.sleeps == [1.0] * 8
+    assert relay.generation_count == 10
+
+
+async def test_failures_never_retried_cost_no_budget(relay, client):
+    """Lost answers (never resent) do not drain the budget that other retries need."""
+    relay.script(*[Fault.reset()] * 5)
+    for _ in range(5):
+        with pytest.raises(OutcomeUnknownError):
+            await client.generate("a fox")
+    assert client.stats.retry_tokens == 10.0
+
+
+async def test_a_proxy_that_gave_up_waiting_is_an_unknown_outcome(relay, client, clock):
+    """A 524 (a proxy stopped waiting; the relay may have gone on and billed) is not resent."""
+    relay.script(Fault.status(524, message="A timeout occurred"))
+    with pytest.raises(ServerError) as info:
+        await client.generate("a fox")
+    assert info.value.status == 524
+    assert relay.generation_count == info.value.attempts == 1
+    assert clock.sleeps == []
+
+
+async def test_the_key_is_not_chained_from_aiohttp_request_info(relay, client):
+    """An aiohttp error that carries the request's headers is chained onto ours without the
+    key: it is nowhere in the error's chain, nor in its traceback's locals."""
+    import traceback  # noqa: PLC0415
+
+    relay.script(Fault.status(500, headers={"X-Huge": "x" * 20_000}))
+    with pytest.raises(GemimgError) as info:
+        await client.generate("a fox")
+    error = info.value
+    assert error.__cause__ is not None
+    assert KEY not in repr(error.__cause__)
+    frames = traceback.TracebackException.from_exception(error, capture_locals=True)
+    assert KEY not in "".join(frames.format())

@@ -5,6 +5,7 @@ bytes come from a plain aiohttp request to the relay, decoded by hand, never fro
 """
 
 import base64
+import contextlib
 import errno
 import functools
 import os
@@ -16,6 +17,7 @@ import pytest
 
 from gemimg_async import (
     Client,
+    ClientClosedError,
     DownloadError,
     GemimgError,
     ImageExpiredError,
@@ -516,3 +518,64 @@ async def test_save_rejects_stems_with_path_separators(relay, client, tmp_path, 
     assert listing(folder) == []
     assert listing(tmp_path) == before
     assert relay.generation_count == result.attempts == 1
+
+
+# --- found in review: cancellation twice, disks that fail for real, names taken meanwhile -------
+
+
+@pytest.mark.parametrize("response_format", FORMATS)
+async def test_cancelled_then_closed_mid_write_leaves_nothing(
+    noisy, clock, folder, response_format
+):
+    """A save cancelled while its client is closed under it (an app shutting down: two
+    cancellations in a row) leaves no temporary file."""
+    for _ in range(3):
+        client = Client(KEY, noisy.url, clock=clock)
+
+        async def save(client: Client = client) -> None:
+            with contextlib.suppress(ClientClosedError, OutcomeUnknownError):
+                await client.generate_2k("static", response_format=response_format, save_to=folder)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(save)
+            await poll(lambda: part_file_with_bytes(folder))
+            tg.cancel_scope.cancel()
+            await client.aclose()
+        assert listing(folder) == []
+
+
+async def test_a_real_write_error_leaves_nothing(noisy, clock, folder, monkeypatch):
+    """An OSError from the file itself (not a mock of our writer) removes the temporary file."""
+    from gemimg_async import _sinks  # noqa: PLC0415 - the file class under the aiofiles wrapper
+
+    real_write = _sinks._GuardedFile.write
+    written = {"bytes": 0}
+
+    def write(self, data):
+        written["bytes"] += len(data)
+        if written["bytes"] > 2 * 1024 * 1024:
+            raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+        return real_write(self, data)
+
+    monkeypatch.setattr(_sinks._GuardedFile, "write", write)
+    async with Client(KEY, noisy.url, clock=clock) as client:
+        with pytest.raises(OSError, match="quota"):
+            await client.generate_2k("static", response_format="b64_json", save_to=folder)
+    assert listing(folder) == []
+
+
+async def test_a_name_taken_while_the_image_was_made_gets_a_spare_name(relay, folder):
+    """Two requests for one id in flight together are both paid for, so both are kept: the
+    second under `{id}_0-{key}.png`; nothing is overwritten."""
+    relay.latency = 0.05
+    try:
+        async with Client(KEY, relay.url) as client:
+            requests = [ImageRequest("a fox", id="fox"), ImageRequest("a cat", id="fox")]
+            outcomes = [outcome async for outcome in client.map(requests, save_to=folder)]
+    finally:
+        relay.latency = 0.0
+    assert all(outcome.ok for outcome in outcomes)
+    spare = next(o for o in outcomes if o.paths[0].name != "fox_0.png")
+    assert spare.paths[0].name == f"fox_0-{spare.result.idempotency_key[:8]}.png"
+    assert listing(folder) == sorted(["fox_0.png", spare.paths[0].name])
+    assert relay.generation_count == 2
