@@ -804,7 +804,7 @@ class FakeRelay:
         try:
             response = await self._answer_generation(request, record, fault, epoch, index)
             status = response.status
-        except _Aborted:
+        except (_Aborted, ConnectionError):  # we hung up, or the client did: nothing to log
             return web.Response(status=499)  # never sent: the transport is gone
         else:
             return response
@@ -918,7 +918,7 @@ class FakeRelay:
         try:
             response = await self._answer_download(request, fault)
             status = response.status
-        except _Aborted:
+        except (_Aborted, ConnectionError):  # we hung up, or the client did: nothing to log
             return web.Response(status=499)  # never sent: the transport is gone
         else:
             return response
