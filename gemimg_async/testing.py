@@ -58,6 +58,7 @@ import attrs
 from aiohttp import web
 
 from ._clock import FakeClock
+from ._models import ASPECT_RATIOS
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -73,6 +74,7 @@ __all__ = [
     "RecordedDownload",
     "RecordedRequest",
     "pixel_size",
+    "png",
     "serve",
 ]
 
@@ -83,18 +85,7 @@ MODELS: Mapping[str, int] = {
     "gemini-3-pro-image-preview-4k": 4096,
 }
 #: The aspect ratios the fake relay accepts as ``size`` (``W:H``; ``WxH`` is accepted too).
-RATIOS: tuple[str, ...] = (
-    "1:1",
-    "2:3",
-    "3:2",
-    "3:4",
-    "4:3",
-    "4:5",
-    "5:4",
-    "9:16",
-    "16:9",
-    "21:9",
-)
+RATIOS: tuple[str, ...] = ASPECT_RATIOS
 Quirk = Literal[
     "both_fields",
     "null_sibling",
@@ -390,6 +381,11 @@ def _render(key: _ImageKey) -> bytes:
     if key.style == "noise":
         return _noise_png(key.width, key.height)
     return _gradient_png(key.width, key.height, key.palette)
+
+
+def png(width: int = 3, height: int = 2, colour: tuple[int, int, int] = (128, 128, 128)) -> bytes:
+    """A valid RGB PNG of one colour: an input image for your tests."""
+    return _png(width, height, zlib.compress((b"\x00" + bytes(colour) * width) * height))
 
 
 def _png(width: int, height: int, idat: bytes) -> bytes:

@@ -27,6 +27,20 @@ def relay(relay_server: FakeRelay) -> FakeRelay:
     return relay_server
 
 
+@pytest.fixture(scope="session")
+async def noise_relay_server() -> AsyncIterator[FakeRelay]:
+    """A relay of incompressible images: a 4K answer is ~67 MB of base64, long enough to cut
+    or cancel mid-body."""
+    async with FakeRelay(api_keys=frozenset({API_KEY}), image_style="noise") as relay:
+        yield relay
+
+
+@pytest.fixture
+def noisy(noise_relay_server: FakeRelay) -> FakeRelay:
+    noise_relay_server.reset()
+    return noise_relay_server
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()

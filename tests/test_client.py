@@ -51,6 +51,7 @@ from gemimg_async import (
     ValidationError,
 )
 from gemimg_async.testing import QUIRKS, FakeClock, FakeRelay, Fault, pixel_size
+from gemimg_async.testing import png as tiny_png
 
 pytestmark = pytest.mark.anyio
 
@@ -72,23 +73,6 @@ PROMPT_ZH = "一只在雪地里的红狐狸，电影感光线，"  # noqa: RUF00
 def bytes_id(value: object) -> str | None:
     """A short test id for a long bytes parameter (pytest would print every byte)."""
     return f"{len(value)}-bytes" if isinstance(value, bytes) and len(value) > 16 else None
-
-
-def tiny_png(width: int = 3, height: int = 2) -> bytes:
-    """A real, valid RGB PNG."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(data, zlib.crc32(kind))
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    rows = b"".join(b"\x00" + b"\x80" * (3 * width) for _ in range(height))
-    return (
-        PNG_SIGNATURE
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
 
 
 def tiny_jpeg(width: int = 4, height: int = 3) -> bytes:

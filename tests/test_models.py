@@ -3,7 +3,6 @@
 import base64
 import json
 import struct
-import zlib
 from pathlib import Path
 
 import attrs
@@ -32,6 +31,7 @@ from gemimg_async import (
 from gemimg_async._inputs import encode_images
 from gemimg_async._media import MediaInfo, sniff
 from gemimg_async._models import data_uri
+from gemimg_async.testing import png
 
 STANDARD = "gemini-3-pro-image-preview"
 TIER_2K = "gemini-3-pro-image-preview-2k"
@@ -45,21 +45,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def bytes_id(value: object) -> str | None:
     """A short test id for a long bytes parameter (pytest would print every byte)."""
     return f"{len(value)}-bytes" if isinstance(value, bytes) and len(value) > 16 else None
-
-
-def png(width: int = 3, height: int = 2) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(data, zlib.crc32(kind))
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    rows = b"".join(b"\x00" + b"\x40" * (3 * width) for _ in range(height))
-    return (
-        PNG_SIGNATURE
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
 
 
 def jpeg(width: int = 4, height: int = 3, *, sof: int = 0xC0, fill: bool = False) -> bytes:

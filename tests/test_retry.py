@@ -546,19 +546,6 @@ async def test_without_rpm_nothing_waits(relay, client, clock):
 # --- cancellation ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-async def noise_relay_server():
-    """A relay whose 4K answers are ~67 MB of b64: long enough to cancel mid-body."""
-    async with FakeRelay(api_keys=KEY, image_style="noise") as relay:
-        yield relay
-
-
-@pytest.fixture
-def noisy(noise_relay_server):
-    noise_relay_server.reset()
-    return noise_relay_server
-
-
 def answered(relay: FakeRelay) -> bool:
     """The relay has finished handling every request it got, one way or another."""
     return all(request.finished is not None for request in relay.requests)

@@ -26,26 +26,13 @@ from gemimg_async import (
     ValidationError,
 )
 from gemimg_async._sinks import AtomicFile
-from gemimg_async.testing import QUIRKS, FakeRelay, Fault
+from gemimg_async.testing import QUIRKS, Fault
 
 pytestmark = pytest.mark.anyio
 
 KEY = "sk-test"
 STANDARD = "gemini-3-pro-image-preview"
 FORMATS = ("url", "b64_json")
-
-
-@pytest.fixture(scope="module")
-async def noise_relay_server():
-    """A relay whose images are incompressible: a 2K PNG is 12 MB, a 4K one 50 MB."""
-    async with FakeRelay(api_keys=KEY, image_style="noise") as relay:
-        yield relay
-
-
-@pytest.fixture
-def noisy(noise_relay_server):
-    noise_relay_server.reset()
-    return noise_relay_server
 
 
 @pytest.fixture
