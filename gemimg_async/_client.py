@@ -319,6 +319,7 @@ class Client:
                 if window is not None:
                     await window.acquire()
                 lease = _Lease(self._pool)
+                item = None
                 try:
                     # One worker at a time takes a request, then waits for its place: no place
                     # is held while a slow source is awaited, and one request at most is
@@ -334,7 +335,7 @@ class Client:
                     )
                 finally:
                     lease.release()
-                    if window is not None and source.exhausted:
+                    if window is not None and item is None:
                         window.release()
                 await send.send(outcome)
 

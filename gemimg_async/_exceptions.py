@@ -81,7 +81,8 @@ class GemimgError(Exception):
         return f"{self.message} ({', '.join(details)})" if details else self.message
 
     def __reduce__(self) -> tuple[object, ...]:
-        # Errors cross process boundaries in bulk jobs: keep every attribute.
+        # Pickled whole (keyword-only arguments would break the default): errors can cross
+        # process boundaries, as outcomes of jobs spread over workers will.
         return (_rebuild, (type(self), self.message, self.__dict__))
 
 

@@ -298,14 +298,6 @@ class GeneratedImage:
     height: int | None = None
     byte_size: int | None = None
 
-    @classmethod
-    def from_json(cls, index: int, item: Mapping[str, Any]) -> GeneratedImage | None:
-        """The image a response item points to by URL; None when it holds no http(s) URL."""
-        url = item.get("url")
-        if isinstance(url, str) and url.startswith(("http://", "https://")):
-            return cls(index, url=url)
-        return None
-
 
 @attrs.frozen
 class Timings:

@@ -528,21 +528,6 @@ def test_from_json_validates():
 # --- GeneratedImage and Timings ----------------------------------------------------------------
 
 
-def test_generated_image_from_json_reads_an_http_url():
-    """An item with an http(s) URL becomes a GeneratedImage holding it."""
-    image = GeneratedImage.from_json(2, {"url": "https://cdn.example.com/x.png"})
-    assert image == GeneratedImage(2, url="https://cdn.example.com/x.png")
-
-
-@pytest.mark.parametrize(
-    "item",
-    [{}, {"url": ""}, {"url": None}, {"url": "data:image/png;base64,AAAA"}, {"b64_json": "A"}],
-)
-def test_generated_image_from_json_without_an_http_url_is_none(item):
-    """An item without an http(s) URL gives None."""
-    assert GeneratedImage.from_json(0, item) is None
-
-
 def test_generated_image_repr_hides_bytes():
     """A GeneratedImage's repr gives its byte count, not its bytes."""
     text = repr(GeneratedImage(0, data=b"\x89PNG" + bytes(10_000)))
