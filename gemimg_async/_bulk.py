@@ -179,10 +179,6 @@ class BatchRun:
     def stopping(self) -> bool:
         return self._stopping
 
-    @property
-    def aborting(self) -> bool:
-        return self._abort_reason is not None
-
     def stop(self) -> None:
         """Take no new job; the requests already sent finish and are recorded."""
         self._stopping = True

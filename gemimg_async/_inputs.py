@@ -15,7 +15,7 @@ import anyio
 
 from ._config import MAX_INLINE_IMAGE_BYTES
 from ._exceptions import InvalidImageError
-from ._models import image_media_type
+from ._models import image_media_type, is_file_ref
 
 __all__ = ["encode_images"]
 
@@ -34,7 +34,7 @@ async def encode_images(refs: Sequence[str]) -> list[str]:
     for ref in refs:
         if ref.startswith("data:"):
             await _check_base64(ref)
-        elif not ref.startswith(("http://", "https://")):
+        elif is_file_ref(ref):
             ref = await _encode_file(ref)  # noqa: PLW2901 - the file, as the URI that replaces it
         encoded.append(ref)
     return encoded

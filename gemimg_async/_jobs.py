@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeAlias, cast
 import attrs
 
 from ._exceptions import ValidationError
-from ._models import ImageRequest, Model, ResponseFormat, resolve_model
+from ._models import ImageRequest, Model, ResponseFormat, is_file_ref, resolve_model
 
 __all__ = ["BadLine", "JobDefaults", "content_id", "count_jobs", "iterable_jobs", "read_jobs"]
 
@@ -29,7 +29,6 @@ _JOB_KINDS: Mapping[str, Literal["jsonl", "csv", "txt"]] = {
     ".txt": "txt",
 }
 _ID_FIELDS = ("prompt", "model", "size", "n", "images", "response_format")
-_PASSED_THROUGH = ("http://", "https://", "data:")
 
 
 @attrs.frozen
@@ -248,10 +247,9 @@ def _requests(
             yield number, str(exc), None
             continue
         derived = None if request.id is not None else content_id(request)
-        if any(not ref.startswith(_PASSED_THROUGH) for ref in request.images):
+        if any(map(is_file_ref, request.images)):
             located = tuple(
-                ref if ref.startswith(_PASSED_THROUGH) else str(folder / ref)
-                for ref in request.images
+                str(folder / ref) if is_file_ref(ref) else ref for ref in request.images
             )
             request = attrs.evolve(request, images=located)
         yield number, request, derived

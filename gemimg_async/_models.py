@@ -38,6 +38,7 @@ __all__ = [
     "check_stem",
     "data_uri",
     "image_media_type",
+    "is_file_ref",
     "resolve_model",
 ]
 
@@ -118,6 +119,12 @@ def _image_ref(image: ImageInput) -> str:
     if image.startswith("data:"):
         return _labelled_data_uri(image)
     return image
+
+
+def is_file_ref(ref: str) -> bool:
+    """Whether an image reference names a local file (read when the request is sent), rather
+    than an http(s) URL or a data: URI (sent as they are)."""
+    return not ref.startswith(("http://", "https://", "data:"))
 
 
 def _json_image(ref: str) -> bytes:

@@ -30,6 +30,7 @@ INTERNAL = {
     "_manifest.status_of",  # ManifestEntry.from_outcome applies it
     "_models.data_uri",  # used by _inputs to inline files; users pass bytes to `images=`
     "_models.image_media_type",  # the check behind data_uri, used by _inputs for files
+    "_models.is_file_ref",  # how _inputs and job files tell local files from URLs
     "_models.check_stem",  # the file-name rule behind `id=` and `save(stem=)`, enforced there
     # text formatting for the progress displays and the CLI; users take a Progress class
     "_progress.format_duration",
