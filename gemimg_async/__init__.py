@@ -6,7 +6,7 @@ retries only what cannot be billed twice. See `Client`.
 
 import importlib.metadata
 
-from ._bulk import BatchRun, BatchStats, BatchSummary, run_batch
+from ._bulk import BatchRun, run_batch
 from ._client import ENV_API_KEY, ENV_BASE_URL, Client, ClientStats, GenerateOptions
 from ._clock import Clock, SystemClock
 from ._config import (
@@ -62,6 +62,7 @@ from ._models import (
 )
 from ._progress import PlainProgress, Progress, RichProgress
 from ._results import GenerationResult, Outcome
+from ._summary import BatchStats, BatchSummary
 
 __version__ = importlib.metadata.version("gemimg-async")
 

@@ -15,7 +15,6 @@ import asyncio
 import errno
 import logging
 import os
-import time
 import uuid
 from collections.abc import (
     AsyncIterator,
@@ -26,12 +25,13 @@ from collections.abc import (
 )
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import attrs
 
 from ._client import Client
+from ._clock import Clock
 from ._exceptions import AuthenticationError
 from ._jobs import BadLine, JobDefaults, count_jobs, iterable_jobs, read_jobs
 from ._manifest import (
@@ -43,11 +43,10 @@ from ._manifest import (
     Status,
 )
 from ._models import ImageRequest
+from ._progress import Progress
+from ._summary import BatchStats, BatchSummary
 
-if TYPE_CHECKING:
-    from ._progress import Progress
-
-__all__ = ["BatchRun", "BatchStats", "BatchSummary", "run_batch"]
+__all__ = ["BatchRun", "run_batch"]
 
 log = logging.getLogger("gemimg_async")
 
@@ -59,86 +58,6 @@ _ABANDONED = "abandoned after it was sent, when the batch was aborted; it may ha
 _DANGLING = (
     "in flight when an earlier run ended without recording it (killed?); it may have been billed"
 )
-
-
-@attrs.frozen
-class BatchStats:
-    """A batch as it runs, for progress displays."""
-
-    total: int | None
-    """About how many jobs the job file holds; None when unknown."""
-    saved: int
-    """Jobs saved by this run."""
-    failed: int
-    """Jobs of this run that ended without images: refused, failed or outcome_unknown."""
-    skipped: int
-    """Jobs not sent: done by an earlier run."""
-    bad_lines: int
-    in_flight: int
-    images: int
-    """Images saved by this run."""
-    elapsed: float
-    limit: int
-    """The client's in-flight limit now (lower while the relay throttles)."""
-    stopping: bool = False
-
-    @property
-    def done(self) -> int:
-        """Jobs read and settled: saved, failed, skipped or bad."""
-        return self.saved + self.failed + self.skipped + self.bad_lines
-
-    @property
-    def images_per_minute(self) -> float:
-        return self.images * 60.0 / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
-    def eta(self) -> float | None:
-        """Seconds until every job is done, at this run's pace so far; None when unknown or
-        stopping."""
-        finished = self.saved + self.failed
-        if self.total is None or finished == 0 or self.elapsed <= 0 or self.stopping:
-            return None
-        return max(self.total - self.done, 0) * self.elapsed / finished
-
-
-@attrs.frozen(kw_only=True)
-class BatchSummary:
-    """How a batch ended: the final state of every job met, this run or before."""
-
-    saved: int
-    refused: int
-    failed: int
-    outcome_unknown: int
-    skipped: int
-    """Of those, jobs not sent by this run (done before, or outcome_unknown kept as it is)."""
-    sent: int
-    images: int
-    """Images saved by this run."""
-    bad_lines: tuple[BadLine, ...]
-    elapsed: float
-    manifest: Path
-    interrupted: bool
-    """Stopped or aborted before every job was read: run again to go on."""
-    halted: str | None = None
-    """Why the batch stopped taking jobs on its own (the relay rejected the key)."""
-
-    @property
-    def counts(self) -> dict[Status, int]:
-        return {status: getattr(self, status) for status in STATUSES}
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    @property
-    def ok(self) -> bool:
-        """Every job saved, no bad line, nothing left."""
-        return (
-            self.saved == self.total
-            and not self.bad_lines
-            and not self.interrupted
-            and self.halted is None
-        )
 
 
 def _no_jobs() -> dict[Status, int]:
@@ -160,6 +79,8 @@ class BatchRun:
     retry_unknown: bool = False
     """Send again jobs recorded `outcome_unknown`: they may have been billed already."""
     progress: Progress | None = None
+    _clock: Clock = attrs.field(init=False)
+    """The client's: every time the batch records or shows is read from it."""
     _stopping: bool = attrs.field(init=False, default=False)
     _abort_reason: str | None = attrs.field(init=False, default=None)
     _scope: anyio.CancelScope = attrs.field(init=False, factory=anyio.CancelScope)
@@ -174,6 +95,9 @@ class BatchRun:
     _total: int | None = attrs.field(init=False, default=None)
     _began: float | None = attrs.field(init=False, default=None)
     _halted: str | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        self._clock = self.client.clock
 
     @property
     def stopping(self) -> bool:
@@ -199,7 +123,7 @@ class BatchRun:
             bad_lines=len(self._bad_lines),
             in_flight=len(self._in_flight),
             images=self._images,
-            elapsed=0.0 if self._began is None else time.monotonic() - self._began,
+            elapsed=0.0 if self._began is None else self._clock.monotonic() - self._began,
             limit=self.client.stats.limit,
             stopping=self._stopping,
         )
@@ -208,7 +132,7 @@ class BatchRun:
         """Run every job not done yet; returns the summary. ValidationError for a bad job file."""
         if self._began is not None:
             raise RuntimeError("a BatchRun runs once")
-        self._began = time.monotonic()
+        self._began = self._clock.monotonic()
         if isinstance(jobs, (str, os.PathLike)):
             requests = read_jobs(jobs, defaults=self.defaults, on_bad_line=self._bad_line)
             self._total = count_jobs(jobs)
@@ -240,7 +164,7 @@ class BatchRun:
     async def _tick(self) -> None:
         assert self.progress is not None
         while True:
-            await anyio.sleep(_TICK)
+            await anyio.sleep(_TICK)  # a display's refresh, in real time whatever the clock
             self.progress.update(self.stats)
 
     async def _settle_dangling(self, journal: Journal, images: FolderImages) -> None:
@@ -258,7 +182,7 @@ class BatchRun:
                     model=doc.get("model"),
                     size=doc.get("size"),
                     started=float(doc.get("started", 0.0)),
-                    finished=time.time(),
+                    finished=self._clock.time(),
                     prompt=doc.get("prompt"),
                 )
             )
@@ -306,8 +230,8 @@ class BatchRun:
                         paths=names,
                         model=request.model,
                         size=request.size,
-                        started=time.time(),
-                        finished=time.time(),
+                        started=self._clock.time(),
+                        finished=self._clock.time(),
                         prompt=request.prompt,
                     )
                     journal.write(entry)
@@ -320,7 +244,7 @@ class BatchRun:
             # Idempotency-Key then bills it once
             known = prior.idempotency_keys if prior and prior.status == "outcome_unknown" else ()
             keyed = attrs.evolve(request, idempotency_key=(known or _new_key())[-1])
-            journal.mark_sent(keyed, time.time())
+            journal.mark_sent(keyed, self._clock.time())
             self._in_flight[request.id] = keyed
             yield keyed
 
@@ -366,7 +290,7 @@ class BatchRun:
         if not self._in_flight:
             return
         images = FolderImages.scan(self.out_dir)
-        now = time.time()
+        now = self._clock.time()
         for job_id, request in list(self._in_flight.items()):
             names = images.complete(job_id, request.n)
             entry = ManifestEntry(
@@ -397,7 +321,7 @@ class BatchRun:
             sent=sum(self._ran.values()),
             images=self._images,
             bad_lines=tuple(self._bad_lines),
-            elapsed=time.monotonic() - self._began,
+            elapsed=self._clock.monotonic() - self._began,
             manifest=journal.folder / MANIFEST_NAME,
             interrupted=self._stopping and self._halted is None,
             halted=self._halted,

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import anyio
 
-from ._bulk import BatchRun, BatchSummary
+from ._bulk import BatchRun
 from ._client import ENV_API_KEY, ENV_BASE_URL, Client
 from ._config import DEFAULT_MAX_CONCURRENCY
 from ._exceptions import ConfigurationError, GemimgError, ValidationError
 from ._jobs import JobDefaults
 from ._models import ASPECT_RATIOS
 from ._progress import PlainProgress, Progress, RichProgress, rich_available
+from ._summary import BatchSummary
 
 __all__ = ["main"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -127,14 +126,6 @@ def is_file_ref(ref: str) -> bool:
     return not ref.startswith(("http://", "https://", "data:"))
 
 
-def _json_image(ref: str) -> bytes:
-    """`ref` as a JSON string; a data: URI's base64 (checked, so nothing to escape) is copied."""
-    if not ref.startswith("data:"):
-        return json.dumps(ref).encode()
-    prefix, _, payload = ref.partition(",")
-    return b"".join((json.dumps(prefix + ",").encode()[:-1], payload.encode("ascii"), b'"'))
-
-
 def check_stem(stem: str, *, what: str = "stem") -> str:
     """`stem` if it can name files inside a folder; ValidationError if it could escape it."""
     if not (isinstance(stem, str) and _ID.fullmatch(stem)):
@@ -248,24 +239,6 @@ class ImageRequest:
                 "idempotency_key must be 1-255 printable ASCII characters without spaces, "
                 f"not {self.idempotency_key!r:.80}"
             )
-
-    def body(self, images: Sequence[str]) -> bytes:
-        """The JSON body for the relay, with `images` as the encoded inputs.
-
-        Joined as bytes rather than dumped: inline images are checked base64, megabytes each,
-        and `json.dumps` would scan them all on the event loop.
-        """
-        doc: dict[str, Any] = {"model": self.model, "prompt": self.prompt}
-        if self.size is not None:
-            doc["size"] = self.size
-        doc["response_format"] = self.response_format
-        doc["n"] = self.n
-        head = json.dumps(doc, ensure_ascii=False).encode()
-        if not images:
-            return head
-        values = [_json_image(image) for image in images]
-        image = values[0] if len(values) == 1 else b"[" + b",".join(values) + b"]"
-        return b"".join((head[:-1], b', "image": ', image, b"}"))
 
     def to_json(self) -> dict[str, Any]:
         """This request as a JSON-ready dict of the fields that differ from their defaults."""

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Protocol, TextIO
 
 import attrs
 
-from ._bulk import BatchStats, BatchSummary
 from ._manifest import STATUSES
+from ._summary import BatchStats, BatchSummary
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType

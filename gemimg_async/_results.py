@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 
 from ._models import GeneratedImage, ImageRequest, Timings, check_stem
+from ._save import Saver
 
 __all__ = ["GenerationResult", "Outcome"]
-
-
-class _Saver(Protocol):
-    async def __call__(
-        self,
-        images: Sequence[GeneratedImage],
-        folder: Path,
-        stem: str,
-        *,
-        overwrite: bool,
-    ) -> tuple[GeneratedImage, ...]: ...
 
 
 @attrs.frozen
@@ -44,7 +33,8 @@ class GenerationResult:
     timings: Timings
     stem: str
     """The name its files get: `{stem}_{i}.{ext}`."""
-    _saver: _Saver = attrs.field(eq=False, repr=False, alias="saver")
+    saver: Saver = attrs.field(factory=Saver, eq=False, repr=False)
+    """How `save` writes and downloads (the client's limits); never the client itself."""
 
     @property
     def request_id(self) -> str | None:
@@ -66,7 +56,7 @@ class GenerationResult:
         URL images are downloaded now. An existing file is never replaced unless `overwrite`:
         FileExistsError instead.
         """
-        saved = await self._saver(
+        saved = await self.saver.save(
             self.images, Path(folder), check_stem(stem or self.stem), overwrite=overwrite
         )
         return [image.path for image in saved if image.path is not None]

@@ -48,6 +48,7 @@ __all__ = [
     "Failure",
     "GenerationRetrier",
     "RetryBudget",
+    "Verdict",
     "call_with_retries",
     "classify",
     "parse_retry_after",
@@ -132,6 +133,15 @@ class RetryBudget:
         return self.tokens > self.max_tokens / 2
 
 
+@attrs.frozen
+class Verdict:
+    """What one failure means: its class, and the seconds to wait before sending again (None:
+    do not)."""
+
+    kind: Failure
+    delay: float | None
+
+
 @attrs.define
 class GenerationRetrier:
     """The retry decisions for one generation request, across its attempts."""
@@ -141,11 +151,12 @@ class GenerationRetrier:
     rng: random.Random
     _failures: Counter[Failure] = attrs.Factory(Counter)
 
-    def delay(self, error: GemimgError) -> float | None:
-        """Seconds to wait before sending again after `error`; None to raise it."""
+    def judge(self, error: GemimgError) -> Verdict:
+        """Whether, and after how long, to send again after `error`."""
         kind = classify(error)
-        if kind is Failure.PERMANENT:
-            return None
+        return Verdict(kind, None if kind is Failure.PERMANENT else self._delay(kind, error))
+
+    def _delay(self, kind: Failure, error: GemimgError) -> float | None:
         self._failures[kind] += 1
         retry_after = getattr(error, "retry_after", None)
         too_long = retry_after is not None and retry_after > self.policy.max_retry_after
@@ -195,7 +206,7 @@ class DownloadRetrier:
 
 async def call_with_retries(
     attempt: Callable[[int], Awaitable[T]],
-    retrier: GenerationRetrier | DownloadRetrier,
+    retrier: DownloadRetrier,
     sleep: Callable[[float], Awaitable[None]],
     *,
     what: str,

@@ -4,14 +4,12 @@ A file is written under a hidden temporary name in its target folder, fsynced, a
 linked to its final name, which it never replaces unless asked; on any error or cancellation the
 temporary file is removed. The final name never holds a partial image.
 
-Relay answers are decoded while they stream in (`_jsonstream`), so a 40 MB `b64_json` body costs
-a few hundred kilobytes of memory, not three copies of itself.
+Relay answers are decoded while they stream in (`_answer`), so a 40 MB `b64_json` body costs a
+few hundred kilobytes of memory, not three copies of itself.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import errno
 import io
@@ -19,7 +17,6 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,7 +25,6 @@ import anyio
 import attrs
 from aiofiles.threadpool.binary import AsyncFileIO
 
-from ._jsonstream import Diverted, ImageStreamParser, JSONStreamError
 from ._media import SNIFF_BYTES, MediaInfo, sniff
 from ._models import GeneratedImage, check_stem
 
@@ -36,12 +32,10 @@ __all__ = [
     "TEMP_PREFIX",
     "WRITE_BLOCK",
     "AtomicFile",
-    "BodyImage",
     "ImageSink",
     "MemoryImage",
     "NotAnImageError",
     "TooLargeError",
-    "receive_body",
 ]
 
 log = logging.getLogger("gemimg_async")
@@ -286,103 +280,3 @@ def _place_new(tmp: Path, final: Path) -> None:
         tmp.replace(final)
     else:
         tmp.unlink()
-
-
-@attrs.frozen
-class BodyImage:
-    """One image found in a relay answer: its sink (inline bytes) or its URL."""
-
-    index: int
-    sink: ImageSink | None = None
-    url: str | None = None
-
-
-async def receive_body(
-    chunks: AsyncIterator[bytes], open_sink: Callable[[], ImageSink]
-) -> tuple[Any, list[BodyImage]]:
-    """Read a relay answer, streaming every inline image into a sink from `open_sink`.
-
-    Returns the document (image strings replaced by `Diverted`) and the images it holds, in
-    order. Raises JSONStreamError when the body is not JSON, NotAnImageError when an image string
-    holds no image (or a PNG cut short). On any error the sinks are aborted.
-    """
-    parser = ImageStreamParser()
-    sinks: dict[tuple[int, str], ImageSink] = {}
-    images: list[BodyImage] = []
-    try:
-        async for chunk in chunks:
-            for index, key, data in parser.feed(chunk):
-                sink = sinks.get((index, key))
-                if sink is None:
-                    sink = sinks[index, key] = open_sink()
-                await sink.write(data)
-        doc = parser.close()
-        async for image in _images_in(doc, sinks, open_sink):
-            images.append(image)
-            if image.sink is not None:
-                image.sink.check()
-    except BaseException:
-        _abort_all([*sinks.values(), *(image.sink for image in images)])
-        raise
-    used = {id(image.sink) for image in images}
-    _abort_all([sink for sink in sinks.values() if id(sink) not in used])
-    return doc, images
-
-
-def _abort_all(sinks: list[ImageSink | None]) -> None:
-    seen: set[int] = set()
-    for sink in sinks:
-        if sink is not None and id(sink) not in seen:
-            seen.add(id(sink))
-            sink.abort()
-
-
-async def _images_in(
-    doc: Any,
-    sinks: Mapping[tuple[int, str], ImageSink],
-    open_sink: Callable[[], ImageSink],
-) -> AsyncIterator[BodyImage]:
-    """The images of `doc["data"]`, whichever field of each item holds one."""
-    data = doc.get("data") if isinstance(doc, dict) else None
-    if isinstance(data, dict):
-        data = [data]  # a relay that answers one image as an object
-    if not isinstance(data, list):
-        return
-    for index, item in enumerate(data):
-        if not isinstance(item, dict):
-            continue
-        sink = next(
-            (
-                sinks[value.index, value.key]
-                for key in ("b64_json", "url")
-                if isinstance(value := item.get(key), Diverted) and value.size
-            ),
-            None,
-        )
-        if sink is not None:
-            yield BodyImage(index, sink=sink)
-            continue
-        url = item.get("url")
-        if isinstance(url, str) and url.startswith(("http://", "https://")):
-            yield BodyImage(index, url=url)
-            continue
-        inline = next(
-            (v for k in ("b64_json", "url") if isinstance(v := item.get(k), str) and v), None
-        )
-        if inline is not None:  # the full-parse fallback: an image where streaming did not look
-            sink = open_sink()
-            try:
-                await sink.write(await anyio.to_thread.run_sync(_decode_inline, inline))
-            except BaseException:
-                sink.abort()
-                raise
-            yield BodyImage(index, sink=sink)
-
-
-def _decode_inline(value: str) -> bytes:
-    if value.startswith("data:"):
-        value = value.partition(",")[2]
-    try:
-        return base64.b64decode(value)
-    except (binascii.Error, ValueError) as exc:
-        raise JSONStreamError(f"an image string is not base64: {exc}") from exc

@@ -780,7 +780,6 @@ async def test_save_takes_the_extension_from_the_bytes(client, tmp_path):
         attempts=1,
         timings=Timings(),
         stem="fox",
-        saver=client._save,
     )
     [path] = await result.save(tmp_path)
     assert path == tmp_path / "fox_0.jpg"

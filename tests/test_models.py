@@ -408,45 +408,6 @@ def test_repr_shortens_inline_images():
     assert "data:image/png;base64," in text
 
 
-# --- ImageRequest: the wire body ---------------------------------------------------------------
-
-
-def test_body_holds_the_documented_fields():
-    """body() sends model, prompt, size, response_format and n; never id or allow_any_size."""
-    request = ImageRequest(
-        "a fox", model="2k", size="3:2", n=2, response_format="b64_json", id="fox"
-    )
-    assert json.loads(request.body([])) == {
-        "model": TIER_2K,
-        "prompt": "a fox",
-        "size": "3:2",
-        "response_format": "b64_json",
-        "n": 2,
-    }
-
-
-def test_body_without_size_has_no_size():
-    """No size given means no size field."""
-    assert "size" not in json.loads(ImageRequest("a fox").body([]))
-
-
-def test_body_sends_one_image_as_a_string_and_several_as_a_list():
-    """One input image is sent as a string, several as an array."""
-    request = ImageRequest("a fox")
-    assert json.loads(request.body(["https://a"]))["image"] == "https://a"
-    assert json.loads(request.body(["https://a", "https://b"]))["image"] == [
-        "https://a",
-        "https://b",
-    ]
-
-
-def test_body_is_utf8_not_escaped():
-    """A Chinese prompt is sent as UTF-8, not \\u escapes."""
-    body = ImageRequest("一只狐狸").body([])
-    assert "一只狐狸".encode() in body
-    assert json.loads(body)["prompt"] == "一只狐狸"
-
-
 # --- ImageRequest: JSON ------------------------------------------------------------------------
 
 
@@ -490,17 +451,6 @@ REQUESTS = st.builds(
 def test_json_round_trip(request):
     """from_json(to_json(r)) == r for any valid request, through real JSON text."""
     assert ImageRequest.from_json(json.loads(json.dumps(request.to_json()))) == request
-
-
-@given(REQUESTS)
-def test_body_is_valid_json_of_the_request(request):
-    """body() is JSON whose fields match the request."""
-    doc = json.loads(request.body(list(request.images)))
-    assert doc["model"] == request.model
-    assert doc["prompt"] == request.prompt
-    assert doc["n"] == request.n
-    assert doc.get("size") == request.size
-    assert set(doc) <= {"model", "prompt", "size", "response_format", "n", "image"}
 
 
 def test_from_json_takes_image_as_string_or_list():

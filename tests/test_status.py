@@ -1,4 +1,4 @@
-"""The endpoint URL, and how every error answer a relay gives becomes one of our errors."""
+"""How every error answer a relay gives becomes one of our errors."""
 
 import json
 
@@ -9,12 +9,11 @@ from gemimg_async import (
     APIError,
     AuthenticationError,
     BadRequestError,
-    ConfigurationError,
     ContentPolicyError,
     RateLimitError,
     ServerError,
 )
-from gemimg_async._transport import api_error, endpoint_url, error_fields
+from gemimg_async._status import api_error, error_fields
 
 NGINX_502 = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
@@ -39,58 +38,6 @@ def error(status, body=b"", headers=None, request_id="req_1"):
 
 def as_json(doc) -> bytes:
     return json.dumps(doc, ensure_ascii=False).encode()
-
-
-# --- endpoint_url ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("base_url", "endpoint"),
-    [
-        ("https://api.example.com", "https://api.example.com/v1/images/generations"),
-        ("https://api.example.com/", "https://api.example.com/v1/images/generations"),
-        ("https://api.example.com/v1", "https://api.example.com/v1/images/generations"),
-        ("https://api.example.com/v1/", "https://api.example.com/v1/images/generations"),
-        ("  https://api.example.com/v1  ", "https://api.example.com/v1/images/generations"),
-        ("https://api.example.com:8443", "https://api.example.com:8443/v1/images/generations"),
-        ("https://example.com/openai", "https://example.com/openai/v1/images/generations"),
-        ("https://example.com/openai/v1", "https://example.com/openai/v1/images/generations"),
-        ("https://api.example.com/v1?x=1#top", "https://api.example.com/v1/images/generations"),
-        ("http://localhost:8080", "http://localhost:8080/v1/images/generations"),
-        ("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1/images/generations"),
-        ("http://127.8.0.1", "http://127.8.0.1/v1/images/generations"),
-        ("http://[::1]:9", "http://[::1]:9/v1/images/generations"),
-    ],
-)
-def test_endpoint_url_with_or_without_v1(base_url, endpoint):
-    """The generations endpoint is found under a base URL written with or without /v1."""
-    assert str(endpoint_url(base_url)) == endpoint
-
-
-@pytest.mark.parametrize(
-    "base_url",
-    ["", "api.example.com", "ftp://api.example.com", "https://", "file:///etc/passwd", "://x"],
-)
-def test_endpoint_url_rejects_what_is_no_http_url(base_url):
-    """Anything but an http(s) URL with a host raises ConfigurationError."""
-    with pytest.raises(ConfigurationError):
-        endpoint_url(base_url)
-
-
-@pytest.mark.parametrize(
-    "base_url", ["http://api.example.com", "http://192.168.1.10:3000", "http://127.0.0.1.nip.io"]
-)
-def test_plain_http_to_another_host_needs_opting_in(base_url):
-    """http:// to a non-loopback host raises ConfigurationError unless allow_insecure_http."""
-    with pytest.raises(ConfigurationError, match="allow_insecure_http"):
-        endpoint_url(base_url)
-    assert endpoint_url(base_url, allow_insecure_http=True).path.endswith("/v1/images/generations")
-
-
-def test_endpoint_url_error_is_a_configuration_error_not_a_crash():
-    """A base URL yarl cannot parse raises ConfigurationError."""
-    with pytest.raises(ConfigurationError):
-        endpoint_url("https://[not-an-ip")
 
 
 # --- error_fields: JSON shapes -----------------------------------------------------------------

@@ -1,0 +1,128 @@
+"""A 2xx answer as images, for any dialect: its body streamed into sinks as it arrives, then read
+by the dialect. The one place a body that is not what it should be becomes our error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+import anyio
+import attrs
+
+from ._dialects import Dialect, Found
+from ._exceptions import MalformedResponseError, OutcomeUnknownError
+from ._jsonstream import JSONStreamError, JSONTruncatedError
+from ._sinks import ImageSink, NotAnImageError, TooLargeError
+
+__all__ = ["BodyImage", "Received", "receive"]
+
+
+@attrs.frozen
+class BodyImage:
+    """One image of an answer: its sink (the bytes, received) or its URL (to fetch)."""
+
+    index: int
+    sink: ImageSink | None = None
+    url: str | None = None
+
+
+@attrs.frozen
+class Received:
+    """An answer's images, in order, and the parsed document they came in."""
+
+    doc: Any
+    images: tuple[BodyImage, ...]
+    created: int | None = None
+
+
+async def receive(
+    chunks: AsyncIterator[bytes],
+    dialect: Dialect,
+    open_sink: Callable[[], ImageSink],
+    *,
+    request_id: str | None,
+) -> Received:
+    """Read an answer's body, streaming every inline image into a sink from `open_sink`.
+
+    Raises OutcomeUnknownError for a body cut short (the image may be billed),
+    MalformedResponseError for one that is no JSON or holds no whole image, and what the dialect
+    says an answer without an image means. On any error every sink is aborted.
+    """
+    try:
+        return await _receive(chunks, dialect, open_sink, request_id)
+    except JSONTruncatedError as exc:
+        raise OutcomeUnknownError(
+            f"the relay's answer ended early ({exc}); it may have generated and billed it"
+        ) from exc
+    except (JSONStreamError, NotAnImageError, TooLargeError) as exc:
+        raise MalformedResponseError(
+            f"the relay answered 200, but {exc}", status=200, request_id=request_id
+        ) from exc
+
+
+async def _receive(
+    chunks: AsyncIterator[bytes],
+    dialect: Dialect,
+    open_sink: Callable[[], ImageSink],
+    request_id: str | None,
+) -> Received:
+    parser = dialect.parser()
+    sinks: dict[tuple[Any, ...], ImageSink] = {}
+    images: list[BodyImage] = []
+    try:
+        async for chunk in chunks:
+            for index, key, data in parser.feed(chunk):
+                sink = sinks.get((index, key))
+                if sink is None:
+                    sink = sinks[index, key] = open_sink()
+                await sink.write(data)
+        doc = parser.close()
+        reading = dialect.read(doc, request_id=request_id)
+        for found in reading.images:
+            image = await _image(found, sinks, open_sink)
+            images.append(image)
+            if image.sink is not None:
+                image.sink.check()
+    except BaseException:
+        _abort_all([*sinks.values(), *(image.sink for image in images)])
+        raise
+    used = {id(image.sink) for image in images}
+    _abort_all(sink for sink in sinks.values() if id(sink) not in used)
+    return Received(doc, tuple(images), reading.created)
+
+
+async def _image(
+    found: Found, sinks: dict[tuple[Any, ...], ImageSink], open_sink: Callable[[], ImageSink]
+) -> BodyImage:
+    if found.path is not None:
+        return BodyImage(found.index, sink=sinks[found.path])
+    if found.url is not None:
+        return BodyImage(found.index, url=found.url)
+    assert found.inline is not None
+    sink = open_sink()
+    try:
+        await sink.write(await anyio.to_thread.run_sync(_decode_inline, found.inline))
+    except BaseException:
+        sink.abort()
+        raise
+    return BodyImage(found.index, sink=sink)
+
+
+def _abort_all(sinks: Iterable[ImageSink | None]) -> None:
+    seen: set[int] = set()
+    for sink in sinks:
+        if sink is not None and id(sink) not in seen:
+            seen.add(id(sink))
+            sink.abort()
+
+
+def _decode_inline(value: str) -> bytes:
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    try:
+        return base64.b64decode(value)
+    except (binascii.Error, ValueError) as exc:
+        raise JSONStreamError(f"an image string is not base64: {exc}") from exc

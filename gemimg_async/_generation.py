@@ -1,0 +1,228 @@
+"""One generation, start to end: lease -> retry loop -> dialect request -> answer -> placed images.
+
+`Engine` is what every generation of a client runs through: the relay session, the dialect, the
+pool, the retry policy and budget, and the `Saver` that puts paid images in place.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Self
+
+import attrs
+import yarl
+
+from ._answer import Received, receive
+from ._clock import Clock
+from ._config import RetryPolicy
+from ._dialects import Dialect, Outgoing
+from ._exceptions import GemimgError
+from ._inputs import encode_images
+from ._limits import Pool, Slot
+from ._models import GeneratedImage, ImageRequest, Timings
+from ._results import GenerationResult
+from ._retry import Failure, GenerationRetrier, RetryBudget
+from ._save import Delivery, Saver, refuse_taken_names
+from ._transport import Relay
+
+__all__ = ["Engine", "Lease"]
+
+log = logging.getLogger("gemimg_async")
+
+_RATIO_TOLERANCE = 0.05
+
+
+@attrs.define
+class Lease:
+    """A request's place in the pool: held while it is sent, given back while it waits."""
+
+    _pool: Pool = attrs.field(alias="pool")
+    slot: Slot | None = None
+
+    async def acquire(self) -> None:
+        self.slot = await self._pool.acquire()
+
+    def release(self) -> None:
+        if self.slot is not None:
+            self._pool.release(self.slot)
+            self.slot = None
+
+    def throttled(self) -> None:
+        """The relay throttled the request sent under this place: shrink the limit."""
+        if self.slot is not None:
+            self._pool.limit.throttled(self.slot)
+
+    async def wait(self, seconds: float, clock: Clock) -> None:
+        """Wait without the place, then queue again under the limit and rate of then."""
+        self.release()
+        await clock.sleep(seconds)
+        await self.acquire()
+
+    async def __aenter__(self) -> Self:
+        await self.acquire()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+@attrs.define
+class _Trace:
+    """What one generation has done so far, for its result or its error."""
+
+    key: str
+    """The Idempotency-Key of every attempt."""
+    request_ids: list[str] = attrs.Factory(list)
+    attempts: int = 0
+
+    def saw(self, request_id: str | None) -> None:
+        if request_id:
+            self.request_ids.append(request_id)
+
+    def stamp(self, error: GemimgError) -> None:
+        error.idempotency_key = self.key
+        error.request_ids = tuple(self.request_ids)
+        error.request_id = error.request_id or (self.request_ids[-1] if self.request_ids else None)
+        error.attempts = self.attempts
+
+
+@attrs.define
+class Engine:
+    """The machinery every generation of one client shares."""
+
+    relay: Relay
+    base: yarl.URL
+    dialect: Dialect
+    pool: Pool
+    retry: RetryPolicy
+    budget: RetryBudget
+    saver: Saver
+    clock: Clock
+    rng: random.Random = attrs.Factory(random.Random)
+
+    async def send(self, request: ImageRequest, delivery: Delivery) -> GenerationResult:
+        """Wait for a place in the pool, then `run`."""
+        asked = self.clock.monotonic()
+        async with Lease(self.pool) as lease:
+            return await self.run(
+                request, lease, queued=self.clock.monotonic() - asked, delivery=delivery
+            )
+
+    async def run(
+        self, request: ImageRequest, lease: Lease, *, queued: float, delivery: Delivery
+    ) -> GenerationResult:
+        """Generate what `request` asks under `lease`; its images placed as `delivery` says."""
+        trace = _Trace(request.idempotency_key or str(uuid.uuid4()))
+        try:
+            return await self._run(request, lease, trace, queued, delivery)
+        except GemimgError as error:
+            trace.stamp(error)
+            raise
+
+    async def _run(
+        self,
+        request: ImageRequest,
+        lease: Lease,
+        trace: _Trace,
+        queued: float,
+        delivery: Delivery,
+    ) -> GenerationResult:
+        if delivery.folder is not None and request.id is not None and not delivery.overwrite:
+            refuse_taken_names(delivery.folder, request.id, request.n)
+        outgoing = self.dialect.outgoing(self.base, request, await encode_images(request.images))
+        began = self.clock.monotonic()
+        retrier = GenerationRetrier(self.retry, self.budget, self.rng)
+        for number in itertools.count(1):
+            trace.attempts = number
+            try:
+                received = await self._attempt(outgoing, request.model, delivery, trace)
+                break
+            except GemimgError as error:
+                verdict = retrier.judge(error)
+                if verdict.kind is Failure.THROTTLED:
+                    lease.throttled()
+                if verdict.delay is None:
+                    raise
+                log.info(
+                    "generation %s: attempt %d failed (%s); retrying in %.2f s",
+                    trace.key[:8],
+                    number,
+                    error,
+                    verdict.delay,
+                )
+                await lease.wait(verdict.delay, self.clock)
+        self.pool.limit.succeeded()
+        self.budget.succeeded()
+        generated = self.clock.monotonic()
+        stem = request.id or _default_stem(received.created or self.clock.time(), trace.key)
+        images = await self.saver.place(received.images, stem, delivery, paid=trace.key[:8])
+        _check_shape(request, images)
+        result = GenerationResult(
+            request=request,
+            images=images,
+            created=received.created,
+            idempotency_key=trace.key,
+            request_ids=tuple(trace.request_ids),
+            attempts=trace.attempts,
+            timings=Timings(queued, generated - began, self.clock.monotonic() - generated),
+            stem=stem,
+            saver=self.saver,
+        )
+        log.info(
+            "%s: %d image(s) in %.1f s (request id %s)",
+            request.model,
+            len(images),
+            result.timings.total,
+            result.request_id,
+        )
+        return result
+
+    async def _attempt(
+        self, outgoing: Outgoing, model: str, delivery: Delivery, trace: _Trace
+    ) -> Received:
+        """One POST, its answer streamed into sinks; raises what the answer amounts to."""
+        answered = False
+        try:
+            async with self.relay.post(
+                outgoing, idempotency_key=trace.key, model=model, timeouts=delivery.timeouts
+            ) as answer:
+                answered = True
+                trace.saw(answer.request_id)
+                return await receive(
+                    answer.chunks,
+                    self.dialect,
+                    self.saver.sink_opener(delivery.folder),
+                    request_id=answer.request_id,
+                )
+        except GemimgError as error:
+            if not answered:
+                trace.saw(error.request_id)
+            raise
+
+
+def _default_stem(created: float, key: str) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(created))}-{key[:8]}"
+
+
+def _check_shape(request: ImageRequest, images: Sequence[GeneratedImage]) -> None:
+    """Warn about what relays do silently: fewer images than asked, the wrong aspect ratio."""
+    if len(images) < request.n:
+        log.warning("asked for %d images, the relay answered %d", request.n, len(images))
+    if request.size is None:
+        return
+    wanted_w, wanted_h = (int(side) for side in request.size.split(":"))
+    for image in images:
+        if image.width and image.height:
+            ratio = (image.width / image.height) / (wanted_w / wanted_h)
+            if abs(ratio - 1) > _RATIO_TOLERANCE:
+                log.warning(
+                    "asked for %s, got %dx%d: the relay may have ignored size",
+                    request.size,
+                    image.width,
+                    image.height,
+                )

@@ -1,0 +1,96 @@
+"""A relay's non-2xx answer as our error: its status, its message and code, its Retry-After.
+
+Relays write error bodies in many shapes (`{"error": {...}}`, a top-level `message`, `msg` or
+`error_msg`, HTML pages, plain text, Chinese messages); `error_fields` reads them all.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ._exceptions import (
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    ContentPolicyError,
+    RateLimitError,
+    ServerError,
+)
+from ._retry import parse_retry_after
+
+__all__ = ["ERROR_BODY_LIMIT", "api_error", "document_error", "error_fields"]
+
+ERROR_BODY_LIMIT = 64 * 1024
+"""Bytes of an error answer read to find its message: error pages are short, or cut short."""
+_BLOCKED = re.compile(
+    r"safety|blocked|content[ _-]?polic|moderation|prohibited|sensitive|违规|敏感|审核|不安全",
+    re.IGNORECASE,
+)
+_TAGS = re.compile(r"<(script|style)\b.*?</\1>|<[^>]+>", re.IGNORECASE | re.DOTALL)
+
+
+def error_fields(body: bytes) -> tuple[str, str | int | None]:
+    """(message, code) from an error body of any shape relays use: JSON, HTML or text."""
+    text = body.decode("utf-8-sig", "replace").strip()
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        message, code = document_error(doc)
+        return message or text[:200], code
+    if text.startswith("<"):
+        text = " ".join(_TAGS.sub(" ", text).split())
+    return text[:200] or "(empty body)", None
+
+
+def document_error(doc: dict[str, Any]) -> tuple[str | None, str | int | None]:
+    """(message, code) of the error a JSON answer reports, if it reports one."""
+    error = doc.get("error")
+    source: dict[str, Any] = error if isinstance(error, dict) else doc
+    message = next(
+        (
+            str(source[key])
+            for key in ("message", "msg", "error_msg", "detail")
+            if isinstance(source.get(key), (str, int)) and str(source[key])
+        ),
+        error if isinstance(error, str) and error else None,
+    )
+    code = source.get("code")
+    if code is None:
+        code = source.get("type")
+    if not isinstance(code, (str, int)) or isinstance(code, bool):
+        code = None
+    return message, code
+
+
+def api_error(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    request_id: str | None,
+    now: float,
+) -> APIError:
+    """The error a relay's non-2xx answer amounts to; `now` is the wall clock, for HTTP dates."""
+    message, code = error_fields(body)
+    retry_after = parse_retry_after(headers, now)
+    cls: type[APIError]
+    if status in (401, 403):
+        cls = AuthenticationError
+    elif status == 429:  # noqa: PLR2004
+        cls = RateLimitError
+    elif status == 408 or status >= 500:  # noqa: PLR2004
+        cls = ServerError
+    elif _BLOCKED.search(f"{message} {code}"):
+        cls = ContentPolicyError
+    else:
+        cls = BadRequestError
+    if 300 <= status < 400:  # noqa: PLR2004
+        message = (
+            f"the relay redirected to {headers.get('Location', '?')}; use that address as base_url"
+        )
+    return cls(message, status=status, code=code, request_id=request_id, retry_after=retry_after)
