@@ -34,15 +34,10 @@ from ._client import Client
 from ._clock import Clock
 from ._exceptions import AuthenticationError
 from ._jobs import BadLine, JobDefaults, count_jobs, iterable_jobs, read_jobs
-from ._manifest import (
-    MANIFEST_NAME,
-    STATUSES,
-    FolderImages,
-    Journal,
-    ManifestEntry,
-    Status,
-)
+from ._journal import Journal, SentJob
+from ._manifest import MANIFEST_NAME, STATUSES, ManifestEntry, Status
 from ._models import ImageRequest
+from ._outdir import FolderImages
 from ._progress import Progress
 from ._summary import BatchStats, BatchSummary
 
@@ -84,7 +79,7 @@ class BatchRun:
     _stopping: bool = attrs.field(init=False, default=False)
     _abort_reason: str | None = attrs.field(init=False, default=None)
     _scope: anyio.CancelScope = attrs.field(init=False, factory=anyio.CancelScope)
-    _in_flight: dict[str, ImageRequest] = attrs.field(init=False, factory=dict)
+    _in_flight: dict[str, SentJob] = attrs.field(init=False, factory=dict)
     _counts: dict[Status, int] = attrs.field(init=False, factory=_no_jobs)
     """The final state of every job met."""
     _ran: dict[Status, int] = attrs.field(init=False, factory=_no_jobs)
@@ -170,24 +165,11 @@ class BatchRun:
     async def _settle_dangling(self, journal: Journal, images: FolderImages) -> None:
         """Record the jobs a dead run sent without recording them."""
         dangling = journal.dangling()
-        for doc in dangling:
-            names = images.complete(doc["id"], int(doc.get("n", 1)))
-            journal.write(
-                ManifestEntry(
-                    id=doc["id"],
-                    status="saved" if names else "outcome_unknown",
-                    paths=names or (),
-                    error=None if names else _DANGLING,
-                    idempotency_keys=_keys(doc.get("key")),
-                    model=doc.get("model"),
-                    size=doc.get("size"),
-                    started=float(doc.get("started", 0.0)),
-                    finished=self._clock.time(),
-                    prompt=doc.get("prompt"),
-                )
-            )
+        for sent in dangling:
+            names = images.complete(sent.id, sent.n)
+            journal.write(sent.unanswered(names, reason=_DANGLING, finished=self._clock.time()))
         if dangling:
-            unknown = sum(1 for doc in dangling if journal.entries[doc["id"]].status != "saved")
+            unknown = sum(1 for sent in dangling if journal.entries[sent.id].status != "saved")
             log.warning(
                 "%d job(s) were in flight when an earlier run ended without recording them: "
                 "%d have their images on disk (saved), %d are outcome_unknown (may have been "
@@ -244,8 +226,7 @@ class BatchRun:
             # Idempotency-Key then bills it once
             known = prior.idempotency_keys if prior and prior.status == "outcome_unknown" else ()
             keyed = attrs.evolve(request, idempotency_key=(known or _new_key())[-1])
-            journal.mark_sent(keyed, self._clock.time())
-            self._in_flight[request.id] = keyed
+            self._in_flight[request.id] = journal.mark_sent(keyed, self._clock.time())
             yield keyed
 
     def _skip(self, entry: ManifestEntry) -> None:
@@ -291,18 +272,11 @@ class BatchRun:
             return
         images = FolderImages.scan(self.out_dir)
         now = self._clock.time()
-        for job_id, request in list(self._in_flight.items()):
-            names = images.complete(job_id, request.n)
-            entry = ManifestEntry(
-                id=job_id,
-                status="saved" if names else "outcome_unknown",
-                paths=names or (),
-                error=None if names else (self._abort_reason or _ABANDONED),
-                idempotency_keys=_keys(request.idempotency_key),
-                model=request.model,
-                size=request.size,
+        for job_id, sent in list(self._in_flight.items()):
+            entry = sent.unanswered(
+                images.complete(job_id, sent.n),
+                reason=self._abort_reason or _ABANDONED,
                 finished=now,
-                prompt=request.prompt,
             )
             journal.write(entry)
             del self._in_flight[job_id]
@@ -357,10 +331,6 @@ async def run_batch(
 
 def _new_key() -> tuple[str]:
     return (str(uuid.uuid4()),)
-
-
-def _keys(key: object) -> tuple[str, ...]:
-    return (key,) if isinstance(key, str) and key else ()
 
 
 @asynccontextmanager

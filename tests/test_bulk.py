@@ -29,7 +29,7 @@ from gemimg_async import (
     read_manifest,
     run_batch,
 )
-from gemimg_async._manifest import Journal
+from gemimg_async._journal import Journal
 from gemimg_async.testing import FakeClock, FakeRelay, Fault
 
 pytestmark = pytest.mark.anyio

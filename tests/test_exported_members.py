@@ -21,12 +21,13 @@ USER_FACING_MODULES = (
     "_models",
     "_progress",
     "_results",
+    "_summary",
 )
 INTERNAL = {
     "_jobs.count_jobs",  # a progress estimate for the CLI
     "_jobs.iterable_jobs",  # run_batch takes requests directly; this numbers them
-    "_manifest.FolderImages",  # the batch runner's view of its output folder
-    "_manifest.Journal",  # the batch runner's append-only writer; read_manifest reads
+    "_manifest.optional_str",  # a field check shared with the send log's lines
+    "_manifest.scan",  # read_manifest, with where each line starts, for the journal
     "_manifest.status_of",  # ManifestEntry.from_outcome applies it
     "_models.data_uri",  # used by _inputs to inline files; users pass bytes to `images=`
     "_models.image_media_type",  # the check behind data_uri, used by _inputs for files

@@ -18,6 +18,7 @@ from gemimg_async.testing import (
     RATIOS,
     FakeRelay,
     Fault,
+    _images,
     pixel_size,
     serve,
 )
@@ -441,10 +442,10 @@ async def test_noise_4k_is_big_and_incompressible(session):
 
 def test_image_cache_is_bounded_by_bytes():
     """The image cache evicts least recently used entries beyond its byte budget."""
-    cache = testing._ImageCache(max_bytes=1000)
-    keys = [testing._ImageKey(i, 1, "gradient", 0) for i in range(4)]
+    cache = _images._ImageCache(max_bytes=1000)
+    keys = [_images.ImageKey(i, 1, "gradient", 0) for i in range(4)]
     for key in keys:
-        cache.put(key, testing._Rendered(bytes(200)))
+        cache.put(key, _images.Rendered(bytes(200)))
     assert cache.get(keys[0]) is None
     assert all(cache.get(key) is not None for key in keys[2:])
 

@@ -1,0 +1,111 @@
+"""What the fake relay saw: one record per generation request and per file download."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from aiohttp import web
+
+from ._faults import Fault
+
+__all__ = [
+    "REQUEST_ID",
+    "RecordedDownload",
+    "RecordedRequest",
+    "bearer",
+    "new_request_id",
+    "scrubbed_headers",
+    "with_body",
+]
+
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("gemimg_fake_request_id", str)
+
+
+def new_request_id() -> str:
+    return f"req_{secrets.token_hex(12)}"
+
+
+@attrs.frozen
+class RecordedRequest:
+    """One generation request as the relay saw it.
+
+    Body fields are None when not sent (or of the wrong type); ``status`` is None while the request
+    is being handled and when no status line went out (a reset, or the client hung up first).
+    """
+
+    request_id: str
+    started: float
+    authorized: bool = False
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    idempotency_key: str | None = None
+    model: str | None = None
+    prompt: str | None = None
+    size: str | None = None
+    n: int | None = None
+    response_format: str | None = None
+    images: tuple[str, ...] = ()
+    fault: Fault | None = None
+    status: int | None = None
+    finished: float | None = None
+
+    @property
+    def image_count(self) -> int:
+        """How many input images the request carried."""
+        return len(self.images)
+
+
+@attrs.frozen
+class RecordedDownload:
+    """One file download as the image host saw it."""
+
+    request_id: str
+    path: str
+    started: float
+    authorization: str | None = None
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    fault: Fault | None = None
+    status: int | None = None
+    finished: float | None = None
+
+
+def bearer(request: web.Request) -> str | None:
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        return None
+    return credentials.strip()
+
+
+def scrubbed_headers(request: web.Request, secrets_: set[str | None]) -> dict[str, str]:
+    """The request headers, lower-cased, without Authorization and with any key redacted."""
+    hidden = {s for s in secrets_ if s}
+    headers: dict[str, str] = {}
+    for name, value in request.headers.items():
+        lower = name.lower()
+        if lower == "authorization":
+            continue
+        headers[lower] = "<redacted>" if any(s in value for s in hidden) else value
+    return headers
+
+
+def with_body(record: RecordedRequest, body: Any) -> RecordedRequest:
+    if not isinstance(body, dict):
+        return record
+    images = body.get("image")
+    images = [images] if isinstance(images, str) else images
+    n = body.get("n")
+    return attrs.evolve(
+        record,
+        model=_str_or_none(body.get("model")),
+        prompt=_str_or_none(body.get("prompt")),
+        size=_str_or_none(body.get("size")),
+        n=n if isinstance(n, int) and not isinstance(n, bool) else None,
+        response_format=_str_or_none(body.get("response_format")),
+        images=tuple(i for i in images if isinstance(i, str)) if isinstance(images, list) else (),
+    )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

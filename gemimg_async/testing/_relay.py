@@ -1,0 +1,336 @@
+"""The fake relay itself: an aiohttp server on 127.0.0.1 with scripts, records and counters."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+import anyio
+import attrs
+from aiohttp import web
+
+from ._faults import Fault
+from ._files import FileHost
+from ._images import MODELS, ImageKey, b64, image, palette
+from ._records import (
+    REQUEST_ID,
+    RecordedDownload,
+    RecordedRequest,
+    bearer,
+    new_request_id,
+    scrubbed_headers,
+    with_body,
+)
+from ._wire import (
+    Aborted,
+    Generation,
+    Invalid,
+    framed,
+    hang_up,
+    item_b64,
+    item_url,
+    send,
+    send_error,
+    send_fault,
+    validate,
+)
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["FakeRelay", "serve"]
+
+_MAX_BODY_BYTES = 256 * 1024 * 1024
+_SHUTDOWN_TIMEOUT = 0.25
+_BACKLOG = 1024
+
+
+def _keys(value: Iterable[str]) -> frozenset[str]:
+    return frozenset({value}) if isinstance(value, str) else frozenset(value)
+
+
+def _hidden_keys(keys: frozenset[str]) -> str:
+    return f"<{len(keys)} keys>"
+
+
+def _check_latency(_: object, __: object, value: float | Mapping[str, float]) -> None:
+    values = value.values() if isinstance(value, Mapping) else [value]
+    if any(not v >= 0 for v in values):
+        raise ValueError(f"latency must be >= 0, got {value!r}")
+
+
+@attrs.define(eq=False)
+class FakeRelay:
+    """A fake relay on the current event loop: ``async with FakeRelay() as relay: relay.url``."""
+
+    api_keys: frozenset[str] = attrs.field(
+        default=frozenset({"sk-test"}), converter=_keys, repr=_hidden_keys
+    )
+    host: str = "127.0.0.1"
+    port: int = 0
+    latency: float | Mapping[str, float] = attrs.field(default=0.0, validator=_check_latency)
+    url_ttl: float = 86_400.0
+    image_style: Literal["gradient", "noise"] = attrs.field(
+        default="gradient", validator=attrs.validators.in_(("gradient", "noise"))
+    )
+    extra_models: frozenset[str] = attrs.field(default=frozenset(), converter=_keys)
+
+    requests: list[RecordedRequest] = attrs.field(init=False, factory=list, repr=False)
+    _faults: collections.deque[Fault] = attrs.field(
+        init=False, factory=collections.deque, repr=False
+    )
+    _files: FileHost = attrs.field(init=False, repr=False)
+    _in_flight: int = attrs.field(init=False, default=0, repr=False)
+    _max_in_flight: int = attrs.field(init=False, default=0, repr=False)
+    _epoch: int = attrs.field(init=False, default=0, repr=False)
+    _runner: web.AppRunner | None = attrs.field(init=False, default=None, repr=False)
+    _url: str | None = attrs.field(init=False, default=None, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._files = FileHost(self.url_ttl)
+
+    @property
+    def downloads(self) -> list[RecordedDownload]:
+        """Every file download since start or `reset`, in order."""
+        return self._files.downloads
+
+    # lifecycle
+
+    async def start(self) -> None:
+        """Bind the socket and start answering."""
+        if self._runner is not None:
+            raise RuntimeError("the fake relay is already started")
+        app = web.Application(client_max_size=_MAX_BODY_BYTES)
+        app.router.add_post("/v1/images/generations", self._handle_generation)
+        app.router.add_get("/files/{name}", self._files.handle, allow_head=False)
+        app.on_response_prepare.append(self._stamp_request_id)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
+        await runner.setup()
+        try:
+            sock = socket.create_server((self.host, self.port), backlog=_BACKLOG)
+            try:
+                await web.SockSite(runner, sock, backlog=_BACKLOG).start()
+            except BaseException:
+                sock.close()
+                raise
+        except BaseException:
+            await runner.cleanup()
+            raise
+        host, port = sock.getsockname()[:2]
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+        self._url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        self._runner = runner
+
+    async def aclose(self) -> None:
+        """Stop answering; requests still being handled are cancelled shortly after."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def url(self) -> str:
+        """The base URL, like ``http://127.0.0.1:PORT`` (no ``/v1``)."""
+        if self._url is None:
+            raise RuntimeError("the fake relay is not started")
+        return self._url
+
+    # scripting
+
+    def script(self, *faults: Fault) -> None:
+        """Queue *faults* for the next generation requests, one each, in order."""
+        for fault in faults:
+            if not isinstance(fault, Fault):
+                raise TypeError(f"expected a Fault, got {fault!r}")
+        self._faults.extend(faults)
+
+    def script_download(self, *faults: Fault) -> None:
+        """Queue *faults* for the next file downloads, one each, in order."""
+        self._files.script(*faults)
+
+    def expire_files(self) -> None:
+        """Make every file URL handed out so far answer 410 Gone."""
+        self._files.expire()
+
+    def reset(self) -> None:
+        """Forget scripts, records, counters and files, as if freshly started."""
+        self._epoch += 1
+        self._faults.clear()
+        self.requests.clear()
+        self._files.reset()
+        self._max_in_flight = self._in_flight
+
+    # observing
+
+    @property
+    def in_flight(self) -> int:
+        """Generation requests being handled right now (latency included)."""
+        return self._in_flight
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most generation requests handled at once since start or `reset`."""
+        return self._max_in_flight
+
+    @property
+    def generation_count(self) -> int:
+        """Generation requests received since start or `reset`."""
+        return len(self.requests)
+
+    @property
+    def download_count(self) -> int:
+        """File downloads received since start or `reset`."""
+        return len(self.downloads)
+
+    @property
+    def pending_faults(self) -> int:
+        """Scripted generation faults not consumed yet."""
+        return len(self._faults)
+
+    @property
+    def pending_download_faults(self) -> int:
+        """Scripted download faults not consumed yet."""
+        return self._files.pending_faults
+
+    # handlers
+
+    async def _stamp_request_id(self, request: web.Request, response: web.StreamResponse) -> None:
+        request_id = request.get(REQUEST_ID) or new_request_id()
+        response.headers.setdefault("x-request-id", request_id)
+
+    def _latency(self, model: str) -> float:
+        if isinstance(self.latency, Mapping):
+            return self.latency.get(model, 0.0)
+        return self.latency
+
+    async def _handle_generation(self, request: web.Request) -> web.StreamResponse:
+        request[REQUEST_ID] = request_id = new_request_id()
+        self._in_flight += 1
+        self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        fault = self._faults.popleft() if self._faults else None
+        presented = bearer(request)
+        record = RecordedRequest(
+            request_id=request_id,
+            started=time.monotonic(),
+            authorized=presented in self.api_keys,
+            headers=scrubbed_headers(request, {presented, *self.api_keys}),
+            idempotency_key=request.headers.get("Idempotency-Key"),
+            fault=fault,
+        )
+        epoch, index = self._epoch, len(self.requests)
+        self.requests.append(record)
+        status: int | None = None
+        try:
+            response = await self._answer_generation(request, record, fault, epoch, index)
+            status = response.status
+        except (Aborted, ConnectionError):  # we hung up, or the client did: nothing to log
+            return web.Response(status=499)  # never sent: the transport is gone
+        else:
+            return response
+        finally:
+            self._in_flight -= 1
+            current = self._record_at(epoch, index)
+            if current is not None:
+                self.requests[index] = attrs.evolve(
+                    current, status=status, finished=time.monotonic()
+                )
+
+    def _record_at(self, epoch: int, index: int) -> RecordedRequest | None:
+        if epoch != self._epoch or index >= len(self.requests):
+            return None
+        return self.requests[index]
+
+    async def _answer_generation(
+        self,
+        request: web.Request,
+        record: RecordedRequest,
+        fault: Fault | None,
+        epoch: int,
+        index: int,
+    ) -> web.StreamResponse:
+        if fault is not None and fault.kind == "reset" and not fault.after_body:
+            hang_up(request, abort=True)
+            raise Aborted
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return await send_error(request, 413, "request_too_large", "The body is too large.")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if self._record_at(epoch, index) is record:
+            self.requests[index] = with_body(record, body)
+        if fault is not None and fault.kind == "reset":
+            hang_up(request, abort=True)
+            raise Aborted
+        if not record.authorized:
+            return await send_error(request, 401, "invalid_api_key", "Incorrect API key provided.")
+        try:
+            generation = validate(body, frozenset(MODELS) | self.extra_models)
+        except Invalid as exc:
+            return await send_error(request, 400, exc.code, exc.message)
+        delay = fault.seconds if fault is not None and fault.kind == "delay" else 0.0
+        await asyncio.sleep(self._latency(generation.model) + delay)
+        if fault is not None and fault.kind in ("status", "html", "error_body", "refusal"):
+            return await send_fault(request, fault)
+        return await self._send_images(request, generation, fault)
+
+    async def _send_images(
+        self, request: web.Request, generation: Generation, fault: Fault | None
+    ) -> web.StreamResponse:
+        count = generation.n
+        if fault is not None and fault.kind == "fewer_images":
+            count = min(count, fault.count)
+        quirk = fault.quirk_name if fault is not None else None
+        as_b64 = generation.response_format == "b64_json" or quirk == "b64_when_url_asked"
+        keys = [
+            ImageKey(
+                generation.width,
+                generation.height,
+                self.image_style,
+                0 if self.image_style == "noise" else palette(generation.prompt, i),
+            )
+            for i in range(count)
+        ]
+        payloads: list[bytes] = []
+        items: list[dict[str, Any]] = []
+        origin = str(request.url.origin())
+        for key in keys:
+            rendered = await image(key)
+            if as_b64 or quirk == "data_uri_in_url":
+                payloads.append(await b64(rendered))
+                items.append(item_b64(quirk))
+            else:
+                items.append(item_url(quirk, f"{origin}/files/{self._files.add(key)}"))
+        parts = framed({"created": int(time.time()), "data": items}, payloads, quirk)
+        truncate = fault.fraction if fault is not None and fault.kind == "truncate" else None
+        return await send(request, 200, "application/json", parts, truncate=truncate)
+
+
+async def serve(relay: FakeRelay, *, ready: Callable[[str], None] | None = None) -> None:
+    """Start *relay*, call ``ready(relay.url)``, and answer until cancelled; then close it."""
+    await relay.start()
+    try:
+        if ready is not None:
+            ready(relay.url)
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await relay.aclose()
