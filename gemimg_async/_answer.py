@@ -7,14 +7,14 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
 
 import anyio
 import attrs
 
-from ._dialects import Dialect, Found
+from ._dialects import Dialect, Found, Reading
 from ._exceptions import MalformedResponseError, OutcomeUnknownError
-from ._jsonstream import JSONStreamError, JSONTruncatedError
+from ._jsonstream import ImageStreamParser, JSONStreamError, JSONTruncatedError, Path
+from ._models import ImageRequest
 from ._sinks import ImageSink, NotAnImageError, TooLargeError
 
 __all__ = ["BodyImage", "Received", "receive"]
@@ -24,23 +24,22 @@ __all__ = ["BodyImage", "Received", "receive"]
 class BodyImage:
     """One image of an answer: its sink (the bytes, received) or its URL (to fetch)."""
 
-    index: int
     sink: ImageSink | None = None
     url: str | None = None
 
 
 @attrs.frozen
 class Received:
-    """An answer's images, in order, and the parsed document they came in."""
+    """An answer's images, in order, and what the dialect read beside them."""
 
-    doc: Any
     images: tuple[BodyImage, ...]
-    created: int | None = None
+    reading: Reading
 
 
 async def receive(
     chunks: AsyncIterator[bytes],
     dialect: Dialect,
+    request: ImageRequest,
     open_sink: Callable[[], ImageSink],
     *,
     request_id: str | None,
@@ -52,7 +51,7 @@ async def receive(
     says an answer without an image means. On any error every sink is aborted.
     """
     try:
-        return await _receive(chunks, dialect, open_sink, request_id)
+        return await _receive(chunks, dialect, request, open_sink, request_id)
     except JSONTruncatedError as exc:
         raise OutcomeUnknownError(
             f"the relay's answer ended early ({exc}); it may have generated and billed it"
@@ -66,21 +65,22 @@ async def receive(
 async def _receive(
     chunks: AsyncIterator[bytes],
     dialect: Dialect,
+    request: ImageRequest,
     open_sink: Callable[[], ImageSink],
     request_id: str | None,
 ) -> Received:
-    parser = dialect.parser()
-    sinks: dict[tuple[Any, ...], ImageSink] = {}
+    parser = ImageStreamParser(dialect.schema)
+    sinks: dict[Path, ImageSink] = {}
     images: list[BodyImage] = []
     try:
         async for chunk in chunks:
-            for index, key, data in parser.feed(chunk):
-                sink = sinks.get((index, key))
+            for path, data in parser.feed(chunk):
+                sink = sinks.get(path)
                 if sink is None:
-                    sink = sinks[index, key] = open_sink()
+                    sink = sinks[path] = open_sink()
                 await sink.write(data)
         doc = parser.close()
-        reading = dialect.read(doc, request_id=request_id)
+        reading = dialect.read(doc, request, request_id=request_id)
         for found in reading.images:
             image = await _image(found, sinks, open_sink)
             images.append(image)
@@ -91,16 +91,16 @@ async def _receive(
         raise
     used = {id(image.sink) for image in images}
     _abort_all(sink for sink in sinks.values() if id(sink) not in used)
-    return Received(doc, tuple(images), reading.created)
+    return Received(tuple(images), reading)
 
 
 async def _image(
-    found: Found, sinks: dict[tuple[Any, ...], ImageSink], open_sink: Callable[[], ImageSink]
+    found: Found, sinks: dict[Path, ImageSink], open_sink: Callable[[], ImageSink]
 ) -> BodyImage:
     if found.path is not None:
-        return BodyImage(found.index, sink=sinks[found.path])
+        return BodyImage(sink=sinks[found.path])
     if found.url is not None:
-        return BodyImage(found.index, url=found.url)
+        return BodyImage(url=found.url)
     assert found.inline is not None
     sink = open_sink()
     try:
@@ -108,7 +108,7 @@ async def _image(
     except BaseException:
         sink.abort()
         raise
-    return BodyImage(found.index, sink=sink)
+    return BodyImage(sink=sink)
 
 
 def _abort_all(sinks: Iterable[ImageSink | None]) -> None:

@@ -6,17 +6,17 @@ Data flows one way: facade -> generation -> dialect -> sink -> file.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Self, TypedDict, Unpack
+from typing import Any, Self, TypedDict, Unpack
 
 import anyio
 import attrs
 
 from ._clock import Clock, SystemClock
 from ._config import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_IMAGE_BYTES, RetryPolicy, Timeouts
+from ._dialects import Dialect, SizeStyle, dialect_for
 from ._dialects import base_url as relay_base
-from ._dialects import dialect_for
 from ._exceptions import ConfigurationError
 from ._fanout import FanOut
 from ._generation import Engine
@@ -43,6 +43,7 @@ class GenerateOptions(TypedDict, total=False):
     response_format: ResponseFormat
     save_to: str | os.PathLike[str] | None
     allow_any_size: bool
+    extra_body: Mapping[str, Any] | None
     timeouts: Timeouts | None
 
 
@@ -71,6 +72,11 @@ class Client:
     task that uses it, fewer while the relay throttles, started at most `rpm` times a minute.
     Use it as `async with Client(...) as client:`, or call `aclose()` when done.
     `api_key` and `base_url` default to the GEMIMG_API_KEY and GEMIMG_BASE_URL variables.
+
+    `dialect` is the shape of API the relay speaks: "images" (`/v1/images/generations`), "chat"
+    (`/v1/chat/completions`) or "gemini" (Google's `generateContent`), or a dialect value such as
+    `GeminiDialect(auth="bearer")`. `size_style` is how the size travels ("ratio", "pixels",
+    "image_config", "google"; each dialect has its default).
     """
 
     def __init__(
@@ -84,6 +90,8 @@ class Client:
         retry: RetryPolicy = RetryPolicy(),
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         allow_insecure_http: bool = False,
+        dialect: str | Dialect = "images",
+        size_style: SizeStyle | None = None,
         clock: Clock | None = None,
     ) -> None:
         api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
@@ -98,14 +106,14 @@ class Client:
                 f"or set {ENV_BASE_URL}"
             )
         base = relay_base(base_url, allow_insecure_http=allow_insecure_http)
-        dialect = dialect_for("images")
+        speaks = dialect_for(dialect, size_style)
         clock = clock or SystemClock()
         pacer = Pacer()
         limit = AdaptiveLimit(max_concurrency)
         self._engine = Engine(
-            relay=Relay(dialect.auth_headers(api_key), timeouts, clock, pacer),
+            relay=Relay(speaks.auth_headers(api_key), timeouts, clock, pacer),
             base=base,
-            dialect=dialect,
+            dialect=speaks,
             pool=Pool(limit, RateLimit(rpm, clock) if rpm is not None else None),
             retry=retry,
             budget=RetryBudget(retry.budget_tokens, retry.budget_ratio),
@@ -117,6 +125,7 @@ class Client:
     def __repr__(self) -> str:
         return (
             f"Client(base_url={str(self._engine.base)!r}, "
+            f"dialect={self._engine.dialect.name!r}, "
             f"max_concurrency={self._engine.pool.limit.maximum})"
         )
 
@@ -170,10 +179,12 @@ class Client:
         response_format: ResponseFormat = "url",
         save_to: str | os.PathLike[str] | None = None,
         allow_any_size: bool = False,
+        extra_body: Mapping[str, Any] | None = None,
         timeouts: Timeouts | None = None,
     ) -> GenerationResult:
         """Generate `n` images of `prompt`, from `images` if given; with `save_to`, on disk.
 
+        `extra_body` is merged into the request body: fields a relay takes beyond the dialect's.
         Bad input raises a ValidationError before anything is sent.
         """
         request = ImageRequest(
@@ -184,6 +195,7 @@ class Client:
             images=images,
             response_format=response_format,
             allow_any_size=allow_any_size,
+            extra_body=extra_body,
         )
         return await self.send(request, save_to=save_to, timeouts=timeouts)
 

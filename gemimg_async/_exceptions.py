@@ -69,6 +69,8 @@ class GemimgError(Exception):
     """The relay's id of every attempt that got one, oldest first."""
     idempotency_key: str | None = None
     attempts: int = 0
+    hint: str | None = None
+    """What to try, when the library can tell (another dialect, say)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -78,7 +80,8 @@ class GemimgError(Exception):
         details = [f"request id {self.request_id}"] if self.request_id else []
         if self.attempts > 1:
             details.append(f"after {self.attempts} attempts")
-        return f"{self.message} ({', '.join(details)})" if details else self.message
+        text = f"{self.message} ({', '.join(details)})" if details else self.message
+        return f"{text}; {self.hint}" if self.hint else text
 
     def __reduce__(self) -> tuple[object, ...]:
         # Pickled whole (keyword-only arguments would break the default): errors can cross
@@ -160,7 +163,8 @@ class APIError(GemimgError):
             details.append(f"request id {self.request_id}")
         if self.attempts > 1:
             details.append(f"after {self.attempts} attempts")
-        return f"{head} ({', '.join(details)})" if details else head
+        text = f"{head} ({', '.join(details)})" if details else head
+        return f"{text}; {self.hint}" if self.hint else text
 
 
 class AuthenticationError(APIError):

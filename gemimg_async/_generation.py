@@ -11,7 +11,6 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Sequence
 from typing import Self
 
 import attrs
@@ -21,10 +20,10 @@ from ._answer import Received, receive
 from ._clock import Clock
 from ._config import RetryPolicy
 from ._dialects import Dialect, Outgoing
-from ._exceptions import GemimgError
+from ._exceptions import APIError, GemimgError
 from ._inputs import encode_images
 from ._limits import Pool, Slot
-from ._models import GeneratedImage, ImageRequest, Timings
+from ._models import ImageRequest, Timings
 from ._results import GenerationResult
 from ._retry import Failure, GenerationRetrier, RetryBudget
 from ._save import Delivery, Saver, refuse_taken_names
@@ -33,8 +32,6 @@ from ._transport import Relay
 __all__ = ["Engine", "Lease"]
 
 log = logging.getLogger("gemimg_async")
-
-_RATIO_TOLERANCE = 0.05
 
 
 @attrs.define
@@ -140,7 +137,7 @@ class Engine:
         for number in itertools.count(1):
             trace.attempts = number
             try:
-                received = await self._attempt(outgoing, request.model, delivery, trace)
+                received = await self._attempt(outgoing, request, delivery, trace)
                 break
             except GemimgError as error:
                 verdict = retrier.judge(error)
@@ -159,20 +156,23 @@ class Engine:
         self.pool.limit.succeeded()
         self.budget.succeeded()
         generated = self.clock.monotonic()
-        stem = request.id or _default_stem(received.created or self.clock.time(), trace.key)
+        reading = received.reading
+        stem = request.id or _default_stem(reading.created or self.clock.time(), trace.key)
         images = await self.saver.place(received.images, stem, delivery, paid=trace.key[:8])
-        _check_shape(request, images)
         result = GenerationResult(
             request=request,
             images=images,
-            created=received.created,
+            created=reading.created,
             idempotency_key=trace.key,
             request_ids=tuple(trace.request_ids),
             attempts=trace.attempts,
             timings=Timings(queued, generated - began, self.clock.monotonic() - generated),
             stem=stem,
+            usage=reading.usage,
+            text=reading.text,
             saver=self.saver,
         )
+        _report(result)
         log.info(
             "%s: %d image(s) in %.1f s (request id %s)",
             request.model,
@@ -183,25 +183,28 @@ class Engine:
         return result
 
     async def _attempt(
-        self, outgoing: Outgoing, model: str, delivery: Delivery, trace: _Trace
+        self, outgoing: Outgoing, request: ImageRequest, delivery: Delivery, trace: _Trace
     ) -> Received:
         """One POST, its answer streamed into sinks; raises what the answer amounts to."""
         answered = False
         try:
             async with self.relay.post(
-                outgoing, idempotency_key=trace.key, model=model, timeouts=delivery.timeouts
+                outgoing, idempotency_key=trace.key, model=request.model, timeouts=delivery.timeouts
             ) as answer:
                 answered = True
                 trace.saw(answer.request_id)
                 return await receive(
                     answer.chunks,
                     self.dialect,
+                    request,
                     self.saver.sink_opener(delivery.folder),
                     request_id=answer.request_id,
                 )
         except GemimgError as error:
             if not answered:
                 trace.saw(error.request_id)
+            if isinstance(error, APIError) and error.status != 200:  # noqa: PLR2004
+                self.dialect.explain(error)
             raise
 
 
@@ -209,20 +212,17 @@ def _default_stem(created: float, key: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(created))}-{key[:8]}"
 
 
-def _check_shape(request: ImageRequest, images: Sequence[GeneratedImage]) -> None:
-    """Warn about what relays do silently: fewer images than asked, the wrong aspect ratio."""
-    if len(images) < request.n:
-        log.warning("asked for %d images, the relay answered %d", request.n, len(images))
-    if request.size is None:
-        return
-    wanted_w, wanted_h = (int(side) for side in request.size.split(":"))
-    for image in images:
-        if image.width and image.height:
-            ratio = (image.width / image.height) / (wanted_w / wanted_h)
-            if abs(ratio - 1) > _RATIO_TOLERANCE:
-                log.warning(
-                    "asked for %s, got %dx%d: the relay may have ignored size",
-                    request.size,
-                    image.width,
-                    image.height,
-                )
+def _report(result: GenerationResult) -> None:
+    """Warn about what relays do silently: fewer images than asked, a lower tier or another
+    shape than asked (judged by pixel count and ratio, never by name)."""
+    request = result.request
+    if len(result.images) < request.n:
+        log.warning("asked for %d images, the relay answered %d", request.n, len(result.images))
+    for delivered in result.delivered:
+        if delivered is not None and not delivered.as_asked:
+            log.warning(
+                "asked for %s, got %s: the relay %s",
+                result.asked,
+                delivered,
+                "downgraded the image" if delivered.smaller else "may have ignored size",
+            )

@@ -1,10 +1,15 @@
-"""Incremental JSON parser that streams the base64 images out of an image-API response.
+"""Incremental JSON parser that streams the base64 images out of a relay's answer.
 
-`ImageStreamParser` is fed the response body chunk by chunk. The image strings at
-``$.data[i].b64_json`` (and ``$.data[i].url`` when it holds a ``data:`` URL) are
-base64-decoded while they arrive and handed out from `feed()` in pieces, so memory per
-response stays small whatever the image size; everything else is parsed as usual and
-`close()` returns the document, with a `Diverted` marker where each image string was.
+`ImageStreamParser` is fed the answer's body chunk by chunk. A `Schema` (each dialect has its
+own) names the places where image strings are, and how each is read: raw base64 (a ``data:``
+prefix allowed), a URL that may be a ``data:`` URL, or text that may embed ``data:`` URLs (a
+Markdown image in a chat answer). Their base64 is decoded while it arrives and handed out from
+`feed()` in pieces, keyed by the string's path in the document, so memory per answer stays small
+whatever the image size; everything else is parsed as usual and `close()` returns the document,
+with a `Diverted` marker where each image string was (a `DivertedText` for text with images).
+
+Hostile answers are bounded: nesting deeper than `max_depth`, more than `max_values` values, or
+more than `max_document_bytes` of anything but image data raise `JSONStreamError` at once.
 """
 
 from __future__ import annotations
@@ -13,14 +18,26 @@ import binascii
 import codecs
 import json
 import re
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import attrs
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["Diverted", "ImageStreamParser", "JSONStreamError", "JSONTruncatedError"]
+__all__ = [
+    "ANY_INDEX",
+    "BASE64",
+    "MARKDOWN",
+    "URL_OR_DATA",
+    "Diverted",
+    "DivertedText",
+    "ImageStreamParser",
+    "JSONStreamError",
+    "JSONTruncatedError",
+    "Path",
+    "Schema",
+]
 
 
 class JSONStreamError(ValueError):
@@ -31,13 +48,66 @@ class JSONTruncatedError(JSONStreamError):
     """The body ended before its JSON document did."""
 
 
+Path: TypeAlias = "tuple[str | int, ...]"
+"""Where a value is in a document: object keys and array indices from the top."""
+
+BASE64: Final = 1
+"""A string of base64 (a ``data:...,`` prefix allowed): always streamed."""
+URL_OR_DATA: Final = 2
+"""A URL: streamed when it is a ``data:`` URL, kept as a string otherwise."""
+MARKDOWN: Final = 3
+"""Text: every ``data:image/...;base64,`` URL in it is streamed, the rest kept."""
+ANY_INDEX: Final = -1
+"""In a `Schema` pattern, any index of an array."""
+_ANY: Final = "\x00any"
+
+
 @attrs.frozen
 class Diverted:
     """Stands in the parsed document where an image string was streamed out instead of kept."""
 
-    index: int
-    key: str
+    path: Path
+    """Where the string was; the key of its pieces from `feed()`."""
     size: int
+    """Decoded bytes."""
+
+
+@attrs.frozen
+class DivertedText:
+    """Stands where a text with embedded images was: the text, each image in it replaced by
+    ``gemimg-stream:<k>``, and the images, the k-th at ``path + (k,)``."""
+
+    text: str
+    images: tuple[Diverted, ...]
+
+
+STREAM_REF: Final = "gemimg-stream:"
+"""What an image embedded in a text is replaced by in `DivertedText.text`, before its number."""
+
+
+class Schema:
+    """Where a dialect's answers keep image strings, as a tree of keys (and `ANY_INDEX`)."""
+
+    __slots__ = ("children", "mode")
+
+    def __init__(self) -> None:
+        self.children: dict[str, Schema] = {}
+        self.mode = 0
+
+    @classmethod
+    def of(cls, patterns: dict[Path, int]) -> Schema:
+        """A schema from `{path pattern: BASE64 | URL_OR_DATA | MARKDOWN}`."""
+        root = cls()
+        for pattern, mode in patterns.items():
+            node = root
+            for step in pattern:
+                name = _ANY if step == ANY_INDEX else str(step)
+                node = node.children.setdefault(name, cls())
+            node.mode = mode
+        return root
+
+    def child(self, step: str | int) -> Schema | None:
+        return self.children.get(_ANY if isinstance(step, int) else step)
 
 
 _WHITESPACE: Final = re.compile(rb"[ \t\n\r]*+")
@@ -80,20 +150,23 @@ _LITERALS: Final[dict[int, tuple[bytes, Any]]] = {
 }
 _BOM: Final = b"\xef\xbb\xbf"
 
-_IMAGE_KEYS: Final = frozenset({"b64_json", "url"})
 _DATA_URL: Final = "data:"
 # Enough raw bytes for any 5 characters: "data:" written as \u escapes is 30 bytes, and a
 # mismatch shows by the sixth escape or a surrogate pair at the latest.
 _PROBE_LIMIT: Final = 48
 
-# Roles of values: where they sit in the response schema.
-_PLAIN: Final = 0
-_ROOT: Final = 1
-_DATA: Final = 2
-_IMAGE: Final = 3
-_IMAGE_STRING: Final = 4
-
 _MAX_FAILED_WHOLES: Final = 4
+# A data: URL embedded in text, up to the comma before its base64 ("\/" is an escaped "/").
+_EMBEDDED: Final = re.compile(
+    rb"data:image(?:/|\\/)[a-z0-9.+-]{1,40}(?:;[a-z0-9.+=-]{1,40}){0,4};base64,", re.IGNORECASE
+)
+_EMBEDDED_HOLD: Final = 160
+"""Bytes of text held back while they may be the start of an embedded data: URL."""
+_EMBEDDED_RUN: Final = re.compile(rb"(?:[A-Za-z0-9+/=]++|\\/)*+")
+DEFAULT_MAX_DOCUMENT_BYTES: Final = 8 * 1024 * 1024
+"""Bytes of an answer besides its image data: text, ids, usage. Relays send kilobytes."""
+DEFAULT_MAX_DEPTH: Final = 64
+DEFAULT_MAX_VALUES: Final = 200_000
 
 
 def _reject_constant(name: str) -> Any:
@@ -104,16 +177,17 @@ _DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 class _Frame:
-    """An open object or array, with its place in the response schema."""
+    """An open object or array; `node` is its place in the schema (None: off the schema)."""
 
-    __slots__ = ("claimed", "container", "index", "key", "role")
+    __slots__ = ("container", "key", "node", "path")
 
-    def __init__(self, container: dict[str, Any] | list[Any], role: int, index: int) -> None:
+    def __init__(
+        self, container: dict[str, Any] | list[Any], node: Schema | None, path: Path
+    ) -> None:
         self.container = container
-        self.role = role
-        self.index = index
+        self.node = node
+        self.path = path
         self.key = ""
-        self.claimed = False
 
 
 def _decode_string(raw: bytes) -> str:
@@ -166,12 +240,22 @@ class ImageStreamParser:
     streamed strings count against ``max_document_bytes``.
     """
 
-    def __init__(self, *, max_document_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        schema: Schema,
+        *,
+        max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        max_values: int = DEFAULT_MAX_VALUES,
+    ) -> None:
+        self._schema = schema
         self._max_document_bytes = max_document_bytes
+        self._max_depth = max_depth
+        self._values_left = max_values
         self._state: Callable[[bytes, int], int] = self._start
         self._stack: list[_Frame] = []
         self._document: Any = None
-        self._out: list[tuple[int, str, bytes]] = []
+        self._out: list[tuple[Path, bytes]] = []
         self._offset = 0
         self._diverted_bytes = 0
         self._closed = False
@@ -188,20 +272,26 @@ class ImageStreamParser:
         self._text_of: bytes | None = None
         self._text_is_ascii = True
         self._failed_wholes = 0
-        # the streamed string being read
+        # the streamed string being read, and where it is
         self._probe = bytearray()
-        self._index = -1
-        self._key = ""
+        self._path: Path = ()
+        self._mode = 0
         self._prefix: codecs.IncrementalDecoder | None = None
         self._escape = b""
         self._carry = b""
         self._padded = False
         self._size = 0
+        # a text with embedded images (MARKDOWN): its text so far, and its images
+        self._text_path: Path = ()
+        self._kept: list[bytes] = []
+        self._held = b""
+        self._in_run = False
+        self._embedded: list[Diverted] = []
 
-    def feed(self, chunk: bytes) -> list[tuple[int, str, bytes]]:
-        """Consume the next chunk of the body; return decoded image pieces as (index, key, data)."""
+    def feed(self, chunk: bytes) -> list[tuple[Path, bytes]]:
+        """Consume the next chunk of the body; return decoded image pieces as (path, data)."""
         self._check_usable()
-        out: list[tuple[int, str, bytes]] = []
+        out: list[tuple[Path, bytes]] = []
         self._out = out
         self._failed_wholes = 0
         try:
@@ -280,30 +370,26 @@ class ImageStreamParser:
 
     def _begin_value(self, chunk: bytes, pos: int) -> int:
         char = chunk[pos]
-        role = self._role(char)
-        if role == _PLAIN:
+        node, path = self._place(char)
+        if node is None:
             whole = self._whole(chunk, pos)
             if whole is not None:
                 self._complete(whole[0])
                 return whole[1]
         if char == _QUOTE:
-            if role == _IMAGE_STRING:
-                parent = self._stack[-1]
-                self._index, self._key = parent.index, parent.key
-                self._state = self._probing
+            if node is not None and node.mode:
+                self._path, self._mode = path, node.mode
+                self._state = self._probing if node.mode != MARKDOWN else self._begin_text
             else:
                 self._is_key = False
                 self._state = self._string
             return pos + 1
-        if char == _LBRACE:
-            self._stack.append(_Frame({}, role, self._image_index() if role == _IMAGE else -1))
-            self._state = self._first_key
-            return pos + 1
-        if char == _LBRACKET:
-            if role == _DATA:
-                self._stack[-1].claimed = True
-            self._stack.append(_Frame([], role, -1))
-            self._state = self._first_item
+        if char in (_LBRACE, _LBRACKET):
+            if len(self._stack) >= self._max_depth:
+                raise self._error(f"nesting deeper than {self._max_depth}", chunk, pos)
+            container: dict[str, Any] | list[Any] = {} if char == _LBRACE else []
+            self._stack.append(_Frame(container, node, path))
+            self._state = self._first_key if char == _LBRACE else self._first_item
             return pos + 1
         if char in _NUMBER_START:
             self._state = self._number
@@ -314,36 +400,30 @@ class ImageStreamParser:
             return pos
         raise self._error("expected a JSON value", chunk, pos)
 
-    def _image_index(self) -> int:
-        """The `data` index of the image object opening here (0 when `data` is that object)."""
-        parent = self._stack[-1]
-        if parent.role == _ROOT:
-            parent.claimed = True
-            return 0
-        return len(parent.container)
+    def _place(self, char: int) -> tuple[Schema | None, Path]:
+        """The schema node and path of the value that starts with `char` (None: off schema).
 
-    def _role(self, char: int) -> int:
-        """The place in the response schema of the value that starts with ``char``."""
+        A key met again in the same object is off the schema: json.loads keeps the last value,
+        and only the first is streamed.
+        """
         if not self._stack:
-            return _ROOT if char == _LBRACE else _PLAIN
+            return (self._schema, ()) if char in (_LBRACE, _LBRACKET) else (None, ())
         parent = self._stack[-1]
-        if parent.role == _ROOT:
-            if parent.key == "data" and not parent.claimed:
-                if char == _LBRACKET:
-                    return _DATA
-                if char == _LBRACE:  # a relay that answers its one image as an object
-                    return _IMAGE
-        elif parent.role == _DATA:
-            if char == _LBRACE:
-                return _IMAGE
-        elif (
-            parent.role == _IMAGE
-            and char == _QUOTE
-            and parent.key in _IMAGE_KEYS
-            and parent.key not in parent.container
-        ):
-            return _IMAGE_STRING
-        return _PLAIN
+        if parent.node is None:
+            return None, ()
+        container = parent.container
+        if isinstance(container, dict):
+            if parent.key in container:
+                return None, ()
+            step: str | int = parent.key
+        else:
+            step = len(container)
+        node = parent.node.child(step)
+        if node is None or (char == _QUOTE and not node.mode):
+            return None, ()
+        if char != _QUOTE and not node.children:
+            return None, ()
+        return node, (*parent.path, step)
 
     def _whole(self, chunk: bytes, pos: int) -> tuple[Any, int] | None:
         """Parse the value at ``pos`` at C speed if it ends within this chunk."""
@@ -437,6 +517,9 @@ class ImageStreamParser:
 
     def _complete(self, value: Any) -> None:
         """Place a finished value in its container, or finish the document."""
+        self._values_left -= 1
+        if self._values_left < 0:
+            raise JSONStreamError("the document holds too many values to be an answer")
         if not self._stack:
             self._document = value
             self._state = self._done
@@ -536,7 +619,7 @@ class ImageStreamParser:
     def _probe_decided(self, *, is_data_url: bool) -> None:
         probe = bytes(self._probe)
         self._probe.clear()
-        if is_data_url or self._key == "b64_json":
+        if is_data_url or self._mode == BASE64:
             self._begin_stream(is_data_url=is_data_url)
             self._stream(probe, 0)
             self._state = self._stream
@@ -549,7 +632,7 @@ class ImageStreamParser:
     def _probe_ended(self) -> None:
         probe = bytes(self._probe)
         self._probe.clear()
-        if self._key == "b64_json":
+        if self._mode == BASE64:
             self._begin_stream(is_data_url=False)
             self._stream(probe + b'"', 0)
         else:
@@ -630,7 +713,9 @@ class ImageStreamParser:
             others = b","
         if others:
             if not data.isascii():
-                raise JSONStreamError(f"non-ASCII character in base64 image data ({self._key})")
+                raise JSONStreamError(
+                    f"non-ASCII character in base64 image data ({_where(self._path)})"
+                )
             data = data.translate(None, _NOT_B64)
         self._decode(data)
 
@@ -647,14 +732,16 @@ class ImageStreamParser:
             return False
         self._carry = buf[cut:]
         self._size += len(piece)
-        self._out.append((self._index, self._key, piece))
+        self._out.append((self._path, piece))
         return True
 
     def _decode(self, b64: bytes) -> None:
         if not b64:
             return
         if self._padded:
-            raise JSONStreamError(f"base64 image data continues after its padding ({self._key})")
+            raise JSONStreamError(
+                f"base64 image data continues after its padding ({_where(self._path)})"
+            )
         buf = self._carry + b64 if self._carry else b64
         cut = len(buf) - len(buf) % _B64_QUAD
         self._carry = buf[cut:]
@@ -669,22 +756,104 @@ class ImageStreamParser:
                 or quad_start + _B64_QUAD != cut
                 or quads[pad:] != b"=" * (cut - pad)
             ):
-                raise JSONStreamError(f"misplaced padding in base64 image data ({self._key})")
+                raise JSONStreamError(
+                    f"misplaced padding in base64 image data ({_where(self._path)})"
+                )
             self._padded = True
         piece = binascii.a2b_base64(quads)
         if piece:
             self._size += len(piece)
-            self._out.append((self._index, self._key, piece))
+            self._out.append((self._path, piece))
 
     def _finish_stream(self) -> None:
         if self._prefix is not None:
-            raise JSONStreamError(f"data: URL without a comma ({self._key})")
+            raise JSONStreamError(f"data: URL without a comma ({_where(self._path)})")
         if self._carry:
             raise JSONStreamError(
-                f"base64 image data is truncated or badly padded ({self._key}): "
+                f"base64 image data is truncated or badly padded ({_where(self._path)}): "
                 f"{len(self._carry)} characters left over"
             )
-        self._complete(Diverted(self._index, self._key, self._size))
+        diverted = Diverted(self._path, self._size)
+        if self._mode == MARKDOWN:
+            self._embedded.append(diverted)
+            self._kept.append(f"{STREAM_REF}{len(self._embedded) - 1}".encode())
+            self._in_run = False
+        else:
+            self._complete(diverted)
+
+    # Texts with embedded images (MARKDOWN).
+
+    def _begin_text(self, chunk: bytes, pos: int) -> int:
+        del chunk  # nothing read yet
+        self._text_path = self._path
+        self._kept, self._held, self._in_run, self._embedded = [], b"", False, []
+        self._raw_escape = False
+        self._state = self._text_content
+        return pos
+
+    def _text_content(self, chunk: bytes, pos: int) -> int:
+        """Read on in a text: the kept text, the embedded images streamed out."""
+        lead = b""
+        if self._raw_escape:  # the character of an escape the last chunk ended in
+            lead, pos, self._raw_escape = chunk[pos : pos + 1], pos + 1, False
+        end = _match_end(_RAW_SPAN, chunk, pos)
+        closing = end < len(chunk) and chunk[end] == _QUOTE
+        if end < len(chunk) and not closing:  # a backslash at the very end of the chunk
+            end += 1
+            self._raw_escape = True
+        self._scan(self._held + lead + chunk[pos:end], final=closing)
+        if not closing:
+            return end
+        text = _decode_string(b"".join(self._kept))
+        self._kept = []
+        self._complete(DivertedText(text, tuple(self._embedded)) if self._embedded else text)
+        return end + 1
+
+    def _scan(self, buf: bytes, *, final: bool) -> None:
+        """Sort `buf`, text content that ends between escapes, into kept text and image data;
+        hold back (unless `final`) what may be the start of an embedded data: URL."""
+        self._held = b""
+        i = 0
+        while i < len(buf) or (final and self._in_run):
+            if self._in_run:
+                end = _match_end(_EMBEDDED_RUN, buf, i)
+                if buf[i:end]:
+                    self._take(buf[i:end])
+                    self._diverted_bytes += end - i
+                if end == len(buf) and not final:
+                    return
+                self._finish_stream()
+                i = end
+                continue
+            match = _EMBEDDED.search(buf, i)
+            if match is None:
+                cut = len(buf) if final else _held_from(buf, i)
+                self._kept.append(buf[i:cut])
+                self._held = buf[cut:]
+                return
+            self._kept.append(buf[i : match.start()])
+            self._path = (*self._text_path, len(self._embedded))
+            self._begin_stream(is_data_url=False)
+            self._in_run = True
+            i = match.end()
+
+
+def _held_from(buf: bytes, start: int) -> int:
+    """Where the tail of `buf` that may begin an embedded data: URL starts (`len(buf)`: none)."""
+    window_start = max(start, len(buf) - _EMBEDDED_HOLD)
+    window = buf[window_start:].lower()
+    at = window.rfind(b"data:")
+    if at >= 0:
+        return window_start + at
+    for n in range(min(len(_DATA_URL) - 1, len(window)), 0, -1):
+        if _DATA_URL.encode().startswith(window[-n:]):
+            return len(buf) - n
+    return len(buf)
+
+
+def _where(path: Path) -> str:
+    """`data[0].b64_json` for the path ("data", 0, "b64_json")."""
+    return "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path)[1:]
 
 
 def _match_end(pattern: re.Pattern[bytes], chunk: bytes, pos: int) -> int:

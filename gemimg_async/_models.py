@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,7 @@ __all__ = [
     "Model",
     "ResponseFormat",
     "Timings",
+    "Usage",
     "check_stem",
     "data_uri",
     "image_media_type",
@@ -126,6 +128,18 @@ def is_file_ref(ref: str) -> bool:
     return not ref.startswith(("http://", "https://", "data:"))
 
 
+def _extra_body(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A copy of `value` if it is a JSON object of JSON values; ValidationError otherwise."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ValidationError(f"extra_body must be a JSON object, not {value!r:.80}")
+    try:
+        return dict(json.loads(json.dumps(value, allow_nan=False)))
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"extra_body must hold JSON values only: {exc}") from exc
+
+
 def check_stem(stem: str, *, what: str = "stem") -> str:
     """`stem` if it can name files inside a folder; ValidationError if it could escape it."""
     if not (isinstance(stem, str) and _ID.fullmatch(stem)):
@@ -210,6 +224,8 @@ class ImageRequest:
     idempotency_key: str | None = None
     """The Idempotency-Key to send; None gives each send a fresh one. Set it to resend a request
     that may have been billed: a relay that honours the header then bills it once."""
+    extra_body: dict[str, Any] | None = attrs.field(default=None, converter=_extra_body)
+    """Fields merged into the request body (objects key by key): what a relay adds of its own."""
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
@@ -277,6 +293,17 @@ class GeneratedImage:
     width: int | None = None
     height: int | None = None
     byte_size: int | None = None
+
+
+@attrs.frozen
+class Usage:
+    """Tokens the relay says a generation used (None where it did not say)."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    image_tokens: int | None = None
+    """Of the output: 1,120 per 1K or 2K image, 2,000 per 4K image for this model."""
+    total_tokens: int | None = None
 
 
 @attrs.frozen

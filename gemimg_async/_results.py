@@ -8,8 +8,9 @@ from typing import Any
 
 import attrs
 
-from ._models import GeneratedImage, ImageRequest, Timings, check_stem
+from ._models import GeneratedImage, ImageRequest, Timings, Usage, check_stem
 from ._save import Saver
+from ._sizes import Asked, Delivered
 
 __all__ = ["GenerationResult", "Outcome"]
 
@@ -33,6 +34,16 @@ class GenerationResult:
     timings: Timings
     stem: str
     """The name its files get: `{stem}_{i}.{ext}`."""
+    asked: Asked = attrs.field(
+        default=attrs.Factory(
+            lambda self: Asked.of(self.request.model, self.request.size), takes_self=True
+        )
+    )
+    """The tier and ratio the request asked for."""
+    usage: Usage | None = None
+    """Tokens, as the relay reported them (chat and gemini dialects, and some relays)."""
+    text: str | None = None
+    """What the model said beside the image, where the dialect carries it."""
     saver: Saver = attrs.field(factory=Saver, eq=False, repr=False)
     """How `save` writes and downloads (the client's limits); never the client itself."""
 
@@ -43,6 +54,22 @@ class GenerationResult:
     @property
     def paths(self) -> tuple[Path, ...]:
         return tuple(image.path for image in self.images if image.path is not None)
+
+    @property
+    def delivered(self) -> tuple[Delivered | None, ...]:
+        """Each image's pixel size judged against `asked` (None where it is not known yet: a
+        URL image not downloaded)."""
+        return tuple(
+            Delivered.judge(self.asked, image.width, image.height)
+            if image.width and image.height
+            else None
+            for image in self.images
+        )
+
+    @property
+    def downgraded(self) -> bool:
+        """Whether any image came back at a lower tier or in another shape than asked."""
+        return any(d is not None and not d.as_asked for d in self.delivered)
 
     async def save(
         self,

@@ -9,9 +9,13 @@ from hypothesis import strategies as st
 from gemimg_async import ASPECT_RATIOS, ConfigurationError, ImageRequest, Model
 from gemimg_async._dialects import ImagesDialect
 from gemimg_async._dialects import base_url as relay_base
-from gemimg_async._dialects.images import body
 
 TIER_2K = "gemini-3-pro-image-preview-2k"
+
+
+def body(request, images):
+    """The images dialect's body for `request` with `images` as the encoded inputs."""
+    return ImagesDialect().body(request, images)
 
 
 def images_url(url, **kwargs):

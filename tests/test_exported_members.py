@@ -21,6 +21,7 @@ USER_FACING_MODULES = (
     "_models",
     "_progress",
     "_results",
+    "_sizes",
     "_summary",
 )
 INTERNAL = {
@@ -38,6 +39,9 @@ INTERNAL = {
     "_progress.rich_available",
     "_progress.status_line",
     "_progress.summary_rows",
+    "_sizes.base_model",  # how dialects split a tier off a model name
+    "_sizes.pixels",  # Google's table, read through Asked.pixels
+    "_sizes.tier_of",  # how Asked reads a model name
 }
 # Test helpers: public, but from gemimg_async.testing rather than the package itself.
 TESTING_ONLY = {

@@ -16,12 +16,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gemimg_async._dialects import ImagesDialect
 from gemimg_async._jsonstream import (
     Diverted,
     ImageStreamParser,
     JSONStreamError,
     JSONTruncatedError,
 )
+
+IMAGES = ImagesDialect().schema  # $.data[i].b64_json and .url, and $.data as one object
 
 SETTINGS = settings(
     deadline=None,
@@ -199,21 +202,21 @@ def image_documents(draw: st.DrawFn) -> dict[str, Any]:
     return document
 
 
-def parse(chunks: list[bytes], **options: Any) -> tuple[Any, dict[tuple[int, str], bytes]]:
-    """Feed the chunks; return the document and the concatenated pieces per (index, key)."""
-    parser = ImageStreamParser(**options)
-    pieces: dict[tuple[int, str], bytearray] = {}
+def parse(chunks: list[bytes], **options: Any) -> tuple[Any, dict[tuple, bytes]]:
+    """Feed the chunks; return the document and the concatenated pieces per path."""
+    parser = ImageStreamParser(IMAGES, **options)
+    pieces: dict[tuple, bytearray] = {}
     for chunk in chunks:
-        for index, key, data in parser.feed(chunk):
+        for path, data in parser.feed(chunk):
             assert data, "pieces are never empty"
-            pieces.setdefault((index, key), bytearray()).extend(data)
+            pieces.setdefault(path, bytearray()).extend(data)
     return parser.close(), {place: bytes(data) for place, data in pieces.items()}
 
 
-def expected(body: bytes) -> tuple[Any, dict[tuple[int, str], bytes]]:
+def expected(body: bytes) -> tuple[Any, dict[tuple, bytes]]:
     """json.loads(body), with each image string decoded and replaced by its Diverted."""
     document = json.loads(body)
-    images: dict[tuple[int, str], bytes] = {}
+    images: dict[tuple, bytes] = {}
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         return document, images
     for index, item in enumerate(document["data"]):
@@ -225,8 +228,8 @@ def expected(body: bytes) -> tuple[Any, dict[tuple[int, str], bytes]]:
                 continue
             if value.startswith("data:"):
                 value = value.partition(",")[2]
-            images[index, key] = base64.b64decode(value)
-            item[key] = Diverted(index, key, len(images[index, key]))
+            images["data", index, key] = base64.b64decode(value)
+            item[key] = Diverted(("data", index, key), len(images["data", index, key]))
     return document, images
 
 
@@ -282,13 +285,13 @@ def test_escaped_response_values() -> None:
     """Escaped prefixes are stripped, images decoded, other values kept as json.loads has them."""
     document, images = parse([ESCAPED_BODY])
     image = b"ABCDEF" + base64.b64decode("u0041AAA") + b"GH"
-    assert images == {(0, "b64_json"): image, (1, "url"): b"Hello"}
+    assert images == {("data", 0, "b64_json"): image, ("data", 1, "url"): b"Hello"}
     assert document["data"][0] == {
         "revised_prompt": 'café 😀 "q" 😀',
-        "b64_json": Diverted(0, "b64_json", len(image)),
+        "b64_json": Diverted(("data", 0, "b64_json"), len(image)),
         "url": None,
     }
-    assert document["data"][1]["url"] == Diverted(1, "url", 5)
+    assert document["data"][1]["url"] == Diverted(("data", 1, "url"), 5)
     assert document["data"][2] == {"url": "https://example.com/a.png"}
 
 
@@ -299,9 +302,9 @@ def test_empty_and_null_image_strings() -> None:
     assert images == {}
     assert document == {
         "data": [
-            {"b64_json": Diverted(0, "b64_json", 0)},
+            {"b64_json": Diverted(("data", 0, "b64_json"), 0)},
             {"b64_json": None},
-            {"url": Diverted(2, "url", 0)},
+            {"url": Diverted(("data", 2, "url"), 0)},
         ]
     }
 
@@ -312,14 +315,14 @@ def test_pieces_come_in_order_per_image() -> None:
     body = json.dumps(
         {"data": [{"b64_json": base64.b64encode(p).decode()} for p in (first, second)]}
     ).encode()
-    parser = ImageStreamParser()
+    parser = ImageStreamParser(IMAGES)
     pieces = [piece for i in range(0, len(body), 1000) for piece in parser.feed(body[i : i + 1000])]
     assert len(pieces) > 2
-    assert all(data for _, _, data in pieces)
-    assert [place for place, _, _ in pieces] == sorted(place for place, _, _ in pieces)
-    assert b"".join(d for i, _, d in pieces if i == 0) == first
-    assert b"".join(d for i, _, d in pieces if i == 1) == second
-    assert parser.close()["data"][1] == {"b64_json": Diverted(1, "b64_json", len(second))}
+    assert all(data for _, data in pieces)
+    assert [path for path, _ in pieces] == sorted(path for path, _ in pieces)
+    assert b"".join(d for path, d in pieces if path[1] == 0) == first
+    assert b"".join(d for path, d in pieces if path[1] == 1) == second
+    assert parser.close()["data"][1] == {"b64_json": Diverted(("data", 1, "b64_json"), len(second))}
 
 
 @pytest.mark.parametrize(
@@ -342,19 +345,19 @@ def test_other_shapes_are_kept_whole(body: bytes) -> None:
 
 
 def test_data_as_one_object_is_streamed_as_image_0() -> None:
-    """A relay that answers "data": {...} for its one image is streamed like data[0]."""
+    """A relay that answers "data": {...} for its one image is streamed at data.b64_json."""
     body = b'{"created": 1, "data": {"b64_json": "QUJD", "revised_prompt": "p"}}'
     document, images = parse([body[i : i + 3] for i in range(0, len(body), 3)])
-    assert images == {(0, "b64_json"): b"ABC"}
+    assert images == {("data", "b64_json"): b"ABC"}
     assert document == {
         "created": 1,
-        "data": {"b64_json": Diverted(0, "b64_json", 3), "revised_prompt": "p"},
+        "data": {"b64_json": Diverted(("data", "b64_json"), 3), "revised_prompt": "p"},
     }
 
 
 def test_a_body_cut_short_is_a_truncation() -> None:
     """A body that ends inside its document raises JSONTruncatedError, a JSONStreamError."""
-    parser = ImageStreamParser()
+    parser = ImageStreamParser(IMAGES)
     parser.feed(b'{"data": [{"b64_json": "QUJ')
     with pytest.raises(JSONTruncatedError):
         parser.close()
@@ -364,15 +367,15 @@ def test_duplicate_keys_divert_only_the_first() -> None:
     """A repeated "data" or image key is kept as json.loads keeps it: the last one wins."""
     body = b'{"data": [{"b64_json": "QUJD", "b64_json": "REVG"}], "data": [{"b64_json": "R0hJ"}]}'
     document, images = parse([body])
-    assert images == {(0, "b64_json"): b"ABC"}
+    assert images == {("data", 0, "b64_json"): b"ABC"}
     assert document == json.loads(body)
 
 
 def test_data_url_scheme_is_case_insensitive() -> None:
     """A url starting with DATA: is streamed like data:, since URL schemes ignore case."""
     document, images = parse([b'{"data": [{"url": "DATA:image/png;base64,QUJD"}]}'])
-    assert images == {(0, "url"): b"ABC"}
-    assert document == {"data": [{"url": Diverted(0, "url", 3)}]}
+    assert images == {("data", 0, "url"): b"ABC"}
+    assert document == {"data": [{"url": Diverted(("data", 0, "url"), 3)}]}
 
 
 @pytest.mark.parametrize(
@@ -498,7 +501,7 @@ def test_max_document_bytes_counts_kept_content_only() -> None:
     _, images = parse(
         [small[i : i + 4096] for i in range(0, len(small), 4096)], max_document_bytes=200
     )
-    assert images == {(0, "b64_json"): bytes(300_000)}
+    assert images == {("data", 0, "b64_json"): bytes(300_000)}
     large = b'{"images": {"b64_json": "' + image + b'"}}'
     with pytest.raises(JSONStreamError, match="exceeds"):
         parse([large[i : i + 4096] for i in range(0, len(large), 4096)], max_document_bytes=200)
@@ -506,14 +509,14 @@ def test_max_document_bytes_counts_kept_content_only() -> None:
 
 def test_failed_parser_stays_failed_and_closed_parser_refuses_input() -> None:
     """After an error every call raises again; feeding after close() is a RuntimeError."""
-    parser = ImageStreamParser()
+    parser = ImageStreamParser(IMAGES)
     with pytest.raises(JSONStreamError):
         parser.feed(b"{]")
     with pytest.raises(JSONStreamError):
         parser.feed(b"}")
     with pytest.raises(JSONStreamError):
         parser.close()
-    parser = ImageStreamParser()
+    parser = ImageStreamParser(IMAGES)
     parser.feed(b"{}")
     assert parser.close() == {}
     with pytest.raises(RuntimeError):
@@ -534,13 +537,13 @@ def test_memory_stays_bounded_for_a_large_image(wrap: bytes) -> None:
         text = wrap.join(text[i : i + 76] for i in range(0, len(text), 76))
     body = b'{"created": 1700000000, "data": [{"b64_json": "' + text + b'"}]}'
     del text
-    parser = ImageStreamParser()
+    parser = ImageStreamParser(IMAGES)
     received = hashlib.sha256()
     size = 0
     tracemalloc.start()
     try:
         for offset in range(0, len(body), CHUNK):
-            for _, _, data in parser.feed(body[offset : offset + CHUNK]):
+            for _, data in parser.feed(body[offset : offset + CHUNK]):
                 received.update(data)
                 size += len(data)
             assert len(parser._carry) < 4
@@ -556,6 +559,6 @@ def test_memory_stays_bounded_for_a_large_image(wrap: bytes) -> None:
     assert received.digest() == digest
     assert document == {
         "created": 1700000000,
-        "data": [{"b64_json": Diverted(0, "b64_json", size)}],
+        "data": [{"b64_json": Diverted(("data", 0, "b64_json"), size)}],
     }
     assert peak < 2 * 1024 * 1024

@@ -3,19 +3,43 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import yarl
 
-from .._exceptions import APIError, MalformedResponseError, RefusalError
-from .._jsonstream import Diverted, ImageStreamParser
+from .._exceptions import APIError
+from .._jsonstream import ANY_INDEX, BASE64, URL_OR_DATA, Schema
 from .._models import ImageRequest
-from .._status import document_error
-from ._base import Found, Outgoing, Reading, join
+from ._base import (
+    Found,
+    Outgoing,
+    Reading,
+    SizeStyle,
+    blob,
+    dump,
+    join,
+    keep_last,
+    merged,
+    missing_endpoint,
+)
+from ._base import no_image as _no_image
+from ._sizing import check_style, model_and_size
+from ._usage import usage_of
 
 __all__ = ["ImagesDialect", "json_image"]
+
+_SCHEMA = Schema.of(
+    {
+        ("data", ANY_INDEX, "b64_json"): BASE64,
+        ("data", ANY_INDEX, "url"): URL_OR_DATA,
+        ("data", "b64_json"): BASE64,  # a relay that answers its one image as an object
+        ("data", "url"): URL_OR_DATA,
+    }
+)
+_ONLY_IMAGEN = re.compile(r"imagen|not supported model for image generation", re.IGNORECASE)
 
 
 def json_image(ref: str) -> bytes:
@@ -26,102 +50,67 @@ def json_image(ref: str) -> bytes:
     return b"".join((json.dumps(prefix + ",").encode()[:-1], payload.encode("ascii"), b'"'))
 
 
+def _style(_: object, __: object, value: str) -> None:
+    check_style(value, ("ratio", "pixels", "image_config"), "images")
+
+
 @attrs.frozen
 class ImagesDialect:
     """OpenAI's image API as relays serve it for Gemini."""
 
+    size_style: SizeStyle = attrs.field(default="ratio", validator=_style)
     name = "images"
+
+    @property
+    def schema(self) -> Schema:
+        return _SCHEMA
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {api_key}"}
 
     def outgoing(self, base: yarl.URL, request: ImageRequest, images: Sequence[str]) -> Outgoing:
-        return Outgoing(join(base, "v1/images/generations"), body(request, images))
+        return Outgoing(join(base, "v1/images/generations"), self.body(request, images))
 
-    def parser(self) -> ImageStreamParser:
-        return ImageStreamParser()
+    def body(self, request: ImageRequest, images: Sequence[str]) -> bytes:
+        """The JSON body, with `images` as the encoded inputs."""
+        model, size = model_and_size(request, self.size_style)
+        doc: dict[str, Any] = {"model": model, "prompt": request.prompt, **size}
+        doc["response_format"] = request.response_format
+        doc["n"] = request.n
+        values = [json_image(image) for image in images]
+        if values:
+            doc["image"] = blob(0) if len(values) == 1 else [blob(i) for i in range(len(values))]
+        return dump(merged(doc, request.extra_body), values)
 
-    def read(self, doc: Any, *, request_id: str | None) -> Reading:
-        found = tuple(_images_in(doc))
+    def read(self, doc: Any, request: ImageRequest, *, request_id: str | None) -> Reading:
+        data = doc.get("data") if isinstance(doc, dict) else None
+        items = [data] if isinstance(data, dict) else data if isinstance(data, list) else []
+        found = [image for item in items if (image := _item_image(item)) is not None]
         if not found:
-            raise _no_image_error(doc, request_id)
-        created = doc.get("created") if isinstance(doc, dict) else None
+            raise _no_image(
+                doc,
+                request_id,
+                why='the relay answered 200 with no image ("data": []): usually the model '
+                "refused the prompt or an input image on safety grounds"
+                if data == []
+                else None,
+            )
+        created = doc.get("created")
         if not isinstance(created, int) or isinstance(created, bool):
             created = None
-        return Reading(found, created)
+        return Reading(tuple(keep_last(found, request.n)), created, usage_of(doc.get("usage")))
 
-
-def body(request: ImageRequest, images: Sequence[str]) -> bytes:
-    """The JSON body, with `images` as the encoded inputs.
-
-    Joined as bytes rather than dumped: inline images are checked base64, megabytes each, and
-    `json.dumps` would scan them all on the event loop.
-    """
-    doc: dict[str, Any] = {"model": request.model, "prompt": request.prompt}
-    if request.size is not None:
-        doc["size"] = request.size
-    doc["response_format"] = request.response_format
-    doc["n"] = request.n
-    head = json.dumps(doc, ensure_ascii=False).encode()
-    if not images:
-        return head
-    values = [json_image(image) for image in images]
-    image = values[0] if len(values) == 1 else b"[" + b",".join(values) + b"]"
-    return b"".join((head[:-1], b', "image": ', image, b"}"))
-
-
-def _images_in(doc: Any) -> list[Found]:
-    """The images of `doc["data"]`, whichever field of each item holds one."""
-    data = doc.get("data") if isinstance(doc, dict) else None
-    if isinstance(data, dict):
-        data = [data]  # a relay that answers one image as an object
-    if not isinstance(data, list):
-        return []
-    found = []
-    for index, item in enumerate(data):
-        if not isinstance(item, dict):
-            continue
-        streamed = next(
-            (
-                value
-                for key in ("b64_json", "url")
-                if isinstance(value := item.get(key), Diverted) and value.size
-            ),
-            None,
-        )
-        url = item.get("url")
-        inline = next(
-            (v for k in ("b64_json", "url") if isinstance(v := item.get(k), str) and v), None
-        )
-        if streamed is not None:
-            found.append(Found(index, path=(streamed.index, streamed.key)))
-        elif isinstance(url, str) and url.startswith(("http://", "https://")):
-            found.append(Found(index, url=url))
-        elif inline is not None:  # an image where streaming did not look
-            found.append(Found(index, inline=inline))
-    return found
-
-
-def _no_image_error(doc: Any, request_id: str | None) -> APIError:
-    """What a 200 answer without an image means: a refusal, an error body, or garbage."""
-    if isinstance(doc, dict):
-        message, code = document_error(doc)
-        if message is not None or "error" in doc:
-            return RefusalError(
-                f"the relay answered 200 with an error: {message or doc.get('error')}",
-                status=200,
-                code=code,
-                request_id=request_id,
+    def explain(self, error: APIError) -> None:
+        if missing_endpoint(error) or _ONLY_IMAGEN.search(error.message):
+            error.hint = (
+                "this relay does not serve Gemini images on /v1/images/generations: "
+                "try dialect='chat', or dialect='gemini' for Google's native API"
             )
-        if doc.get("data") == []:
-            return RefusalError(
-                'the relay answered 200 with no image ("data": []): usually the model refused '
-                "the prompt or an input image on safety grounds",
-                status=200,
-                request_id=request_id,
-            )
-    return MalformedResponseError(
-        f"the relay answered 200 without an image: {str(doc)[:200]}",
-        status=200,
-        request_id=request_id,
-    )
+
+
+def _item_image(item: Any) -> Found | None:
+    """The image of one `data` item, whichever of its fields holds it."""
+    if not isinstance(item, dict):
+        return None
+    values = [item.get("b64_json"), item.get("url")]
+    return next((found for value in values if (found := Found.of(value)) is not None), None)
