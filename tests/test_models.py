@@ -1,9 +1,9 @@
-"""Request and result values, model names, validation, serialisation, and image sniffing."""
+"""Request and result values (`_models`): model names, validation, normalisation, JSON; and the
+same rules end to end, where bad input never reaches the relay.
+"""
 
 import base64
 import json
-import struct
-from pathlib import Path
 
 import attrs
 import pytest
@@ -28,62 +28,9 @@ from gemimg_async import (
     ValidationError,
     resolve_model,
 )
-from gemimg_async._inputs import encode_images
-from gemimg_async._media import MediaInfo, sniff
 from gemimg_async._models import data_uri
 from gemimg_async.testing import png
-
-STANDARD = "gemini-3-pro-image-preview"
-TIER_2K = "gemini-3-pro-image-preview-2k"
-TIER_4K = "gemini-3-pro-image-preview-4k"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-# --- image builders ----------------------------------------------------------------------------
-
-
-def bytes_id(value: object) -> str | None:
-    """A short test id for a long bytes parameter (pytest would print every byte)."""
-    return f"{len(value)}-bytes" if isinstance(value, bytes) and len(value) > 16 else None
-
-
-def jpeg(width: int = 4, height: int = 3, *, sof: int = 0xC0, fill: bool = False) -> bytes:
-    app0 = b"\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
-    dqt = b"\xff\xdb\x00\x43\x00" + bytes(64)
-    frame = b"\x08" + struct.pack(">HH", height, width) + b"\x03" + b"\x01\x11\x00" * 3
-    start = b"\xff" + bytes([sof]) + struct.pack(">H", 2 + len(frame)) + frame
-    return b"\xff\xd8" + app0 + (b"\xff" if fill else b"") + dqt + start + b"\xff\xd9"
-
-
-def webp_lossless(width: int, height: int) -> bytes:
-    bits = (width - 1) | ((height - 1) << 14)
-    payload = b"\x2f" + bits.to_bytes(4, "little") + bytes(11)
-    return _riff(b"VP8L", payload)
-
-
-def webp_lossy(width: int, height: int) -> bytes:
-    payload = b"\x00\x00\x00" + b"\x9d\x01\x2a" + struct.pack("<HH", width, height) + bytes(10)
-    return _riff(b"VP8 ", payload)
-
-
-def webp_extended(width: int, height: int) -> bytes:
-    payload = b"\x10\x00\x00\x00" + (width - 1).to_bytes(3, "little")
-    payload += (height - 1).to_bytes(3, "little")
-    return _riff(b"VP8X", payload)
-
-
-def _riff(fourcc: bytes, payload: bytes) -> bytes:
-    chunk = fourcc + struct.pack("<I", len(payload)) + payload
-    return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
-
-
-def gif(width: int, height: int, version: bytes = b"89a") -> bytes:
-    return b"GIF" + version + struct.pack("<HH", width, height) + b"\x00\x00\x00" + b"\x3b" * 8
-
-
-def uri(data: bytes, media_type: str = "image/png") -> str:
-    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
-
+from helpers import STANDARD, TIER_2K, TIER_4K, bytes_id, gif, jpeg, uri, webp_lossless, webp_lossy
 
 # --- models ------------------------------------------------------------------------------------
 
@@ -247,21 +194,11 @@ def test_good_ids_pass(identifier):
     assert ImageRequest("a fox", id=identifier).id == identifier
 
 
-@pytest.mark.parametrize(
-    "error",
-    [
-        InvalidPromptError,
-        InvalidCountError,
-        InvalidSizeError,
-        InvalidResponseFormatError,
-        InvalidImageError,
-        InvalidModelError,
-    ],
-)
-def test_validation_errors_are_value_errors(error):
-    """Each validation error is a ValidationError and a ValueError."""
-    assert issubclass(error, ValidationError)
-    assert issubclass(error, ValueError)
+@pytest.mark.parametrize("key", ["", "has space", "line\nbreak", "x" * 256, "caf\u00e9"])
+def test_an_idempotency_key_that_is_no_header_token_is_refused(key):
+    """An idempotency key that could not travel as a header value raises ValidationError."""
+    with pytest.raises(ValidationError):
+        ImageRequest("a fox", idempotency_key=key)
 
 
 # --- ImageRequest: input images ----------------------------------------------------------------
@@ -338,16 +275,6 @@ def test_bad_image_references_raise(image):
     """A malformed, mislabelled or non-image data URI, or a non-reference, raises."""
     with pytest.raises(InvalidImageError):
         ImageRequest("a fox", images=[image])
-
-
-@pytest.mark.anyio
-async def test_data_uri_with_bad_base64_after_the_head_raises():
-    """A data URI whose base64 breaks after its head fails when made ready to send, off the loop."""
-    encoded = base64.b64encode(png(40, 40)).decode()
-    broken = f"data:image/png;base64,{encoded[:120]}!!!!{encoded[120:]}"
-    request = ImageRequest("a fox", images=[broken])
-    with pytest.raises(InvalidImageError, match="base64"):
-        await encode_images(request.images)
 
 
 @pytest.mark.parametrize(
@@ -475,6 +402,12 @@ def test_from_json_validates():
         ImageRequest.from_json({"prompt": ""})
 
 
+def test_an_idempotency_key_round_trips_through_json():
+    """A request's own idempotency key survives to_json/from_json."""
+    request = ImageRequest("a fox", idempotency_key="job-7-attempt")
+    assert ImageRequest.from_json(request.to_json()) == request
+
+
 # --- GeneratedImage and Timings ----------------------------------------------------------------
 
 
@@ -495,92 +428,3 @@ def test_timings_total_is_the_sum_of_phases():
     """Timings.total adds queued, generating and saving."""
     assert Timings(1.5, 2.0, 0.25).total == 3.75
     assert Timings().total == 0.0
-
-
-# --- sniff -------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("head", "expected"),
-    [
-        (png(3, 2), MediaInfo("image/png", "png", 3, 2)),
-        (png(4096, 1755)[:24], MediaInfo("image/png", "png", 4096, 1755)),
-        (jpeg(640, 480), MediaInfo("image/jpeg", "jpg", 640, 480)),
-        (jpeg(33, 17, sof=0xC2), MediaInfo("image/jpeg", "jpg", 33, 17)),
-        (jpeg(33, 17, fill=True), MediaInfo("image/jpeg", "jpg", 33, 17)),
-        (gif(320, 200), MediaInfo("image/gif", "gif", 320, 200)),
-        (gif(1, 65535, b"87a"), MediaInfo("image/gif", "gif", 1, 65535)),
-        (webp_lossless(16383, 1), MediaInfo("image/webp", "webp", 16383, 1)),
-        (webp_lossy(1024, 576), MediaInfo("image/webp", "webp", 1024, 576)),
-        (webp_extended(4096, 2304), MediaInfo("image/webp", "webp", 4096, 2304)),
-    ],
-    ids=bytes_id,
-)
-def test_sniff_reads_type_and_pixel_size(head, expected):
-    """sniff() tells the type from magic bytes and reads the pixel size from the header."""
-    assert sniff(head) == expected
-
-
-@pytest.mark.parametrize(
-    ("head", "media_type", "extension"),
-    [
-        (PNG_SIGNATURE, "image/png", "png"),
-        (png()[:20], "image/png", "png"),
-        (b"\xff\xd8\xff", "image/jpeg", "jpg"),
-        (jpeg()[:10], "image/jpeg", "jpg"),
-        (b"GIF89a", "image/gif", "gif"),
-        (b"RIFF\x00\x00\x00\x00WEBP", "image/webp", "webp"),
-    ],
-    ids=bytes_id,
-)
-def test_sniff_of_a_short_head_knows_the_type_not_the_size(head, media_type, extension):
-    """A head too short for the size still gives the type, with no size."""
-    assert sniff(head) == MediaInfo(media_type, extension, None, None)
-
-
-def test_sniff_jpeg_with_sof_beyond_the_head_has_no_size():
-    """A JPEG whose frame header lies past the head gives no size, not a wrong one."""
-    data = b"\xff\xd8\xff\xe1\xff\xf0" + bytes(200)
-    assert sniff(data) == MediaInfo("image/jpeg", "jpg", None, None)
-
-
-@pytest.mark.parametrize(
-    "head",
-    [
-        b"",
-        b"\x89PNG",
-        b"\x89PNX\r\n\x1a\n" + bytes(20),
-        b"GIF90a" + bytes(10),
-        b"RIFF\x00\x00\x00\x00WAVEfmt ",
-        b"<!DOCTYPE html><html>",
-        b'{"error": "not found"}',
-        b"BM" + bytes(60),
-        b"\x00\x00\x00\x18ftypavif",
-        b" \x89PNG\r\n\x1a\n",
-    ],
-)
-def test_sniff_of_what_is_no_supported_image_is_none(head):
-    """Anything but PNG, JPEG, GIF or WEBP magic gives None."""
-    assert sniff(head) is None
-
-
-def test_sniff_reads_the_relay_png_it_is_given(tmp_path):
-    """A PNG written to disk and read back sniffs to the same type and size."""
-    path = Path(tmp_path, "x.png")
-    path.write_bytes(png(9, 5))
-    with path.open("rb") as file:
-        assert sniff(file.read(64)) == MediaInfo("image/png", "png", 9, 5)
-    assert path.stat().st_size == len(png(9, 5))
-
-
-@pytest.mark.parametrize("key", ["", "has space", "line\nbreak", "x" * 256, "caf\u00e9"])
-def test_an_idempotency_key_that_is_no_header_token_is_refused(key):
-    """An idempotency key that could not travel as a header value raises ValidationError."""
-    with pytest.raises(ValidationError):
-        ImageRequest("a fox", idempotency_key=key)
-
-
-def test_an_idempotency_key_round_trips_through_json():
-    """A request's own idempotency key survives to_json/from_json."""
-    request = ImageRequest("a fox", idempotency_key="job-7-attempt")
-    assert ImageRequest.from_json(request.to_json()) == request
