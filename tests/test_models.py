@@ -32,6 +32,9 @@ from gemimg_async._models import data_uri
 from gemimg_async.testing import png
 from helpers import STANDARD, TIER_2K, TIER_4K, bytes_id, gif, jpeg, uri, webp_lossless, webp_lossy
 
+pytestmark = pytest.mark.anyio
+
+
 # --- models ------------------------------------------------------------------------------------
 
 
@@ -199,6 +202,13 @@ def test_an_idempotency_key_that_is_no_header_token_is_refused(key):
     """An idempotency key that could not travel as a header value raises ValidationError."""
     with pytest.raises(ValidationError):
         ImageRequest("a fox", idempotency_key=key)
+
+
+async def test_invalid_requests_are_never_sent(relay, client):
+    """A request that fails validation costs nothing: the relay sees no request."""
+    with pytest.raises(InvalidPromptError):
+        await client.generate("   ")
+    assert relay.generation_count == 0
 
 
 # --- ImageRequest: input images ----------------------------------------------------------------
