@@ -191,6 +191,15 @@ def test_bad_ids_raise(identifier):
         ImageRequest("a fox", id=identifier)
 
 
+@pytest.mark.parametrize(
+    "bad_id", ["../x", "a/b", "/etc/passwd", "a\\b", "..", ".hidden", "-rf", "", "x\x00y", "a/../b"]
+)
+def test_ids_that_are_not_plain_names_are_rejected(bad_id):
+    """A request id that could leave the folder (or hide in it) is refused up front."""
+    with pytest.raises(ValidationError):
+        ImageRequest("a fox", id=bad_id)
+
+
 @pytest.mark.parametrize("identifier", ["poster", "job_7.v2", "A-1", "x" * 128])
 def test_good_ids_pass(identifier):
     """Letters, digits, '.', '_' and '-' make an id."""
