@@ -8,7 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gemimg_async import Backoff, RetryPolicy
+from gemimg_async import Backoff, OutcomeUnknownError, RetryPolicy, Timeouts
+from gemimg_async.testing import Fault
+from helpers import PROMPT_4K
+
+pytestmark = pytest.mark.anyio
+
 
 # --- RetryPolicy -------------------------------------------------------------------------------
 
@@ -68,3 +73,16 @@ def test_jitter_spreads_waits():
     backoff = Backoff(5.0, maximum=60.0, full_jitter=True)
     rng = random.Random(1)  # noqa: S311 - jitter, not secrets
     assert len({backoff.delay(2, rng) for _ in range(20)}) == 20
+
+
+# --- Timeouts ----------------------------------------------------------------------------------
+
+
+async def test_4k_gets_the_longer_read_timeout(relay, client):
+    """generate_4k waits up to read_4k; the standard model gives up after read."""
+    timeouts = Timeouts(read=0.1, read_4k=10.0)
+    relay.script(Fault.delay(0.4), Fault.delay(0.4))
+    result = await client.generate_4k(PROMPT_4K, size="21:9", timeouts=timeouts)
+    assert len(result.images) == 1
+    with pytest.raises(OutcomeUnknownError):
+        await client.generate(PROMPT_4K, size="21:9", timeouts=timeouts)

@@ -14,6 +14,8 @@ from helpers import API_KEY, TIER_2K
 
 pytestmark = pytest.mark.anyio
 
+PROMPT_ZH = "一只在雪地里的红狐狸，电影感光线，"  # noqa: RUF001 - Chinese punctuation, as relays write it
+
 
 def images_url(url, **kwargs):
     """The URL the images dialect posts to under the base URL `url`."""
@@ -168,3 +170,16 @@ def test_body_is_valid_json_of_the_request(request):
     assert doc["n"] == request.n
     assert doc.get("size") == request.size
     assert set(doc) <= {"model", "prompt", "size", "response_format", "n", "image"}
+
+
+async def test_no_size_sends_no_size(relay, client):
+    """Without size= the request carries no size field."""
+    await client.generate("a fox")
+    assert relay.requests[-1].size is None
+
+
+async def test_chinese_and_long_prompts_arrive_intact(relay, client):
+    """A long Chinese prompt reaches the relay unchanged."""
+    prompt = PROMPT_ZH * 300
+    await client.generate(prompt)
+    assert relay.requests[-1].prompt == prompt

@@ -8,8 +8,9 @@ import contextlib
 import anyio
 import pytest
 
-from gemimg_async import Client, ImageRequest
-from gemimg_async.testing import Fault
+import gemimg_async as gi
+from gemimg_async import Client, ClientClosedError, ImageRequest
+from gemimg_async.testing import FakeClock, Fault
 from helpers import API_KEY, STANDARD, TIER_2K, slow_client, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -92,3 +93,64 @@ async def test_leaving_map_early_cancels_what_is_in_flight():
         assert map_worker_tasks() == []
         assert client.stats.in_flight == 0
     assert len(relay.requests) <= 5  # the pool's worth, and at most one pulled as "fast" ended
+
+
+# --- places and rate ---------------------------------------------------------------------------
+
+
+async def test_an_idle_map_holds_no_place_in_the_pool(relay):
+    """A map waiting on a slow source holds no place: generate() beside it goes straight out."""
+    async with Client(API_KEY, relay.url, clock=FakeClock(), max_concurrency=2) as client:
+        go = anyio.Event()
+
+        async def slow_source():
+            await go.wait()
+            yield gi.ImageRequest("at last")
+
+        async def drain():
+            async for _ in client.map(slow_source()):
+                pass
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drain)
+            await anyio.sleep(0.05)
+            assert client.stats.in_flight == 0
+            with anyio.fail_after(5):
+                await client.generate("not kept waiting")
+            go.set()
+    assert [r.prompt for r in relay.requests] == ["not kept waiting", "at last"]
+
+
+async def test_map_under_rpm_spends_no_rate_on_an_empty_source(relay):
+    """Two requests mapped at rpm=60 wait for one start, not one per idle worker."""
+    clock = FakeClock()
+    async with Client(API_KEY, relay.url, clock=clock, rpm=60) as client:
+        requests = [gi.ImageRequest("one"), gi.ImageRequest("two")]
+        outcomes = [outcome async for outcome in client.map(requests)]
+        assert all(outcome.ok for outcome in outcomes)
+        assert client.stats.rate_waits == 1
+    assert sum(clock.sleeps) == pytest.approx(1.0)
+
+
+# --- closing the client under a map ------------------------------------------------------------
+
+
+async def test_closing_the_client_under_a_running_map_raises(relay):
+    """A map still iterating when its client is closed raises ClientClosedError instead of
+    ending as if every request had been made."""
+    relay.latency = 0.2
+    try:
+        client = Client(API_KEY, relay.url, clock=FakeClock(), max_concurrency=2)
+        requests = (gi.ImageRequest(f"fox {i}") for i in range(10))
+        seen = []
+
+        async def consume() -> None:
+            async for outcome in client.map(requests):
+                seen.append(outcome)
+                await client.aclose()
+
+        with pytest.raises(ClientClosedError):
+            await consume()
+        assert len(seen) == 1
+    finally:
+        relay.latency = 0.0

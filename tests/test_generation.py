@@ -4,6 +4,7 @@ checks of what came back, and cancellation; end to end against the fake relay.
 
 import functools
 import gc
+import logging
 
 import anyio
 import pytest
@@ -22,6 +23,15 @@ def answered(relay: FakeRelay) -> bool:
 
 
 # --- idempotency keys and request ids ----------------------------------------------------------
+
+
+async def test_each_generation_gets_its_own_idempotency_key(relay, client):
+    """Two generations send two different Idempotency-Keys."""
+    first = await client.generate("a fox")
+    second = await client.generate("a fox")
+    keys = [r.idempotency_key for r in relay.requests]
+    assert keys == [first.idempotency_key, second.idempotency_key]
+    assert keys[0] != keys[1]
 
 
 async def test_each_request_has_its_own_key_kept_across_attempts(relay, client):
@@ -77,7 +87,31 @@ async def test_concurrent_requests_never_share_a_key(relay, client):
     assert relay.generation_count == sum(result.attempts for result in results)
 
 
+# --- what came back ----------------------------------------------------------------------------
+
+
+async def test_fewer_images_than_asked_are_returned_as_they_are(relay, client, caplog):
+    """n=3 answered with 1 image gives a result of 1 image and a warning."""
+    relay.script(Fault.fewer_images(1))
+    with caplog.at_level(logging.WARNING, logger="gemimg_async"):
+        result = await client.generate("a fox", n=3)
+    assert len(result.images) == 1
+    assert "asked for 3 images" in caplog.text
+
+
 # --- cancellation ------------------------------------------------------------------------------
+
+
+async def test_cancelled_generation_frees_its_place_and_leaves_no_file(relay, client, tmp_path):
+    """Cancelling a generation in flight releases its pool place and leaves no file."""
+    relay.script(Fault.delay(1.0))
+    with anyio.move_on_after(0.2) as scope:
+        await client.generate("a fox", response_format="b64_json", save_to=tmp_path)
+    assert scope.cancelled_caught
+    assert client.stats.in_flight == 0
+    assert list(tmp_path.iterdir()) == []
+    result = await client.generate("a fox")
+    assert len(result.images) == 1
 
 
 async def test_cancelling_a_waiting_call_closes_its_connection(relay, clock):

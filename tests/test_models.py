@@ -14,6 +14,7 @@ from gemimg_async import (
     ASPECT_RATIOS,
     MAX_INLINE_IMAGE_BYTES,
     MAX_INPUT_IMAGES,
+    BadRequestError,
     GeneratedImage,
     ImageRequest,
     InvalidCountError,
@@ -29,8 +30,22 @@ from gemimg_async import (
     resolve_model,
 )
 from gemimg_async._models import data_uri
-from gemimg_async.testing import png
-from helpers import STANDARD, TIER_2K, TIER_4K, bytes_id, gif, jpeg, uri, webp_lossless, webp_lossy
+from gemimg_async.testing import FakeRelay, pixel_size, png
+from helpers import (
+    API_KEY,
+    PROMPT_4K,
+    STANDARD,
+    TIER_2K,
+    TIER_4K,
+    bytes_id,
+    file_png_size,
+    gif,
+    jpeg,
+    once,
+    uri,
+    webp_lossless,
+    webp_lossy,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -79,6 +94,42 @@ def test_model_members_are_the_documented_names():
     """The three tiers' values are the relay's model names, and compare equal to them."""
     assert [m.value for m in Model] == [STANDARD, TIER_2K, TIER_4K]
     assert Model.RES_4K == TIER_4K
+
+
+async def test_unknown_full_model_name_passes_through(tmp_path):
+    """A model name the client does not know is sent unchanged."""
+    async with (
+        FakeRelay(api_keys=API_KEY, extra_models="gemini-3-pro-image-preview-hd") as relay,
+        once(relay.url) as client,
+    ):
+        result = await client.generate("a fox", model="gemini-3-pro-image-preview-hd")
+    assert relay.requests[-1].model == "gemini-3-pro-image-preview-hd"
+    assert result.request.model == "gemini-3-pro-image-preview-hd"
+
+
+@pytest.mark.parametrize(
+    ("model", "full_name", "size", "pixels"),
+    [
+        (Model.STANDARD, STANDARD, "16:9", (1024, 576)),
+        ("standard", STANDARD, "1:1", (1024, 1024)),
+        (Model.RES_2K, TIER_2K, "9:16", (1152, 2048)),
+        ("2k", TIER_2K, "4:3", (2048, 1536)),
+        (TIER_2K, TIER_2K, "2:3", (1365, 2048)),
+        ("4k", TIER_4K, "21:9", (4096, 1755)),
+        (Model.RES_4K, TIER_4K, "21:9", (4096, 1755)),
+    ],
+)
+async def test_every_tier_gives_its_pixel_size(  # noqa: PLR0917 - pytest fills these by name
+    relay, client, tmp_path, model, full_name, size, pixels
+):
+    """Each tier, named by member, alias or full name, gives a PNG whose long side fits it."""
+    prompt = PROMPT_4K if full_name == TIER_4K else "a lighthouse"
+    result = await client.generate(prompt, model=model, size=size, save_to=tmp_path)
+    assert relay.requests[-1].model == full_name
+    assert result.request.model == full_name
+    assert pixels == pixel_size(full_name, size)
+    assert file_png_size(result.paths[0]) == pixels
+    assert (result.images[0].width, result.images[0].height) == pixels
 
 
 # --- ImageRequest: defaults and normalisation --------------------------------------------------
@@ -148,6 +199,23 @@ def test_leading_zeros_are_dropped():
     assert ImageRequest("a fox", size="016:009").size == "16:9"
 
 
+@pytest.mark.parametrize(("given", "sent"), [("1x1", "1:1"), ("16X9", "16:9"), (" 3 : 4 ", "3:4")])
+async def test_size_is_normalised_to_w_colon_h(relay, client, given, sent):
+    """1x1-style sizes are sent as W:H."""
+    result = await client.generate("a fox", size=given)
+    assert relay.requests[-1].size == sent
+    assert result.request.size == sent
+
+
+async def test_undocumented_ratio_is_sent_with_allow_any_size(relay):
+    """allow_any_size=True sends an undocumented ratio as it is (this relay then rejects it)."""
+    async with once(relay.url) as client:
+        with pytest.raises(BadRequestError) as caught:
+            await client.generate("a fox", size="7:3", allow_any_size=True)
+    assert relay.requests[-1].size == "7:3"
+    assert caught.value.status == 400
+
+
 # --- ImageRequest: validation ------------------------------------------------------------------
 
 
@@ -211,6 +279,43 @@ def test_an_idempotency_key_that_is_no_header_token_is_refused(key):
     """An idempotency key that could not travel as a header value raises ValidationError."""
     with pytest.raises(ValidationError):
         ImageRequest("a fox", idempotency_key=key)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"prompt": ""}, InvalidPromptError),
+        ({"prompt": "   \n\t"}, InvalidPromptError),
+        ({"n": 0}, InvalidCountError),
+        ({"n": -2}, InvalidCountError),
+        ({"n": True}, InvalidCountError),
+        ({"n": 1.5}, InvalidCountError),
+        ({"size": "banana"}, InvalidSizeError),
+        ({"size": "16:"}, InvalidSizeError),
+        ({"size": "0:1"}, InvalidSizeError),
+        ({"size": "1024x1024"}, InvalidSizeError),
+        ({"size": "7:3"}, InvalidSizeError),
+        ({"size": "2:1"}, InvalidSizeError),
+        ({"response_format": "png"}, InvalidResponseFormatError),
+        ({"response_format": "b64"}, InvalidResponseFormatError),
+        ({"model": ""}, InvalidModelError),
+        ({"model": "   "}, InvalidModelError),
+        ({"images": [f"https://example.com/{i}.png" for i in range(15)]}, TooManyImagesError),
+        ({"images": b"this is not an image"}, InvalidImageError),
+        ({"images": [b""]}, InvalidImageError),
+        ({"images": ["data:image/png;base64,aGVsbG8gd29ybGQh"]}, InvalidImageError),
+        ({"images": ["data:text/plain;base64,aGVsbG8="]}, InvalidImageError),
+        ({"images": [b"\x89PNG\r\n\x1a\n" + b"\x00" * (8 * 1024 * 1024)]}, InvalidImageError),
+    ],
+)
+async def test_bad_input_raises_before_sending(relay, client, kwargs, error):
+    """Each kind of bad input raises its own ValidationError and the relay receives nothing."""
+    kwargs = {"prompt": "a lighthouse", **kwargs}
+    with pytest.raises(error) as caught:
+        await client.generate(kwargs.pop("prompt"), **kwargs)
+    assert isinstance(caught.value, ValidationError)
+    assert isinstance(caught.value, ValueError)
+    assert relay.requests == []
 
 
 async def test_invalid_requests_are_never_sent(relay, client):

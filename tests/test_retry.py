@@ -93,6 +93,14 @@ async def test_a_refused_connection_is_tried_three_times_with_backoff(clock):
     assert info.value.request_ids == ()
 
 
+async def test_closed_port_with_default_retries_still_raises_connect_error(clock):
+    """The default policy retries a refused connection with instant sleeps, then raises."""
+    async with Client(API_KEY, closed_port_url(), clock=clock) as client:
+        with pytest.raises(ConnectError) as caught:
+            await client.generate("a fox")
+    assert caught.value.attempts == RetryPolicy().not_sent_attempts
+
+
 async def test_a_reset_before_the_body_was_sent_is_retried(relay, client, clock):
     """A connection dropped while a 6 MB body was still going out is sent again, same key."""
     relay.script(Fault.reset(after_body=False), Fault.reset(after_body=False))
@@ -142,6 +150,17 @@ async def test_throttling_that_persists_raises_after_five_attempts(relay, client
     assert len(clock.sleeps) == 4
     assert info.value.request_ids == ids(relay)
     assert info.value.request_id == relay.requests[-1].request_id
+
+
+async def test_rate_limits_that_persist_raise_after_instant_retries(relay, client, clock):
+    """With the default policy and a fake clock, persistent 429s end in RateLimitError."""
+    relay.script(*[Fault.rate_limited("3")] * 10)
+    with pytest.raises(RateLimitError) as caught:
+        await client.generate("a fox")
+    assert len(clock.sleeps) == len(relay.requests) - 1 > 0
+    assert caught.value.attempts == len(relay.requests)
+    assert caught.value.request_ids == tuple(r.request_id for r in relay.requests)
+    assert caught.value.request_id == relay.requests[-1].request_id
 
 
 @pytest.mark.parametrize(

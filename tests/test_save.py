@@ -4,14 +4,38 @@
 
 import pytest
 
-from gemimg_async import DownloadError, ImageExpiredError, ImageRequest
-from gemimg_async.testing import Fault
-from helpers import API_KEY, FORMATS, listing, reference
+from gemimg_async import (
+    Client,
+    DownloadError,
+    GeneratedImage,
+    GenerationResult,
+    ImageExpiredError,
+    ImageRequest,
+    Timings,
+)
+from gemimg_async.testing import FakeClock, Fault
+from helpers import API_KEY, FORMATS, file_png_size, jpeg, listing, no_temp_files, once, reference
 
 pytestmark = pytest.mark.anyio
 
 
 # --- url answers: downloaded without the key ---------------------------------------------------
+
+
+async def test_url_format_returns_a_url_and_fetches_it_without_the_key(relay, client, tmp_path):
+    """A url answer holds the image host's URL; saving fetches it with no Authorization."""
+    result = await client.generate("a lighthouse")
+    assert relay.requests[-1].response_format == "url"
+    [image] = result.images
+    assert image.url is not None
+    assert image.url.startswith(f"{relay.url}/files/")
+    assert image.data is None
+    assert image.path is None
+    assert relay.downloads == []
+    [path] = await result.save(tmp_path)
+    assert file_png_size(path) == (1024, 1024)
+    assert len(relay.downloads) == 1
+    assert relay.downloads[0].authorization is None
 
 
 async def test_url_answers_are_downloaded_at_once_without_the_key(relay, client, folder):
@@ -37,6 +61,15 @@ async def test_saving_a_url_result_later_carries_no_key_either(relay, client, fo
     assert [path.read_bytes() for path in paths] == expected
     assert [download.authorization for download in relay.downloads] == [None]
     assert relay.generation_count == result.attempts == 1
+
+
+async def test_url_result_has_no_pixel_size_until_saved(relay, client, tmp_path):
+    """A url image's size is unknown in memory; save_to measures it from the bytes."""
+    in_memory = await client.generate("a fox", size="9:16")
+    assert in_memory.images[0].width is None
+    on_disk = await client.generate("a fox", size="9:16", save_to=tmp_path)
+    image = on_disk.images[0]
+    assert (image.media_type, image.width, image.height) == ("image/png", 576, 1024)
 
 
 # --- downloads that fail -----------------------------------------------------------------------
@@ -121,6 +154,18 @@ async def test_saving_after_the_url_expired_raises_image_expired(relay, client, 
     assert listing(folder) == []
 
 
+async def test_save_of_an_expired_url_raises_image_expired(relay, client, tmp_path):
+    """Saving a URL the host no longer serves raises ImageExpiredError with the status."""
+    result = await client.generate("a fox")
+    relay.expire_files()
+    with pytest.raises(ImageExpiredError) as caught:
+        await result.save(tmp_path)
+    assert caught.value.status == 410
+    assert caught.value.url == result.images[0].url
+    assert isinstance(caught.value, DownloadError)
+    assert list(tmp_path.iterdir()) == []
+
+
 async def test_an_html_page_instead_of_the_image_is_a_download_error(relay, client, folder):
     """A 200 HTML page where the PNG should be raises DownloadError and leaves no file."""
     relay.script_download(Fault.html())
@@ -133,7 +178,107 @@ async def test_an_html_page_instead_of_the_image_is_a_download_error(relay, clie
     assert listing(folder) == []
 
 
+@pytest.mark.parametrize(
+    ("fault", "status"),
+    [(Fault.status(500), 500), (Fault.html(), 200), (Fault.truncate(0.5), None)],
+)
+async def test_failed_download_raises_download_error(relay, tmp_path, fault, status):
+    """A download that fails, serves HTML or is cut short raises DownloadError; no file is left."""
+    async with once(relay.url) as client:
+        relay.script_download(fault)
+        with pytest.raises(DownloadError) as caught:
+            await client.generate("a fox", save_to=tmp_path)
+    assert caught.value.status == status
+    assert caught.value.url.startswith(f"{relay.url}/files/")
+    assert caught.value.request_id == relay.requests[-1].request_id
+    assert caught.value.idempotency_key == relay.requests[-1].idempotency_key
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- result.save() -----------------------------------------------------------------------------
+
+
+async def test_save_names_files_stem_index_ext_not_the_server_name(relay, client, tmp_path):
+    """save() writes {stem}_{i}.png, never the URL's file name."""
+    result = await client.generate("a fox", n=2)
+    server_names = {url.rsplit("/", 1)[-1] for url in (i.url for i in result.images) if url}
+    paths = await result.save(tmp_path, stem="fox")
+    assert [p.name for p in paths] == ["fox_0.png", "fox_1.png"]
+    assert not server_names & {p.name for p in tmp_path.iterdir()}
+
+
+async def test_save_takes_the_extension_from_the_bytes(client, tmp_path):
+    """Image bytes that are a JPEG are saved as .jpg, whatever else is claimed."""
+    result = GenerationResult(
+        request=ImageRequest("a fox"),
+        images=(GeneratedImage(0, data=jpeg(), media_type="image/png"),),
+        created=None,
+        idempotency_key="k",
+        request_ids=(),
+        attempts=1,
+        timings=Timings(),
+        stem="fox",
+    )
+    [path] = await result.save(tmp_path)
+    assert path == tmp_path / "fox_0.jpg"
+    assert path.read_bytes() == jpeg()
+
+
+async def test_save_writes_b64_bytes_exactly(relay, client, tmp_path):
+    """save() of a b64 result writes the decoded bytes as they are."""
+    result = await client.generate("a fox", response_format="b64_json")
+    [path] = await result.save(tmp_path)
+    assert path.read_bytes() == result.images[0].data
+    assert relay.downloads == []
+
+
+async def test_save_never_overwrites(relay, client, tmp_path):
+    """save() into a folder where the name exists raises FileExistsError and keeps the file."""
+    result = await client.generate("a fox", response_format="b64_json")
+    existing = tmp_path / f"{result.stem}_0.png"
+    existing.write_bytes(b"precious")
+    with pytest.raises(FileExistsError):
+        await result.save(tmp_path)
+    assert existing.read_bytes() == b"precious"
+    assert no_temp_files(tmp_path)
+
+
+async def test_save_twice_raises_the_second_time(relay, client, tmp_path):
+    """Saving the same result twice to one folder raises FileExistsError the second time."""
+    result = await client.generate("a fox")
+    [first] = await result.save(tmp_path)
+    before = first.read_bytes()
+    with pytest.raises(FileExistsError):
+        await result.save(tmp_path)
+    assert first.read_bytes() == before
+    assert no_temp_files(tmp_path)
+
+
+async def test_save_overwrites_when_asked(relay, client, tmp_path):
+    """save(overwrite=True) replaces an existing file with the image."""
+    result = await client.generate("a fox", response_format="b64_json")
+    existing = tmp_path / f"{result.stem}_0.png"
+    existing.write_bytes(b"old")
+    [path] = await result.save(tmp_path, overwrite=True)
+    assert path == existing
+    assert path.read_bytes() == result.images[0].data
+
+
+async def test_save_copies_files_already_saved(relay, client, tmp_path):
+    """save() of a result already on disk writes a copy into the new folder."""
+    result = await client.generate("a fox", save_to=tmp_path / "first")
+    [copy] = await result.save(tmp_path / "second")
+    assert copy == tmp_path / "second" / f"{result.stem}_0.png"
+    assert copy.read_bytes() == result.paths[0].read_bytes()
+    assert len(relay.downloads) == 1
+
+
+async def test_save_works_after_the_client_is_closed(relay, tmp_path):
+    """A url result can still be saved after its client is closed."""
+    async with Client(API_KEY, relay.url, clock=FakeClock()) as client:
+        result = await client.generate("a fox")
+    [path] = await result.save(tmp_path)
+    assert file_png_size(path) == (1024, 1024)
 
 
 @pytest.mark.parametrize("stem", ["../escape", "sub/escape", "{tmp_path}/escape", "..\\escape"])
@@ -150,6 +295,25 @@ async def test_save_rejects_stems_with_path_separators(relay, client, tmp_path, 
 
 
 # --- save_to: names refused before paying ------------------------------------------------------
+
+
+async def test_save_to_never_overwrites(relay, client, tmp_path):
+    """send(save_to=...) with a file of that name already there raises FileExistsError."""
+    request = ImageRequest("a fox", id="cover")
+    await client.send(request, save_to=tmp_path)
+    first = (tmp_path / "cover_0.png").read_bytes()
+    with pytest.raises(FileExistsError):
+        await client.send(request, save_to=tmp_path)
+    assert (tmp_path / "cover_0.png").read_bytes() == first
+    assert no_temp_files(tmp_path)
+    await client.send(request, save_to=tmp_path, overwrite=True)
+
+
+async def test_save_to_creates_the_folder(relay, client, tmp_path):
+    """save_to= a folder that does not exist yet creates it."""
+    folder = tmp_path / "a" / "b"
+    result = await client.generate("a fox", save_to=folder)
+    assert result.paths[0].parent == folder
 
 
 @pytest.mark.parametrize("response_format", FORMATS)

@@ -99,6 +99,14 @@ async def test_large_images_stream_to_identical_files(noisy, clock, folder, resp
 # --- atomic files: only whole images ever get their name ---------------------------------------
 
 
+async def test_truncated_b64_answer_leaves_no_file(relay, client, tmp_path):
+    """A b64 answer cut short with save_to leaves neither a partial image nor a temp file."""
+    relay.script(Fault.truncate(0.6))
+    with pytest.raises(OutcomeUnknownError):
+        await client.generate("a fox", response_format="b64_json", save_to=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
 async def test_a_truncated_inline_answer_leaves_nothing(noisy, clock, folder, fraction):
     """A b64_json body cut short mid-image removes its temporary file: the folder stays empty."""
