@@ -1,13 +1,14 @@
-"""One fake relay per test session, on 127.0.0.1; each test gets it freshly reset."""
+"""Fixtures only (shared helpers are in helpers.py): one fake relay per test session, on
+127.0.0.1, that each test gets freshly reset; a client of it; folders to write to."""
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from gemimg_async import Client
 from gemimg_async.testing import FakeClock, FakeRelay
-
-API_KEY = "sk-test"
+from helpers import API_KEY
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +51,17 @@ def clock() -> FakeClock:
 async def client(relay: FakeRelay, clock: FakeClock) -> AsyncIterator[Client]:
     async with Client(API_KEY, relay.url, clock=clock) as client:
         yield client
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """An existing, empty target folder."""
+    path = tmp_path / "out"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    """A batch's output folder, not made yet."""
+    return tmp_path / "out"

@@ -1,4 +1,4 @@
-"""The `gemimg-async` command, and the progress displays of `batch`.
+"""The `gemimg-async` command (`_cli`).
 
 The batch tests that need a real process (kill -9, Ctrl-C) run `python -m gemimg_async` as a
 subprocess against the session's fake relay, awaited with anyio so the relay keeps answering on
@@ -6,8 +6,6 @@ this event loop. The others call `main()` in a worker thread (it runs its own ev
 """
 
 import collections
-import io
-import json
 import logging
 import os
 import signal
@@ -19,25 +17,12 @@ import anyio
 import pytest
 from anyio.abc import ByteReceiveStream
 
-from gemimg_async import MANIFEST_NAME, BadLine, BatchStats, BatchSummary
+from gemimg_async import MANIFEST_NAME
 from gemimg_async._cli import main
-from gemimg_async._progress import (
-    PlainProgress,
-    RichProgress,
-    format_duration,
-    status_line,
-    summary_rows,
-)
 from gemimg_async.testing import FakeRelay, Fault
+from helpers import API_KEY, is_complete_png, latest, manifest_lines, wait_for
 
 pytestmark = pytest.mark.anyio
-
-API_KEY = "sk-test"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_END = b"IEND\xaeB`\x82"
-
-
-# --- helpers -----------------------------------------------------------------------------------
 
 
 @pytest.fixture(autouse=True)
@@ -77,27 +62,6 @@ def write_prompts(folder: Path, count: int, name: str = "jobs.txt") -> Path:
     return path
 
 
-def manifest_lines(out: Path) -> list[dict]:
-    """Every line of the manifest, each of which must be valid JSON."""
-    return [json.loads(line) for line in (out / MANIFEST_NAME).read_text().splitlines()]
-
-
-def latest(lines: list[dict]) -> dict[str, dict]:
-    return {line["id"]: line for line in lines}
-
-
-def is_complete_png(path: Path) -> bool:
-    data = path.read_bytes()
-    return data.startswith(PNG_SIGNATURE) and data.endswith(PNG_END)
-
-
-async def wait_for(condition) -> None:
-    """Poll `condition` for up to 20 seconds."""
-    with anyio.fail_after(20):
-        while not condition():  # noqa: ASYNC110 - polling another process's files
-            await anyio.sleep(0.01)
-
-
 async def read_until(stream: ByteReceiveStream, text: bytes, seen: bytearray) -> None:
     with anyio.fail_after(20):
         while text not in seen:
@@ -120,99 +84,6 @@ def slow_relay(relay):
     relay.latency = 0.05
     yield relay
     relay.latency = 0.0
-
-
-def stats(**kwargs) -> BatchStats:
-    fields = {
-        "total": 100,
-        "saved": 11,
-        "failed": 1,
-        "skipped": 0,
-        "bad_lines": 0,
-        "in_flight": 8,
-        "images": 12,
-        "elapsed": 50.7,
-        "limit": 8,
-    }
-    return BatchStats(**{**fields, **kwargs})
-
-
-def summary(**kwargs) -> BatchSummary:
-    fields = {
-        "saved": 95,
-        "refused": 1,
-        "failed": 3,
-        "outcome_unknown": 1,
-        "skipped": 40,
-        "sent": 60,
-        "images": 57,
-        "bad_lines": (BadLine("jobs.jsonl", 7, "not valid JSON"),),
-        "elapsed": 372.0,
-        "manifest": Path("out/manifest.jsonl"),
-        "interrupted": False,
-    }
-    return BatchSummary(**{**fields, **kwargs})
-
-
-# --- progress displays -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("seconds", "text"),
-    [(None, "--"), (0.84, "0.8s"), (45.2, "45s"), (372, "6m12s"), (7500, "2h05m")],
-)
-def test_durations_read_at_a_glance(seconds, text):
-    """Durations show as 0.8s, 45s, 6m12s, 2h05m, or -- when unknown."""
-    assert format_duration(seconds) == text
-
-
-def test_the_status_line_says_done_failed_in_flight_rate_eta_and_limit():
-    """The plain status line has every figure the issue asks for."""
-    assert status_line(stats()) == (
-        "12/100 done, 1 failed, 8 in flight, 14.2 img/min, ETA 6m12s, limit 8"
-    )
-    line = status_line(stats(total=None, skipped=5, stopping=True))
-    assert line.startswith("17 done (5 before), ")
-    assert "ETA --" in line
-    assert line.endswith(", stopping")
-
-
-def test_plain_progress_prints_a_line_per_interval_and_a_summary():
-    """PlainProgress writes a status line when its interval has passed, then the summary."""
-    out = io.StringIO()
-    progress = PlainProgress(interval=3600, file=out)
-    progress.start(stats())
-    progress.update(stats())  # too soon: nothing
-    progress.interval = 0
-    progress.update(stats())
-    progress.finish(summary())
-    lines = out.getvalue().splitlines()
-    assert lines[0] == "batch started of about 100 jobs, limit 8"
-    assert lines[1] == "12/100 done, 1 failed, 8 in flight, 14.2 img/min, ETA 6m12s, limit 8"
-    table = "\n".join(lines[2:])
-    for label, value in summary_rows(summary()):
-        assert label in table
-        assert value in table
-    assert "100 (40 done before this run)" in table
-
-
-def test_rich_progress_draws_a_live_bar_and_a_summary_table():
-    """RichProgress shows the bar with its figures on a terminal, then a summary table."""
-    from rich.console import Console  # noqa: PLC0415
-
-    console = Console(file=io.StringIO(), force_terminal=True, width=100, color_system=None)
-    progress = RichProgress(console)
-    progress.start(stats(saved=0, failed=0, images=0, in_flight=0))
-    progress.update(stats())
-    progress.finish(summary(interrupted=True))
-    text = console.file.getvalue()
-    assert "12/100 done" in text
-    assert "ETA 6m12s" in text
-    assert "1 failed · 8 in flight · 14.2 img/min · limit 8" in text
-    assert "━" in text
-    assert "batch summary" in text
-    assert "outcome unknown" in text
-    assert "run it again to go on" in text
 
 
 # --- usage -------------------------------------------------------------------------------------
@@ -369,7 +240,7 @@ async def test_kill_9_mid_run_then_resume_pays_for_nothing_twice(slow_relay, tmp
     assert resumed.returncode in (0, 1), resumed.stderr.decode()
     sent_on_resume = [request.prompt for request in relay.requests[len(sent_before) :]]
     assert not set(sent_on_resume) & sent_before  # nothing sent before is asked again
-    states = latest(manifest_lines(out))
+    states = latest(out)
     assert len(states) == 40
     assert {line["status"] for line in states.values()} <= {"saved", "outcome_unknown"}
     unknown = {line["prompt"] for line in states.values() if line["status"] == "outcome_unknown"}
@@ -380,7 +251,7 @@ async def test_kill_9_mid_run_then_resume_pays_for_nothing_twice(slow_relay, tmp
     final = await run_cli(*args, "--retry-unknown", cwd=tmp_path)
     assert final.returncode == 0, final.stderr.decode()
     lines = manifest_lines(out)
-    states = latest(lines)
+    states = latest(out)
     assert len(states) == 40
     assert {line["status"] for line in states.values()} == {"saved"}
     prompts = collections.Counter(request.prompt for request in relay.requests)

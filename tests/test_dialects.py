@@ -1,4 +1,4 @@
-"""Dialects: the base URL a user gives, and the requests each dialect writes."""
+"""Dialects (`_dialects`): the base URL a user gives, and the requests each dialect writes."""
 
 import json
 
@@ -6,11 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gemimg_async import ASPECT_RATIOS, ConfigurationError, ImageRequest, Model
+from gemimg_async import ASPECT_RATIOS, Client, ConfigurationError, ImageRequest, Model
 from gemimg_async._dialects import ImagesDialect
 from gemimg_async._dialects import base_url as relay_base
+from helpers import API_KEY, TIER_2K
 
-TIER_2K = "gemini-3-pro-image-preview-2k"
+pytestmark = pytest.mark.anyio
+
+PROMPT_ZH = "一只在雪地里的红狐狸，电影感光线，"  # noqa: RUF001 - Chinese punctuation, as relays write it
 
 
 def body(request, images):
@@ -23,7 +26,7 @@ def images_url(url, **kwargs):
     return ImagesDialect().outgoing(relay_base(url, **kwargs), ImageRequest("a fox"), []).url
 
 
-# --- base_url ------------------------------------------------------------------------------
+# --- base_url ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -75,7 +78,43 @@ def test_base_url_error_is_a_configuration_error_not_a_crash():
         relay_base("https://[not-an-ip")
 
 
-# --- the images dialect: the wire body -------------------------------------------------------
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "http://api.example.com",
+        "http://api.example.com/v1",
+        "http://10.1.2.3:8080",
+        "http://192.168.0.10",
+        "http://[2001:db8::1]:3000",
+        "HTTP://relay.example.org",
+    ],
+)
+async def test_plain_http_to_a_remote_host_is_refused(base_url):
+    """The key is never sent unencrypted off this machine unless allow_insecure_http=True."""
+    with pytest.raises(ConfigurationError) as info:
+        Client(API_KEY, base_url)
+    assert API_KEY not in str(info.value)
+    async with Client(API_KEY, base_url, allow_insecure_http=True):
+        pass
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "https://api.example.com",
+        "http://127.0.0.1:8080",
+        "http://127.9.9.9",
+        "http://localhost:3000/v1",
+        "http://[::1]:3000",
+    ],
+)
+async def test_https_and_loopback_need_no_opt_in(base_url):
+    """https anywhere and http to this machine are accepted as they are."""
+    async with Client(API_KEY, base_url) as client:
+        assert API_KEY not in repr(client)
+
+
+# --- the images dialect: the wire body ---------------------------------------------------------
 
 
 def test_body_holds_the_documented_fields():
@@ -135,3 +174,16 @@ def test_body_is_valid_json_of_the_request(request):
     assert doc["n"] == request.n
     assert doc.get("size") == request.size
     assert set(doc) <= {"model", "prompt", "size", "response_format", "n", "image"}
+
+
+async def test_no_size_sends_no_size(relay, client):
+    """Without size= the request carries no size field."""
+    await client.generate("a fox")
+    assert relay.requests[-1].size is None
+
+
+async def test_chinese_and_long_prompts_arrive_intact(relay, client):
+    """A long Chinese prompt reaches the relay unchanged."""
+    prompt = PROMPT_ZH * 300
+    await client.generate(prompt)
+    assert relay.requests[-1].prompt == prompt

@@ -1,19 +1,15 @@
-"""Unit tests of the pool's limits and the retry arithmetic: no server, no real waits."""
+"""The pool's limits (`_limits`): the adaptive in-flight limit and the rate limit, as units with
+no server and no real waits, then end to end against the fake relay.
+"""
 
-import email.utils
 import math
-import random
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
 
 import anyio
 import anyio.lowlevel
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-from multidict import CIMultiDict
 
-from gemimg_async import Backoff, ConfigurationError, RetryPolicy
+from gemimg_async import Client, ConfigurationError, RateLimitError, RetryPolicy
 from gemimg_async._limits import (
     DEFAULT_DECREASE_FACTOR,
     DEFAULT_INCREASE_AFTER,
@@ -21,17 +17,10 @@ from gemimg_async._limits import (
     RateLimit,
     Slot,
 )
-from gemimg_async._retry import RetryBudget, parse_retry_after
-from gemimg_async.testing import FakeClock
+from gemimg_async.testing import FakeClock, Fault
+from helpers import API_KEY
 
 pytestmark = pytest.mark.anyio
-
-NOW = 1_700_000_000.0
-
-
-def headers(**fields: str) -> CIMultiDict[str]:
-    """Response headers as aiohttp hands them over: names case-insensitive."""
-    return CIMultiDict({name.replace("_", "-"): value for name, value in fields.items()})
 
 
 # --- AdaptiveLimit -----------------------------------------------------------------------------
@@ -267,172 +256,101 @@ async def test_concurrent_starts_queue_one_gap_apart():
     assert rate.waits == 3
 
 
-# --- RetryBudget -------------------------------------------------------------------------------
+# --- adaptive concurrency, end to end ----------------------------------------------------------
 
 
-def test_budget_starts_full():
-    """A new budget holds all its tokens."""
-    budget = RetryBudget(10.0, 0.1)
-    assert budget.tokens == 10.0
+async def test_repeated_429s_shrink_the_limit_to_one(relay, clock):
+    """Each throttled request (in a new epoch) shrinks the limit: 8, 5, 3, 2, 1, never 0."""
+    async with Client(API_KEY, relay.url, clock=clock, retry=RetryPolicy.never()) as client:
+        assert client.stats.limit == 8
+        limits, attempts = [], 0
+        for _ in range(5):
+            relay.script(Fault.rate_limited())
+            with pytest.raises(RateLimitError) as info:
+                await client.generate("a fox")
+            limits.append(client.stats.limit)
+            attempts += info.value.attempts
+    assert limits == [5, 3, 2, 1, 1]
+    assert relay.generation_count == attempts == 5
 
 
-def test_budget_allows_retries_while_above_half():
-    """Failures cost a token each; retries stop once half or less is left."""
-    budget = RetryBudget(10.0, 0.1)
-    allowed = [budget.failed() for _ in range(7)]
-    assert allowed == [True, True, True, True, False, False, False]
-    assert budget.tokens == 3.0
+async def test_successes_grow_the_limit_back_one_per_ten(relay, clock):
+    """After shrinking to 1, every ten successes add one place, up to max_concurrency."""
+    async with Client(API_KEY, relay.url, clock=clock, retry=RetryPolicy.never()) as client:
+        for _ in range(4):
+            relay.script(Fault.rate_limited())
+            with pytest.raises(RateLimitError):
+                await client.generate("a fox")
+        assert client.stats.limit == 1
+        limits, attempts = [], 4
+        for _ in range(80):
+            attempts += (await client.generate("a fox")).attempts
+            limits.append(client.stats.limit)
+    assert relay.generation_count == attempts == 84
+    assert limits[8::10] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert limits[9::10] == [2, 3, 4, 5, 6, 7, 8, 8]
+    assert max(limits) == 8
 
 
-def test_budget_never_goes_below_zero():
-    """A relay that fails forever drains the budget to zero, not below."""
-    budget = RetryBudget(4.0, 0.5)
-    for _ in range(20):
-        budget.failed()
-    assert budget.tokens == 0.0
+async def test_429s_of_requests_in_flight_together_shrink_once(relay, clock):
+    """Four requests throttled in the same epoch shrink the limit once, not four times."""
+    relay.script(*[Fault.rate_limited()] * 4)
+    errors = []
+    async with Client(API_KEY, relay.url, clock=clock, retry=RetryPolicy.never()) as client:
+
+        async def one():
+            try:
+                await client.generate("a fox")
+            except RateLimitError as error:
+                errors.append(error)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(one)
+        assert client.stats.limit == 5
+    assert len(errors) == 4
+    assert relay.generation_count == sum(error.attempts for error in errors)
 
 
-def test_successes_refill_the_budget_by_the_ratio_up_to_the_maximum():
-    """Each success earns `ratio` of a token back, never more than `max_tokens`."""
-    budget = RetryBudget(10.0, 0.1)
-    for _ in range(6):
-        budget.failed()
-    assert budget.tokens == 4.0
-    assert not budget.failed()
-    assert budget.tokens == 3.0
-    for _ in range(40):
-        budget.succeeded()
-    assert budget.tokens == pytest.approx(7.0)
-    assert budget.failed()
-    for _ in range(1000):
-        budget.succeeded()
-    assert budget.tokens == 10.0
+async def test_each_retry_of_one_request_is_a_new_signal(relay, client):
+    """A retry goes out under the limit of its time, so each further 429 shrinks it again."""
+    relay.script(*[Fault.rate_limited("0")] * 4)
+    result = await client.generate("a fox")
+    assert client.stats.limit == 1  # 8, 5, 3, 2, 1
+    assert relay.generation_count == result.attempts == 5
 
 
-def test_policy_budget_defaults():
-    """The client's default budget: 10 tokens, a tenth back per success."""
-    policy = RetryPolicy()
-    assert (policy.budget_tokens, policy.budget_ratio) == (10.0, 0.1)
+async def test_a_burst_of_429s_in_flight_together_shrinks_once(relay, client):
+    """Eight requests throttled while in flight together shrink the limit once, not eight times;
+    their retries then queue under the smaller limit."""
+    relay.script(*[Fault.rate_limited("0")] * 8)
+    relay.latency = 0.05
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(client.generate, "a fox")
+    finally:
+        relay.latency = 0.0
+    assert client.stats.limit == 5
+    assert relay.generation_count == 16
+    assert client.stats.pool_waits >= 3  # eight retries, five places
 
 
-# --- Backoff -----------------------------------------------------------------------------------
+# --- rate, end to end --------------------------------------------------------------------------
 
 
-def test_policy_backoffs_are_the_documented_ones():
-    """Not sent: 0.5 s doubling to 8 s; throttled: 5 s doubling to 60 s, full jitter."""
-    policy = RetryPolicy()
-    assert policy.not_sent_backoff == Backoff(0.5, 2.0, 8.0, full_jitter=False)
-    assert policy.throttled_backoff == Backoff(5.0, 2.0, 60.0, full_jitter=True)
-    assert policy.download_backoff == Backoff(0.5, 2.0, 8.0, full_jitter=False)
-    assert (policy.not_sent_attempts, policy.throttled_attempts) == (3, 5)
-    assert (policy.server_attempts, policy.outcome_unknown_attempts) == (2, 1)
-    assert policy.max_retry_after == 120.0
+async def test_rpm_spaces_starts(relay, clock):
+    """With rpm=60, back-to-back requests wait one second each before starting."""
+    async with Client(API_KEY, relay.url, clock=clock, rpm=60) as client:
+        results = [await client.generate("a fox") for _ in range(3)]
+        assert client.stats.rate_waits == 2
+    assert clock.sleeps == [pytest.approx(1.0), pytest.approx(1.0)]
+    assert relay.generation_count == sum(result.attempts for result in results) == 3
 
 
-@given(retry=st.integers(0, 40), seed=st.integers(0, 2**32))
-def test_half_jitter_stays_between_half_and_all_of_the_ceiling(retry, seed):
-    """Without full jitter the k-th wait is in [c/2, c], c = min(0.5 * 2**k, 8)."""
-    ceiling = min(0.5 * 2**retry, 8.0)
-    delay = RetryPolicy().not_sent_backoff.delay(retry, random.Random(seed))  # noqa: S311 - jitter, not secrets
-    assert ceiling / 2 <= delay <= ceiling
-
-
-@given(retry=st.integers(0, 40), seed=st.integers(0, 2**32))
-def test_full_jitter_stays_between_zero_and_the_ceiling(retry, seed):
-    """With full jitter the k-th wait is in [0, c], c = min(5 * 2**k, 60)."""
-    ceiling = min(5.0 * 2**retry, 60.0)
-    delay = RetryPolicy().throttled_backoff.delay(retry, random.Random(seed))  # noqa: S311 - jitter, not secrets
-    assert 0.0 <= delay <= ceiling
-
-
-@pytest.mark.parametrize(
-    ("retry", "ceiling"), [(0, 0.5), (1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 8.0), (60, 8.0)]
-)
-def test_backoff_ceiling_doubles_then_caps(retry, ceiling):
-    """The ceiling doubles per retry until the maximum, where it stays."""
-    backoff = Backoff(0.5, maximum=8.0)
-
-    class Top(random.Random):
-        def uniform(self, _low, high):
-            return high
-
-    assert backoff.delay(retry, Top()) == ceiling
-
-
-def test_jitter_spreads_waits():
-    """Two clients that fail together do not come back together."""
-    backoff = Backoff(5.0, maximum=60.0, full_jitter=True)
-    rng = random.Random(1)  # noqa: S311 - jitter, not secrets
-    assert len({backoff.delay(2, rng) for _ in range(20)}) == 20
-
-
-# --- parse_retry_after -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [("0", 0.0), ("2", 2.0), (" 7 ", 7.0), ("1.5", 1.5), ("120", 120.0), ("121", 121.0)],
-)
-def test_retry_after_seconds(value, seconds):
-    """`Retry-After: <seconds>` is read as seconds, large values included (the caller caps)."""
-    assert parse_retry_after(headers(retry_after=value), NOW) == seconds
-
-
-@pytest.mark.parametrize(("value", "seconds"), [("1500", 1.5), ("0", 0.0), ("250.5", 0.2505)])
-def test_retry_after_ms(value, seconds):
-    """`retry-after-ms` is read in milliseconds."""
-    assert parse_retry_after(headers(retry_after_ms=value), NOW) == pytest.approx(seconds)
-
-
-def test_retry_after_ms_wins_over_retry_after():
-    """With both headers, the finer one counts."""
-    found = parse_retry_after(headers(retry_after="9", retry_after_ms="1500"), NOW)
-    assert found == pytest.approx(1.5)
-
-
-def test_unreadable_retry_after_ms_falls_back_to_retry_after():
-    """A garbled `retry-after-ms` does not hide a good `Retry-After`."""
-    assert parse_retry_after(headers(retry_after="3", retry_after_ms="soon"), NOW) == 3.0
-
-
-def test_header_names_are_case_insensitive():
-    """`RETRY-AFTER` is `Retry-After`."""
-    assert parse_retry_after(CIMultiDict({"RETRY-AFTER": "4"}), NOW) == 4.0
-
-
-@pytest.mark.parametrize("ahead", [0, 1, 30, 3600])
-def test_retry_after_http_date(ahead):
-    """An HTTP date means the time left until then, by the given wall clock."""
-    date = email.utils.format_datetime(datetime.fromtimestamp(NOW + ahead, UTC), usegmt=True)
-    assert parse_retry_after(headers(retry_after=date), NOW) == pytest.approx(ahead, abs=1)
-
-
-def test_retry_after_date_in_the_past_means_now():
-    """A date already gone waits zero, never a negative time."""
-    date = email.utils.format_datetime(datetime.fromtimestamp(NOW - 600, UTC), usegmt=True)
-    assert parse_retry_after(headers(retry_after=date), NOW) == 0.0
-
-
-@pytest.mark.parametrize(
-    "value", ["", "soon", "-1", "inf", "nan", "-inf", "1e999", "Mon, 99 Foo 2024", "1,5"]
-)
-def test_unreadable_retry_after_is_none(value):
-    """Garbage, negatives and infinities give None, so the caller backs off on its own."""
-    assert parse_retry_after(headers(retry_after=value), NOW) is None
-
-
-@pytest.mark.parametrize("value", ["-1", "inf", "nan", "x"])
-def test_unreadable_retry_after_ms_alone_is_none(value):
-    """A bad `retry-after-ms` without `Retry-After` gives None."""
-    assert parse_retry_after(headers(retry_after_ms=value), NOW) is None
-
-
-def test_no_retry_after_is_none():
-    """No header, no wait from the server."""
-    assert parse_retry_after(CIMultiDict(), NOW) is None
-
-
-@given(seconds=st.integers(0, 10**6))
-def test_any_whole_seconds_value_round_trips(seconds):
-    """Every non-negative integer of seconds is read back as itself."""
-    assert parse_retry_after(headers(retry_after=str(seconds)), NOW) == float(seconds)
+async def test_without_rpm_nothing_waits(relay, client, clock):
+    """No rpm, no rate waits."""
+    attempts = sum([(await client.generate("a fox")).attempts for _ in range(3)])
+    assert client.stats.rate_waits == 0
+    assert clock.sleeps == []
+    assert relay.generation_count == attempts == 3

@@ -1,9 +1,9 @@
-"""Request and result values, model names, validation, serialisation, and image sniffing."""
+"""Request and result values (`_models`): model names, validation, normalisation, JSON; and the
+same rules end to end, where bad input never reaches the relay.
+"""
 
 import base64
 import json
-import struct
-from pathlib import Path
 
 import attrs
 import pytest
@@ -14,6 +14,7 @@ from gemimg_async import (
     ASPECT_RATIOS,
     MAX_INLINE_IMAGE_BYTES,
     MAX_INPUT_IMAGES,
+    BadRequestError,
     GeneratedImage,
     ImageRequest,
     InvalidCountError,
@@ -28,61 +29,25 @@ from gemimg_async import (
     ValidationError,
     resolve_model,
 )
-from gemimg_async._inputs import encode_images
-from gemimg_async._media import MediaInfo, sniff
 from gemimg_async._models import data_uri
-from gemimg_async.testing import png
+from gemimg_async.testing import FakeRelay, pixel_size, png
+from helpers import (
+    API_KEY,
+    PROMPT_4K,
+    STANDARD,
+    TIER_2K,
+    TIER_4K,
+    bytes_id,
+    file_png_size,
+    gif,
+    jpeg,
+    once,
+    uri,
+    webp_lossless,
+    webp_lossy,
+)
 
-STANDARD = "gemini-3-pro-image-preview"
-TIER_2K = "gemini-3-pro-image-preview-2k"
-TIER_4K = "gemini-3-pro-image-preview-4k"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-# --- image builders ----------------------------------------------------------------------------
-
-
-def bytes_id(value: object) -> str | None:
-    """A short test id for a long bytes parameter (pytest would print every byte)."""
-    return f"{len(value)}-bytes" if isinstance(value, bytes) and len(value) > 16 else None
-
-
-def jpeg(width: int = 4, height: int = 3, *, sof: int = 0xC0, fill: bool = False) -> bytes:
-    app0 = b"\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
-    dqt = b"\xff\xdb\x00\x43\x00" + bytes(64)
-    frame = b"\x08" + struct.pack(">HH", height, width) + b"\x03" + b"\x01\x11\x00" * 3
-    start = b"\xff" + bytes([sof]) + struct.pack(">H", 2 + len(frame)) + frame
-    return b"\xff\xd8" + app0 + (b"\xff" if fill else b"") + dqt + start + b"\xff\xd9"
-
-
-def webp_lossless(width: int, height: int) -> bytes:
-    bits = (width - 1) | ((height - 1) << 14)
-    payload = b"\x2f" + bits.to_bytes(4, "little") + bytes(11)
-    return _riff(b"VP8L", payload)
-
-
-def webp_lossy(width: int, height: int) -> bytes:
-    payload = b"\x00\x00\x00" + b"\x9d\x01\x2a" + struct.pack("<HH", width, height) + bytes(10)
-    return _riff(b"VP8 ", payload)
-
-
-def webp_extended(width: int, height: int) -> bytes:
-    payload = b"\x10\x00\x00\x00" + (width - 1).to_bytes(3, "little")
-    payload += (height - 1).to_bytes(3, "little")
-    return _riff(b"VP8X", payload)
-
-
-def _riff(fourcc: bytes, payload: bytes) -> bytes:
-    chunk = fourcc + struct.pack("<I", len(payload)) + payload
-    return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
-
-
-def gif(width: int, height: int, version: bytes = b"89a") -> bytes:
-    return b"GIF" + version + struct.pack("<HH", width, height) + b"\x00\x00\x00" + b"\x3b" * 8
-
-
-def uri(data: bytes, media_type: str = "image/png") -> str:
-    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+pytestmark = pytest.mark.anyio
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -129,6 +94,42 @@ def test_model_members_are_the_documented_names():
     """The three tiers' values are the relay's model names, and compare equal to them."""
     assert [m.value for m in Model] == [STANDARD, TIER_2K, TIER_4K]
     assert Model.RES_4K == TIER_4K
+
+
+async def test_unknown_full_model_name_passes_through(tmp_path):
+    """A model name the client does not know is sent unchanged."""
+    async with (
+        FakeRelay(api_keys=API_KEY, extra_models="gemini-3-pro-image-preview-hd") as relay,
+        once(relay.url) as client,
+    ):
+        result = await client.generate("a fox", model="gemini-3-pro-image-preview-hd")
+    assert relay.requests[-1].model == "gemini-3-pro-image-preview-hd"
+    assert result.request.model == "gemini-3-pro-image-preview-hd"
+
+
+@pytest.mark.parametrize(
+    ("model", "full_name", "size", "pixels"),
+    [
+        (Model.STANDARD, STANDARD, "16:9", (1024, 576)),
+        ("standard", STANDARD, "1:1", (1024, 1024)),
+        (Model.RES_2K, TIER_2K, "9:16", (1152, 2048)),
+        ("2k", TIER_2K, "4:3", (2048, 1536)),
+        (TIER_2K, TIER_2K, "2:3", (1365, 2048)),
+        ("4k", TIER_4K, "21:9", (4096, 1755)),
+        (Model.RES_4K, TIER_4K, "21:9", (4096, 1755)),
+    ],
+)
+async def test_every_tier_gives_its_pixel_size(  # noqa: PLR0917 - pytest fills these by name
+    relay, client, tmp_path, model, full_name, size, pixels
+):
+    """Each tier, named by member, alias or full name, gives a PNG whose long side fits it."""
+    prompt = PROMPT_4K if full_name == TIER_4K else "a lighthouse"
+    result = await client.generate(prompt, model=model, size=size, save_to=tmp_path)
+    assert relay.requests[-1].model == full_name
+    assert result.request.model == full_name
+    assert pixels == pixel_size(full_name, size)
+    assert file_png_size(result.paths[0]) == pixels
+    assert (result.images[0].width, result.images[0].height) == pixels
 
 
 # --- ImageRequest: defaults and normalisation --------------------------------------------------
@@ -198,6 +199,23 @@ def test_leading_zeros_are_dropped():
     assert ImageRequest("a fox", size="016:009").size == "16:9"
 
 
+@pytest.mark.parametrize(("given", "sent"), [("1x1", "1:1"), ("16X9", "16:9"), (" 3 : 4 ", "3:4")])
+async def test_size_is_normalised_to_w_colon_h(relay, client, given, sent):
+    """1x1-style sizes are sent as W:H."""
+    result = await client.generate("a fox", size=given)
+    assert relay.requests[-1].size == sent
+    assert result.request.size == sent
+
+
+async def test_undocumented_ratio_is_sent_with_allow_any_size(relay):
+    """allow_any_size=True sends an undocumented ratio as it is (this relay then rejects it)."""
+    async with once(relay.url) as client:
+        with pytest.raises(BadRequestError) as caught:
+            await client.generate("a fox", size="7:3", allow_any_size=True)
+    assert relay.requests[-1].size == "7:3"
+    assert caught.value.status == 400
+
+
 # --- ImageRequest: validation ------------------------------------------------------------------
 
 
@@ -241,27 +259,70 @@ def test_bad_ids_raise(identifier):
         ImageRequest("a fox", id=identifier)
 
 
+@pytest.mark.parametrize(
+    "bad_id", ["../x", "a/b", "/etc/passwd", "a\\b", "..", ".hidden", "-rf", "", "x\x00y", "a/../b"]
+)
+def test_ids_that_are_not_plain_names_are_rejected(bad_id):
+    """A request id that could leave the folder (or hide in it) is refused up front."""
+    with pytest.raises(ValidationError):
+        ImageRequest("a fox", id=bad_id)
+
+
 @pytest.mark.parametrize("identifier", ["poster", "job_7.v2", "A-1", "x" * 128])
 def test_good_ids_pass(identifier):
     """Letters, digits, '.', '_' and '-' make an id."""
     assert ImageRequest("a fox", id=identifier).id == identifier
 
 
+@pytest.mark.parametrize("key", ["", "has space", "line\nbreak", "x" * 256, "caf\u00e9"])
+def test_an_idempotency_key_that_is_no_header_token_is_refused(key):
+    """An idempotency key that could not travel as a header value raises ValidationError."""
+    with pytest.raises(ValidationError):
+        ImageRequest("a fox", idempotency_key=key)
+
+
 @pytest.mark.parametrize(
-    "error",
+    ("kwargs", "error"),
     [
-        InvalidPromptError,
-        InvalidCountError,
-        InvalidSizeError,
-        InvalidResponseFormatError,
-        InvalidImageError,
-        InvalidModelError,
+        ({"prompt": ""}, InvalidPromptError),
+        ({"prompt": "   \n\t"}, InvalidPromptError),
+        ({"n": 0}, InvalidCountError),
+        ({"n": -2}, InvalidCountError),
+        ({"n": True}, InvalidCountError),
+        ({"n": 1.5}, InvalidCountError),
+        ({"size": "banana"}, InvalidSizeError),
+        ({"size": "16:"}, InvalidSizeError),
+        ({"size": "0:1"}, InvalidSizeError),
+        ({"size": "1024x1024"}, InvalidSizeError),
+        ({"size": "7:3"}, InvalidSizeError),
+        ({"size": "2:1"}, InvalidSizeError),
+        ({"response_format": "png"}, InvalidResponseFormatError),
+        ({"response_format": "b64"}, InvalidResponseFormatError),
+        ({"model": ""}, InvalidModelError),
+        ({"model": "   "}, InvalidModelError),
+        ({"images": [f"https://example.com/{i}.png" for i in range(15)]}, TooManyImagesError),
+        ({"images": b"this is not an image"}, InvalidImageError),
+        ({"images": [b""]}, InvalidImageError),
+        ({"images": ["data:image/png;base64,aGVsbG8gd29ybGQh"]}, InvalidImageError),
+        ({"images": ["data:text/plain;base64,aGVsbG8="]}, InvalidImageError),
+        ({"images": [b"\x89PNG\r\n\x1a\n" + b"\x00" * (8 * 1024 * 1024)]}, InvalidImageError),
     ],
 )
-def test_validation_errors_are_value_errors(error):
-    """Each validation error is a ValidationError and a ValueError."""
-    assert issubclass(error, ValidationError)
-    assert issubclass(error, ValueError)
+async def test_bad_input_raises_before_sending(relay, client, kwargs, error):
+    """Each kind of bad input raises its own ValidationError and the relay receives nothing."""
+    kwargs = {"prompt": "a lighthouse", **kwargs}
+    with pytest.raises(error) as caught:
+        await client.generate(kwargs.pop("prompt"), **kwargs)
+    assert isinstance(caught.value, ValidationError)
+    assert isinstance(caught.value, ValueError)
+    assert relay.requests == []
+
+
+async def test_invalid_requests_are_never_sent(relay, client):
+    """A request that fails validation costs nothing: the relay sees no request."""
+    with pytest.raises(InvalidPromptError):
+        await client.generate("   ")
+    assert relay.generation_count == 0
 
 
 # --- ImageRequest: input images ----------------------------------------------------------------
@@ -338,16 +399,6 @@ def test_bad_image_references_raise(image):
     """A malformed, mislabelled or non-image data URI, or a non-reference, raises."""
     with pytest.raises(InvalidImageError):
         ImageRequest("a fox", images=[image])
-
-
-@pytest.mark.anyio
-async def test_data_uri_with_bad_base64_after_the_head_raises():
-    """A data URI whose base64 breaks after its head fails when made ready to send, off the loop."""
-    encoded = base64.b64encode(png(40, 40)).decode()
-    broken = f"data:image/png;base64,{encoded[:120]}!!!!{encoded[120:]}"
-    request = ImageRequest("a fox", images=[broken])
-    with pytest.raises(InvalidImageError, match="base64"):
-        await encode_images(request.images)
 
 
 @pytest.mark.parametrize(
@@ -475,6 +526,12 @@ def test_from_json_validates():
         ImageRequest.from_json({"prompt": ""})
 
 
+def test_an_idempotency_key_round_trips_through_json():
+    """A request's own idempotency key survives to_json/from_json."""
+    request = ImageRequest("a fox", idempotency_key="job-7-attempt")
+    assert ImageRequest.from_json(request.to_json()) == request
+
+
 # --- GeneratedImage and Timings ----------------------------------------------------------------
 
 
@@ -495,92 +552,3 @@ def test_timings_total_is_the_sum_of_phases():
     """Timings.total adds queued, generating and saving."""
     assert Timings(1.5, 2.0, 0.25).total == 3.75
     assert Timings().total == 0.0
-
-
-# --- sniff -------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("head", "expected"),
-    [
-        (png(3, 2), MediaInfo("image/png", "png", 3, 2)),
-        (png(4096, 1755)[:24], MediaInfo("image/png", "png", 4096, 1755)),
-        (jpeg(640, 480), MediaInfo("image/jpeg", "jpg", 640, 480)),
-        (jpeg(33, 17, sof=0xC2), MediaInfo("image/jpeg", "jpg", 33, 17)),
-        (jpeg(33, 17, fill=True), MediaInfo("image/jpeg", "jpg", 33, 17)),
-        (gif(320, 200), MediaInfo("image/gif", "gif", 320, 200)),
-        (gif(1, 65535, b"87a"), MediaInfo("image/gif", "gif", 1, 65535)),
-        (webp_lossless(16383, 1), MediaInfo("image/webp", "webp", 16383, 1)),
-        (webp_lossy(1024, 576), MediaInfo("image/webp", "webp", 1024, 576)),
-        (webp_extended(4096, 2304), MediaInfo("image/webp", "webp", 4096, 2304)),
-    ],
-    ids=bytes_id,
-)
-def test_sniff_reads_type_and_pixel_size(head, expected):
-    """sniff() tells the type from magic bytes and reads the pixel size from the header."""
-    assert sniff(head) == expected
-
-
-@pytest.mark.parametrize(
-    ("head", "media_type", "extension"),
-    [
-        (PNG_SIGNATURE, "image/png", "png"),
-        (png()[:20], "image/png", "png"),
-        (b"\xff\xd8\xff", "image/jpeg", "jpg"),
-        (jpeg()[:10], "image/jpeg", "jpg"),
-        (b"GIF89a", "image/gif", "gif"),
-        (b"RIFF\x00\x00\x00\x00WEBP", "image/webp", "webp"),
-    ],
-    ids=bytes_id,
-)
-def test_sniff_of_a_short_head_knows_the_type_not_the_size(head, media_type, extension):
-    """A head too short for the size still gives the type, with no size."""
-    assert sniff(head) == MediaInfo(media_type, extension, None, None)
-
-
-def test_sniff_jpeg_with_sof_beyond_the_head_has_no_size():
-    """A JPEG whose frame header lies past the head gives no size, not a wrong one."""
-    data = b"\xff\xd8\xff\xe1\xff\xf0" + bytes(200)
-    assert sniff(data) == MediaInfo("image/jpeg", "jpg", None, None)
-
-
-@pytest.mark.parametrize(
-    "head",
-    [
-        b"",
-        b"\x89PNG",
-        b"\x89PNX\r\n\x1a\n" + bytes(20),
-        b"GIF90a" + bytes(10),
-        b"RIFF\x00\x00\x00\x00WAVEfmt ",
-        b"<!DOCTYPE html><html>",
-        b'{"error": "not found"}',
-        b"BM" + bytes(60),
-        b"\x00\x00\x00\x18ftypavif",
-        b" \x89PNG\r\n\x1a\n",
-    ],
-)
-def test_sniff_of_what_is_no_supported_image_is_none(head):
-    """Anything but PNG, JPEG, GIF or WEBP magic gives None."""
-    assert sniff(head) is None
-
-
-def test_sniff_reads_the_relay_png_it_is_given(tmp_path):
-    """A PNG written to disk and read back sniffs to the same type and size."""
-    path = Path(tmp_path, "x.png")
-    path.write_bytes(png(9, 5))
-    with path.open("rb") as file:
-        assert sniff(file.read(64)) == MediaInfo("image/png", "png", 9, 5)
-    assert path.stat().st_size == len(png(9, 5))
-
-
-@pytest.mark.parametrize("key", ["", "has space", "line\nbreak", "x" * 256, "caf\u00e9"])
-def test_an_idempotency_key_that_is_no_header_token_is_refused(key):
-    """An idempotency key that could not travel as a header value raises ValidationError."""
-    with pytest.raises(ValidationError):
-        ImageRequest("a fox", idempotency_key=key)
-
-
-def test_an_idempotency_key_round_trips_through_json():
-    """A request's own idempotency key survives to_json/from_json."""
-    request = ImageRequest("a fox", idempotency_key="job-7-attempt")
-    assert ImageRequest.from_json(request.to_json()) == request

@@ -1,4 +1,6 @@
-"""How every error answer a relay gives becomes one of our errors."""
+"""How every error answer a relay gives becomes one of our errors (`_status`): units, then end to
+end against the fake relay.
+"""
 
 import json
 
@@ -10,18 +12,25 @@ from gemimg_async import (
     AuthenticationError,
     BadRequestError,
     ContentPolicyError,
+    GemimgError,
     RateLimitError,
     ServerError,
 )
 from gemimg_async._status import api_error, error_fields
+from gemimg_async.testing import Fault
+from helpers import once
+
+pytestmark = pytest.mark.anyio
 
 NGINX_502 = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
     b"</body>\r\n</html>\r\n"
 )
+
 OVERLOADED_ZH = "当前分组上游负载已饱和，请稍后再试"  # noqa: RUF001 - Chinese punctuation, as relays write it
 BLOCKED_ZH = "您的提示词包含违规内容，请修改后重试"  # noqa: RUF001 - Chinese punctuation, as relays write it
+
 CLOUDFLARE_524 = (
     b"<!DOCTYPE html>\n<html lang='en'><head><title>example.com | 524: A timeout occurred"
     b"</title><style>body{font-family:system-ui;color:#313131}</style>"
@@ -311,3 +320,125 @@ def test_redirect_says_where_to(status):
     assert err.status == status
     assert "https://api.example.org/v1/images/generations" in err.message
     assert "base_url" in err.message
+
+
+# --- end to end --------------------------------------------------------------------------------
+
+
+async def test_wrong_key_raises_authentication_error(relay):
+    """A 401 raises AuthenticationError carrying the relay's message, code and request id."""
+    async with once(relay.url, key="sk-wrong") as client:
+        with pytest.raises(AuthenticationError) as caught:
+            await client.generate("a fox")
+    error = caught.value
+    assert error.status == 401
+    assert error.message == "Incorrect API key provided."
+    assert error.code == "invalid_api_key"
+    assert error.request_id == relay.requests[-1].request_id
+    assert error.request_ids == (relay.requests[-1].request_id,)
+    assert error.idempotency_key == relay.requests[-1].idempotency_key
+    assert len(relay.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "error_class", "status", "code"),
+    [
+        (
+            Fault.status(403, message="Forbidden group", code_field="forbidden"),
+            AuthenticationError,
+            403,
+            "forbidden",
+        ),
+        (
+            Fault.status(400, message="Invalid size", code_field="invalid_size"),
+            BadRequestError,
+            400,
+            "invalid_size",
+        ),
+        (Fault.status(404, message="No such model", code_field=404), BadRequestError, 404, 404),
+        (
+            Fault.status(
+                400,
+                message="Your request was blocked by the safety system",
+                code_field="content_policy_violation",
+            ),
+            ContentPolicyError,
+            400,
+            "content_policy_violation",
+        ),
+        (
+            Fault.status(400, message=BLOCKED_ZH, code_field=1301),
+            ContentPolicyError,
+            400,
+            1301,
+        ),
+        (Fault.rate_limited("7"), RateLimitError, 429, "rate_limit_exceeded"),
+        (Fault.server_error(500), ServerError, 500, "server_error"),
+        (Fault.server_error(502), ServerError, 502, "server_error"),
+        (Fault.server_error(503), ServerError, 503, "server_error"),
+        (Fault.server_error(504), ServerError, 504, "server_error"),
+        (
+            Fault.status(500, message=OVERLOADED_ZH, code_field="upstream_error"),
+            ServerError,
+            500,
+            "upstream_error",
+        ),
+    ],
+)
+async def test_error_statuses_raise_their_class(relay, fault, error_class, status, code):
+    """Each error status raises its class, carrying status, message, code and request id."""
+    relay.script(fault)
+    async with once(relay.url) as client:
+        with pytest.raises(error_class) as caught:
+            await client.generate("a fox")
+    error = caught.value
+    assert type(error) is error_class
+    assert isinstance(error, APIError)
+    assert isinstance(error, GemimgError)
+    assert error.status == status
+    assert error.message == fault.message
+    assert error.code == code
+    assert error.request_id == relay.requests[-1].request_id
+    assert error.request_id in str(error)
+    assert f"HTTP {status}" in str(error)
+    assert len(relay.requests) == 1
+
+
+async def test_rate_limit_carries_retry_after(relay):
+    """A 429 with Retry-After raises RateLimitError whose retry_after is that wait."""
+    relay.script(Fault.rate_limited("7"))
+    async with once(relay.url) as client:
+        with pytest.raises(RateLimitError) as caught:
+            await client.generate("a fox")
+    assert caught.value.retry_after == 7.0
+    assert "retry after 7 s" in str(caught.value)
+
+
+async def test_rate_limit_without_retry_after_has_none(relay):
+    """A 429 without Retry-After raises RateLimitError with retry_after None."""
+    relay.script(Fault.rate_limited())
+    async with once(relay.url) as client:
+        with pytest.raises(RateLimitError) as caught:
+            await client.generate("a fox")
+    assert caught.value.retry_after is None
+
+
+async def test_html_error_page_gives_a_readable_message(relay):
+    """An nginx 502 HTML page raises ServerError with the page's text, not its tags."""
+    relay.script(Fault.status(502, html=True))
+    async with once(relay.url) as client:
+        with pytest.raises(ServerError) as caught:
+            await client.generate("a fox")
+    assert "502 Bad Gateway" in caught.value.message
+    assert "<" not in caught.value.message
+    assert caught.value.code is None
+
+
+async def test_unknown_model_on_the_relay_raises_bad_request(relay, client):
+    """A model the relay does not serve comes back as BadRequestError with its message."""
+    with pytest.raises(BadRequestError) as caught:
+        await client.generate("a fox", model="gemini-9-ultra")
+    assert caught.value.status == 400
+    assert "gemini-9-ultra" in caught.value.message
+    assert caught.value.code == "invalid_model"
+    assert relay.requests[-1].model == "gemini-9-ultra"

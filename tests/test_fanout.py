@@ -1,0 +1,156 @@
+"""`Client.map` (`_fanout`): pulling lazily from its source, its workers and the pool, ordered
+output, and closing under it; end to end against the fake relay.
+"""
+
+import asyncio
+import contextlib
+
+import anyio
+import pytest
+
+import gemimg_async as gi
+from gemimg_async import Client, ClientClosedError, ImageRequest
+from gemimg_async.testing import FakeClock, Fault
+from helpers import API_KEY, STANDARD, TIER_2K, slow_client, wait_for
+
+pytestmark = pytest.mark.anyio
+
+
+def map_worker_tasks() -> list[asyncio.Task]:
+    return [t for t in asyncio.all_tasks() if "_map_worker" in t.get_coro().__qualname__]
+
+
+# --- pulling and ordering ----------------------------------------------------------------------
+
+
+async def test_map_pulls_a_huge_generator_lazily_with_bounded_tasks(relay, client):
+    """100,000 queued prompts: map pulls only what the pool can send, and the number of live
+    tasks stays small; leaving the loop ends them all.
+
+    Running all 100,000 over HTTP would take minutes of CI, so 2,000 are consumed: what matters
+    is that nothing grows with the input's length.
+    """
+    pulled = 0
+
+    def prompts():
+        nonlocal pulled
+        for i in range(100_000):
+            pulled += 1
+            yield ImageRequest(f"prompt {i}")
+
+    max_concurrency = client.stats.max_concurrency
+    before = len(asyncio.all_tasks())
+    consumed = most_tasks = 0
+    async with contextlib.aclosing(client.map(prompts())) as outcomes:
+        async for outcome in outcomes:
+            assert outcome.ok
+            consumed += 1
+            assert pulled <= consumed + 2 * max_concurrency
+            most_tasks = max(most_tasks, len(asyncio.all_tasks()))
+            if consumed == 2_000:
+                break
+    assert pulled <= consumed + 2 * max_concurrency
+    assert most_tasks <= before + 3 * max_concurrency  # workers, and the relay's connections
+    assert map_worker_tasks() == []
+    await wait_for(lambda: relay.in_flight == 0)
+    await anyio.sleep(0.05)  # the relay's side of the cancelled requests winds down
+    assert len(asyncio.all_tasks()) <= before + 2 * max_concurrency  # the relay's connections
+
+
+async def test_map_ordered_yields_in_input_order(relay, client):
+    """ordered=True yields outcomes in input order though they finish out of order."""
+    relay.script(Fault.delay(0.3), Fault.delay(0.2), Fault.delay(0.1))
+    requests = [ImageRequest(f"p{i}", id=f"r{i}") for i in range(12)]
+    outcomes = [outcome async for outcome in client.map(requests, ordered=True)]
+    assert [outcome.index for outcome in outcomes] == list(range(12))
+    assert [outcome.request.id for outcome in outcomes] == [f"r{i}" for i in range(12)]
+    unordered = [outcome async for outcome in client.map(requests)]
+    assert sorted(outcome.index for outcome in unordered) == list(range(12))
+
+
+async def test_map_goes_on_after_one_request_fails(relay, clock):
+    """One request's error is its outcome; the others are generated all the same."""
+    relay.script(Fault.delay(0), Fault.status(400), Fault.delay(0))
+    async with Client(API_KEY, relay.url, max_concurrency=1, clock=clock) as client:
+        outcomes = [o async for o in client.map([ImageRequest(f"p{i}") for i in range(4)])]
+    assert [outcome.ok for outcome in outcomes] == [True, False, True, True]
+    assert type(outcomes[1].error).__name__ == "BadRequestError"
+
+
+async def test_leaving_map_early_cancels_what_is_in_flight():
+    """Breaking out of map (closed with aclosing) cancels the requests still in flight."""
+    async with slow_client(0.0, 4) as (relay, client):
+        relay.latency = {STANDARD: 30.0, TIER_2K: 0.0}
+        requests = [
+            ImageRequest("fast", model="2k"),
+            *(ImageRequest(f"slow {i}") for i in range(9)),
+        ]
+        with anyio.fail_after(5):
+            async with contextlib.aclosing(client.map(requests)) as outcomes:
+                async for outcome in outcomes:
+                    assert outcome.request.prompt == "fast"
+                    break
+        assert map_worker_tasks() == []
+        assert client.stats.in_flight == 0
+    assert len(relay.requests) <= 5  # the pool's worth, and at most one pulled as "fast" ended
+
+
+# --- places and rate ---------------------------------------------------------------------------
+
+
+async def test_an_idle_map_holds_no_place_in_the_pool(relay):
+    """A map waiting on a slow source holds no place: generate() beside it goes straight out."""
+    async with Client(API_KEY, relay.url, clock=FakeClock(), max_concurrency=2) as client:
+        go = anyio.Event()
+
+        async def slow_source():
+            await go.wait()
+            yield gi.ImageRequest("at last")
+
+        async def drain():
+            async for _ in client.map(slow_source()):
+                pass
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drain)
+            await anyio.sleep(0.05)
+            assert client.stats.in_flight == 0
+            with anyio.fail_after(5):
+                await client.generate("not kept waiting")
+            go.set()
+    assert [r.prompt for r in relay.requests] == ["not kept waiting", "at last"]
+
+
+async def test_map_under_rpm_spends_no_rate_on_an_empty_source(relay):
+    """Two requests mapped at rpm=60 wait for one start, not one per idle worker."""
+    clock = FakeClock()
+    async with Client(API_KEY, relay.url, clock=clock, rpm=60) as client:
+        requests = [gi.ImageRequest("one"), gi.ImageRequest("two")]
+        outcomes = [outcome async for outcome in client.map(requests)]
+        assert all(outcome.ok for outcome in outcomes)
+        assert client.stats.rate_waits == 1
+    assert sum(clock.sleeps) == pytest.approx(1.0)
+
+
+# --- closing the client under a map ------------------------------------------------------------
+
+
+async def test_closing_the_client_under_a_running_map_raises(relay):
+    """A map still iterating when its client is closed raises ClientClosedError instead of
+    ending as if every request had been made."""
+    relay.latency = 0.2
+    try:
+        client = Client(API_KEY, relay.url, clock=FakeClock(), max_concurrency=2)
+        requests = (gi.ImageRequest(f"fox {i}") for i in range(10))
+        seen = []
+
+        async def consume() -> None:
+            async for outcome in client.map(requests):
+                seen.append(outcome)
+                await client.aclose()
+
+        with pytest.raises(ClientClosedError):
+            await consume()
+        assert len(seen) == 1
+    finally:
+        relay.latency = 0.0

@@ -1,0 +1,61 @@
+"""A batch's writer (`_journal`): the manifest and the send log of one folder, locked for one
+run; through `run_batch` against the fake relay.
+"""
+
+import time
+
+import pytest
+
+from gemimg_async import MANIFEST_NAME, ConfigurationError, ImageRequest, ManifestEntry, run_batch
+from gemimg_async._journal import Journal
+from helpers import PNG_END, PNG_SIGNATURE, jsonl, latest, write_jobs
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_torn_last_line_is_cut_off_when_a_batch_starts(client, out):
+    """Starting a batch truncates the manifest back to its last complete line."""
+    out.mkdir()
+    good = ManifestEntry(id="old", status="failed", error="x").to_line()
+    (out / MANIFEST_NAME).write_bytes(good + b'{"id": "torn", "stat')
+    await run_batch(client, [], out)
+    assert (out / MANIFEST_NAME).read_bytes() == good
+
+
+@pytest.mark.parametrize("images_landed", [False, True])
+async def test_a_job_a_dead_run_had_in_flight_is_not_paid_for_twice(
+    relay, client, tmp_path, out, images_landed
+):
+    """A job a killed run sent but never recorded ends outcome_unknown (or saved, when its images
+    are on disk) without being sent again."""
+    jobs = write_jobs(tmp_path, "jobs.jsonl", jsonl({"prompt": "lost", "id": "lost"}))
+    journal = Journal.open(out)  # a run that marks the job sent, then dies
+    journal.mark_sent(ImageRequest("lost", id="lost", idempotency_key="key-1"), time.time())
+    journal.close()
+    if images_landed:
+        (out / "lost_0.png").write_bytes(PNG_SIGNATURE + PNG_END)
+    summary = await run_batch(client, jobs, out)
+    assert relay.requests == []
+    entry = latest(out)["lost"]
+    if images_landed:
+        assert (entry["status"], entry["paths"]) == ("saved", ["lost_0.png"])
+    else:
+        assert entry["status"] == "outcome_unknown"
+        assert "may have been billed" in entry["error"]
+        assert entry["idempotency_keys"] == ["key-1"]
+        assert summary.outcome_unknown == 1
+    assert not (out / ".manifest-sent.jsonl").read_bytes()
+    relay.reset()
+    await run_batch(client, jobs, out)
+    assert relay.requests == []  # the send log was settled once
+
+
+async def test_a_second_batch_on_the_same_folder_is_refused(client, out):
+    """Two batches never write one folder at once: the second raises ConfigurationError."""
+    journal = Journal.open(out)
+    try:
+        with pytest.raises(ConfigurationError, match="another gemimg-async batch"):
+            await run_batch(client, [ImageRequest("x")], out)
+    finally:
+        journal.close()
+    assert (await run_batch(client, [ImageRequest("x")], out)).ok
