@@ -39,6 +39,7 @@ from ._manifest import MANIFEST_NAME, STATUSES, ManifestEntry, Status
 from ._models import ImageRequest
 from ._outdir import FolderImages
 from ._progress import Progress
+from ._results import Outcome
 from ._summary import BatchStats, BatchSummary
 
 __all__ = ["BatchRun", "run_batch"]
@@ -90,6 +91,8 @@ class BatchRun:
     _total: int | None = attrs.field(init=False, default=None)
     _began: float | None = attrs.field(init=False, default=None)
     _halted: str | None = attrs.field(init=False, default=None)
+    _smaller: int = attrs.field(init=False, default=0)
+    _other_shape: int = attrs.field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
         self._clock = self.client.clock
@@ -244,6 +247,7 @@ class BatchRun:
                     self._counts[entry.status] += 1
                     self._ran[entry.status] += 1
                     self._images += len(entry.paths)
+                    self._judge(outcome)
                     self._halt_on(outcome.error)
                     await journal.sync()
         finally:
@@ -251,6 +255,13 @@ class BatchRun:
                 await outcomes.aclose()
                 self._abandon(journal)
                 await journal.sync()
+
+    def _judge(self, outcome: Outcome) -> None:
+        """Count the images that came back smaller or another shape than asked."""
+        for delivered in outcome.result.delivered if outcome.result else ():
+            if delivered is not None:
+                self._smaller += delivered.smaller
+                self._other_shape += delivered.other_shape
 
     def _halt_on(self, error: Exception | None) -> None:
         """Stop taking jobs when every one would fail: a rejected key (401; a 403 may be one
@@ -299,6 +310,8 @@ class BatchRun:
             manifest=journal.folder / MANIFEST_NAME,
             interrupted=self._stopping and self._halted is None,
             halted=self._halted,
+            smaller=self._smaller,
+            other_shape=self._other_shape,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ import anyio
 from ._bulk import BatchRun
 from ._client import ENV_API_KEY, ENV_BASE_URL, Client
 from ._config import DEFAULT_MAX_CONCURRENCY
+from ._dialects import DIALECTS, SIZE_STYLES
 from ._exceptions import ConfigurationError, GemimgError, ValidationError
 from ._jobs import JobDefaults
 from ._models import ASPECT_RATIOS
@@ -23,6 +25,8 @@ from ._summary import BatchSummary
 
 __all__ = ["main"]
 
+ENV_DIALECT = "GEMIMG_DIALECT"
+ENV_SIZE_STYLE = "GEMIMG_SIZE_STYLE"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -135,6 +139,18 @@ def _parser() -> argparse.ArgumentParser:
     fake.add_argument("--latency", type=float, default=0.0, help="seconds per generation")
     fake.add_argument("--key", default="sk-test", help="the API key it accepts (default sk-test)")
     fake.add_argument("--style", choices=("gradient", "noise"), default="gradient")
+    fake.add_argument(
+        "--sizes",
+        choices=("ratio", "pixels"),
+        default="ratio",
+        help="pixels: honour only pixel sizes, as LiteLLM does (default ratio)",
+    )
+    fake.add_argument(
+        "--chat-style",
+        choices=("images", "markdown", "parts"),
+        default="images",
+        help="where chat answers put images (default images: message.images)",
+    )
     fake.add_argument("--url-file", type=Path, help="write the relay's URL here once it listens")
     fake.set_defaults(run=_fake_server)
     return parser
@@ -163,11 +179,35 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_CONCURRENCY,
         help=f"generations in flight at once (default {DEFAULT_MAX_CONCURRENCY})",
     )
+    parser.add_argument(
+        "--dialect",
+        choices=DIALECTS,
+        default=os.environ.get(ENV_DIALECT) or "images",
+        help=f"the API shape the relay speaks (default ${ENV_DIALECT}, or images)",
+    )
+    parser.add_argument(
+        "--size-style",
+        choices=SIZE_STYLES,
+        default=os.environ.get(ENV_SIZE_STYLE) or None,
+        help="how the size travels: ratio (16:9), pixels (1376x768), image_config (OpenRouter), "
+        f"google (new-api's chat); default ${ENV_SIZE_STYLE}, or the dialect's own",
+    )
+
+
+def _client(args: argparse.Namespace, *, rpm: float | None = None) -> Client:
+    return Client(
+        args.api_key,
+        args.base_url,
+        max_concurrency=args.concurrency,
+        rpm=rpm,
+        dialect=args.dialect,
+        size_style=args.size_style,
+    )
 
 
 def _generate(args: argparse.Namespace) -> int:
     async def run() -> None:
-        async with Client(args.api_key, args.base_url, max_concurrency=args.concurrency) as client:
+        async with _client(args) as client:
             result = await client.generate(
                 args.prompt,
                 model=args.model,
@@ -193,9 +233,7 @@ def _batch(args: argparse.Namespace) -> int:
     )
 
     async def run() -> BatchSummary:
-        async with Client(
-            args.api_key, args.base_url, max_concurrency=args.concurrency, rpm=args.rpm
-        ) as client:
+        async with _client(args, rpm=args.rpm) as client:
             batch = BatchRun(
                 client,
                 args.out,
@@ -288,6 +326,8 @@ def _fake_server(args: argparse.Namespace) -> int:
         port=args.port,
         latency=args.latency,
         image_style=args.style,
+        sizes=args.sizes,
+        chat_style=args.chat_style,
     )
     anyio.run(lambda: serve(relay, ready=ready))
     return EXIT_OK

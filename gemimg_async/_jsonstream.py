@@ -724,8 +724,8 @@ class ImageStreamParser:
         nothing consumed, for anything else (escapes, whitespace, padding, other characters)."""
         buf = self._carry + raw if self._carry else raw
         cut = len(buf) - len(buf) % _B64_QUAD
-        if not cut or buf[cut - 1] == _EQUALS:
-            return False
+        if not cut or buf[cut - 1] == _EQUALS or buf[cut:].translate(None, _B64_ALPHABET):
+            return False  # the tail carried over must be plain base64 too
         try:
             piece = binascii.a2b_base64(buf[:cut], strict_mode=True)
         except binascii.Error:
@@ -760,7 +760,12 @@ class ImageStreamParser:
                     f"misplaced padding in base64 image data ({_where(self._path)})"
                 )
             self._padded = True
-        piece = binascii.a2b_base64(quads)
+        try:
+            piece = binascii.a2b_base64(quads)
+        except binascii.Error as exc:
+            raise JSONStreamError(
+                f"invalid base64 image data ({_where(self._path)}): {exc}"
+            ) from exc
         if piece:
             self._size += len(piece)
             self._out.append((self._path, piece))
@@ -820,7 +825,8 @@ class ImageStreamParser:
                 if buf[i:end]:
                     self._take(buf[i:end])
                     self._diverted_bytes += end - i
-                if end == len(buf) and not final:
+                if not final and (end == len(buf) or buf[end:] == b"\\"):
+                    self._held = buf[end:]  # the run may go on, with an escaped "/" maybe
                     return
                 self._finish_stream()
                 i = end

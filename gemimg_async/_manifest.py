@@ -74,6 +74,12 @@ class ManifestEntry:
     """Unix time the request got its place in the pool."""
     finished: float = 0.0
     prompt: str | None = None
+    asked: str | None = None
+    """The tier and ratio asked: `4K 16:9 (5504x3072)`."""
+    delivered: tuple[str, ...] = ()
+    """Each image's pixel size and the tier it was judged: `1376x768 (1K, smaller)`."""
+    downgraded: bool = False
+    """Some image came back at a lower tier or in another shape than asked."""
 
     @classmethod
     def from_outcome(cls, outcome: Outcome) -> ManifestEntry:
@@ -93,6 +99,11 @@ class ManifestEntry:
             started=outcome.started,
             finished=outcome.finished,
             prompt=request.prompt,
+            asked=str(outcome.result.asked) if outcome.result else None,
+            delivered=tuple(str(d) for d in outcome.result.delivered if d is not None)
+            if outcome.result
+            else (),
+            downgraded=outcome.result.downgraded if outcome.result else False,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -109,6 +120,9 @@ class ManifestEntry:
             "started": round(self.started, 3),
             "finished": round(self.finished, 3),
             "prompt": self.prompt,
+            "asked": self.asked,
+            "delivered": list(self.delivered),
+            "downgraded": self.downgraded,
         }
 
     def to_line(self) -> bytes:
@@ -140,6 +154,9 @@ class ManifestEntry:
             started=float(started),
             finished=float(finished),
             prompt=optional_str(doc.get("prompt")),
+            asked=optional_str(doc.get("asked")),
+            delivered=_strings(doc.get("delivered", [])),
+            downgraded=doc.get("downgraded") is True,
         )
 
 

@@ -30,7 +30,14 @@ __all__ = [
     "summary_rows",
 ]
 
-_STYLES = {"saved": "green", "refused": "yellow", "failed": "red", "outcome_unknown": "magenta"}
+_STYLES = {
+    "saved": "green",
+    "refused": "yellow",
+    "failed": "red",
+    "outcome_unknown": "magenta",
+    "came_back_smaller": "bold red",
+    "came_back_another_shape": "bold red",
+}
 
 
 class Progress(Protocol):
@@ -95,6 +102,10 @@ def summary_rows(summary: BatchSummary) -> list[tuple[str, str]]:
         ("elapsed", format_duration(summary.elapsed)),
         ("manifest", f"{summary.manifest}"),
     ]
+    if summary.smaller:
+        rows.append(("came back smaller", f"{summary.smaller} image(s) at a lower tier than asked"))
+    if summary.other_shape:
+        rows.append(("came back another shape", f"{summary.other_shape} image(s)"))
     if summary.halted:
         rows.append(("halted", summary.halted))
     elif summary.interrupted:

@@ -30,21 +30,48 @@ _BLOCKED = re.compile(
     re.IGNORECASE,
 )
 _TAGS = re.compile(r"<(script|style)\b.*?</\1>|<[^>]+>", re.IGNORECASE | re.DOTALL)
+_BAD_KEY = re.compile(r"API_KEY_INVALID|API key not valid|API key not found", re.IGNORECASE)
+_DELAY = re.compile(r"\s*(\d+(?:\.\d+)?)s\s*")
 
 
 def error_fields(body: bytes) -> tuple[str, str | int | None]:
     """(message, code) from an error body of any shape relays use: JSON, HTML or text."""
+    message, code, _ = _read(body)
+    return message, code
+
+
+def _read(body: bytes) -> tuple[str, str | int | None, Any]:
+    """(message, code, the parsed JSON or None) of an error body."""
     text = body.decode("utf-8-sig", "replace").strip()
     try:
         doc = json.loads(text)
     except ValueError:
         doc = None
+    if isinstance(doc, list) and len(doc) == 1:  # Google's streaming endpoints wrap it
+        doc = doc[0]
     if isinstance(doc, dict):
         message, code = document_error(doc)
-        return message or text[:200], code
+        return message or text[:200], code, doc
     if text.startswith("<"):
         text = " ".join(_TAGS.sub(" ", text).split())
-    return text[:200] or "(empty body)", None
+    return text[:200] or "(empty body)", None, None
+
+
+def _google_details(doc: Any) -> tuple[float | None, list[str]]:
+    """The wait of a RetryInfo detail ("7s"), and the reasons of ErrorInfo details, of an
+    error body as Google's API writes it."""
+    error = doc.get("error") if isinstance(doc, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    delay, reasons = None, []
+    for detail in details if isinstance(details, list) else []:
+        if not isinstance(detail, dict):
+            continue
+        found = detail.get("retryDelay")
+        if isinstance(found, str) and (match := _DELAY.fullmatch(found)):
+            delay = float(match[1])
+        if isinstance(detail.get("reason"), str):
+            reasons.append(detail["reason"])
+    return delay, reasons
 
 
 def document_error(doc: dict[str, Any]) -> tuple[str | None, str | int | None]:
@@ -76,10 +103,13 @@ def api_error(
     now: float,
 ) -> APIError:
     """The error a relay's non-2xx answer amounts to; `now` is the wall clock, for HTTP dates."""
-    message, code = error_fields(body)
+    message, code, doc = _read(body)
+    delay, reasons = _google_details(doc)
     retry_after = parse_retry_after(headers, now)
+    if retry_after is None:
+        retry_after = delay
     cls: type[APIError]
-    if status in (401, 403):
+    if status in (401, 403) or _BAD_KEY.search(" ".join([message, str(code), *reasons])):
         cls = AuthenticationError
     elif status == 429:  # noqa: PLR2004
         cls = RateLimitError

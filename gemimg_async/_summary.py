@@ -72,6 +72,10 @@ class BatchSummary:
     """Stopped or aborted before every job was read: run again to go on."""
     halted: str | None = None
     """Why the batch stopped taking jobs on its own (the relay rejected the key)."""
+    smaller: int = 0
+    """Images of this run that came back at a lower tier than asked (4K asked, 1K made)."""
+    other_shape: int = 0
+    """Images of this run that came back in another aspect ratio than asked."""
 
     @property
     def counts(self) -> dict[Status, int]:

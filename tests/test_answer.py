@@ -32,8 +32,8 @@ async def test_b64_format_returns_the_image_bytes(relay, client):
     result = await client.generate("a lighthouse", size="3:2", response_format="b64_json")
     [image] = result.images
     assert image.data is not None
-    assert png_size(image.data) == (1024, 683)
-    assert (image.media_type, image.width, image.height) == ("image/png", 1024, 683)
+    assert png_size(image.data) == (1264, 848)
+    assert (image.media_type, image.width, image.height) == ("image/png", 1264, 848)
     assert image.byte_size == len(image.data)
     assert relay.downloads == []
 
@@ -60,8 +60,8 @@ async def test_4k_b64_answer_of_tens_of_megabytes_streams_to_disk_intact(tmp_pat
             "noise", size="16:9", response_format="b64_json", save_to=tmp_path
         )
     [path] = result.paths
-    assert path.stat().st_size > 20_000_000
-    assert file_png_size(path) == (4096, 2304)
+    assert path.stat().st_size > 40_000_000
+    assert file_png_size(path) == (5504, 3072)
     assert png_pixels_intact(path)
     assert result.images[0].byte_size == path.stat().st_size
 
@@ -79,7 +79,7 @@ async def test_every_relay_variant_gives_the_image(relay, client, tmp_path, quir
     )
     [path] = result.paths
     assert path.name == f"{result.stem}_0.png"
-    assert file_png_size(path) == (819, 1024)
+    assert file_png_size(path) == (928, 1152)
     assert path.read_bytes().endswith(b"IEND\xaeB`\x82")
     assert no_temp_files(tmp_path)
 

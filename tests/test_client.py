@@ -155,7 +155,7 @@ async def test_readme_generate_and_save(relay, tmp_path):
     assert len(paths) == 1
     assert paths[0].parent == tmp_path
     assert paths[0].name == f"{result.stem}_0.png"
-    assert file_png_size(paths[0]) == (1024, 576)
+    assert file_png_size(paths[0]) == (1376, 768)
     sent = relay.requests[-1]
     assert (sent.model, sent.prompt, sent.size) == (STANDARD, "a lighthouse at dusk", "16:9")
 
@@ -169,7 +169,7 @@ async def test_readme_generate_4k_from_a_local_image(relay, client, tmp_path):
     assert sent.model == TIER_4K
     assert sent.images == (f"data:image/png;base64,{base64.b64encode(png()).decode()}",)
     paths = await result.save(tmp_path / "out")
-    assert file_png_size(paths[0]) == (4096, 1755)
+    assert file_png_size(paths[0]) == (6336, 2688)
 
 
 async def test_readme_generate_2k_fuses_two_urls_as_b64(relay, client):

@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import random
+import re
 import tracemalloc
 from typing import Any
 
@@ -16,9 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gemimg_async._dialects import ImagesDialect
+from gemimg_async._dialects import ChatDialect, GeminiDialect, ImagesDialect
 from gemimg_async._jsonstream import (
+    STREAM_REF,
     Diverted,
+    DivertedText,
     ImageStreamParser,
     JSONStreamError,
     JSONTruncatedError,
@@ -562,3 +565,143 @@ def test_memory_stays_bounded_for_a_large_image(wrap: bytes) -> None:
         "data": [{"b64_json": Diverted(("data", 0, "b64_json"), size)}],
     }
     assert peak < 2 * 1024 * 1024
+
+
+# --- schemas of the other dialects: paths, texts with embedded images -------------------------
+
+CHAT = ChatDialect().schema
+GEMINI = GeminiDialect().schema
+
+
+def parse_with(schema, chunks):
+    """Feed `chunks` to a parser of `schema`; the document and the pieces per path."""
+    parser = ImageStreamParser(schema)
+    pieces: dict[tuple, bytearray] = {}
+    for chunk in chunks:
+        for path, data in parser.feed(chunk):
+            pieces.setdefault(path, bytearray()).extend(data)
+    return parser.close(), {path: bytes(data) for path, data in pieces.items()}
+
+
+@st.composite
+def markdown_texts(draw: st.DrawFn) -> tuple[str, list[bytes]]:
+    """A chat text with Markdown images as data: URLs among other text, and their bytes."""
+    images = draw(st.lists(st.binary(min_size=1, max_size=300), min_size=0, max_size=3))
+    words = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=40)
+    pieces = [draw(words)]
+    for data in images:
+        kind = draw(st.sampled_from(["png", "jpeg", "webp"]))
+        alt = draw(st.sampled_from(["image", "", "draft 1"]))
+        pieces.append(f"![{alt}](data:image/{kind};base64,{base64.b64encode(data).decode()})")
+        pieces.append(draw(words))
+    return draw(st.sampled_from(["\n", " ", ""])).join(pieces), images
+
+
+@settings(SETTINGS, max_examples=100)
+@given(st.data())
+def test_markdown_images_stream_out_of_any_chunking(data: st.DataObject) -> None:
+    """Every data: URL in a chat text streams out whole under its path, in order, however the
+    body is cut and its slashes escaped; the text keeps the rest, images as gemimg-stream:<k>."""
+    text, images = data.draw(markdown_texts())
+    body = json.dumps(
+        {"choices": [{"message": {"content": text}}]}, ensure_ascii=data.draw(st.booleans())
+    ).encode()
+    if data.draw(st.booleans()):  # relays that escape every "/"
+        body = body.replace(b"/", b"\\/")
+    document, pieces = parse_with(CHAT, data.draw(chunkings(body)))
+    content = document["choices"][0]["message"]["content"]
+    path = ("choices", 0, "message", "content")
+    if not images:
+        assert content == text
+        return
+    assert isinstance(content, DivertedText)
+    assert [pieces[(*path, k)] for k in range(len(images))] == images
+    assert [d.size for d in content.images] == [len(i) for i in images]
+    assert content.text.count(STREAM_REF) == len(images)
+    assert re.sub(r"data:image/\w+;base64,[A-Za-z0-9+/=]*", "", text) == re.sub(
+        rf"{STREAM_REF}\d+", "", content.text
+    )
+
+
+def test_markdown_with_escaped_slashes_and_a_split_prefix() -> None:
+    """A data: URL written with \\/ escapes, cut inside its prefix, still streams."""
+    payload = base64.b64encode(bytes(range(256)) * 4).decode().replace("/", "\\/")
+    body = (
+        '{"choices":[{"message":{"content":"look ![image](data:image\\/png;base64,'
+        + payload
+        + ') done"}}]}'
+    ).encode()
+    for cut in range(1, 80):
+        document, pieces = parse_with(CHAT, [body[:cut], body[cut:]])
+        assert pieces == {("choices", 0, "message", "content", 0): bytes(range(256)) * 4}
+        text = document["choices"][0]["message"]["content"].text
+        assert text == f"look ![image]({STREAM_REF}0) done"
+
+
+def test_text_that_only_looks_like_a_data_url_is_kept() -> None:
+    """ "data:" followed by no image stays text; nothing streams."""
+    body = b'{"choices":[{"message":{"content":"see data:text/plain,hello and data: nothing"}}]}'
+    document, pieces = parse_with(CHAT, [body[:30], body[30:]])
+    assert pieces == {}
+    assert (
+        document["choices"][0]["message"]["content"]
+        == "see data:text/plain,hello and data: nothing"
+    )
+
+
+def test_chat_image_lists_stream_under_their_paths() -> None:
+    """message.images[i].image_url.url data: URLs stream; an https URL stays a string."""
+    body = json.dumps(
+        {
+            "choices": [
+                {
+                    "message": {
+                        "images": [
+                            {"image_url": {"url": "data:image/png;base64,QUJD"}},
+                            {"image_url": {"url": "https://example.com/x.png"}},
+                        ]
+                    }
+                }
+            ]
+        }
+    ).encode()
+    document, pieces = parse_with(CHAT, [body])
+    assert pieces == {("choices", 0, "message", "images", 0, "image_url", "url"): b"ABC"}
+    assert (
+        document["choices"][0]["message"]["images"][1]["image_url"]["url"]
+        == "https://example.com/x.png"
+    )
+
+
+def test_gemini_inline_data_streams_whatever_the_key_order() -> None:
+    """parts[i].inlineData.data streams, with "thought" before or after it kept as it is."""
+    parts = [
+        {"inlineData": {"mimeType": "image/png", "data": "QUJD"}, "thought": True},
+        {"thought": True, "inline_data": {"mime_type": "image/png", "data": "REVG"}},
+        {"text": "here"},
+        {"inlineData": {"data": "R0hJ", "mimeType": "image/png"}},
+    ]
+    body = json.dumps({"candidates": [{"content": {"parts": parts}}]}).encode()
+    document, pieces = parse_with(GEMINI, [body[i : i + 7] for i in range(0, len(body), 7)])
+    base = ("candidates", 0, "content", "parts")
+    assert pieces == {
+        (*base, 0, "inlineData", "data"): b"ABC",
+        (*base, 1, "inline_data", "data"): b"DEF",
+        (*base, 3, "inlineData", "data"): b"GHI",
+    }
+    assert document["candidates"][0]["content"]["parts"][0]["thought"] is True
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (b"[" * 2000 + b"]" * 2000, "nesting deeper"),
+        (b'{"a": [' + b"{}," * 300_000 + b"{}]}", "too many values"),
+        (b'{"a": "' + b"x" * (9 * 1024 * 1024) + b'"}', "exceeds"),
+    ],
+)
+def test_hostile_documents_fail_fast(body: bytes, match: str) -> None:
+    """Deep nesting, floods of values and huge non-image strings raise at once."""
+    chunks = [body[start : start + 65536] for start in range(0, len(body), 65536)]
+    with pytest.raises(JSONStreamError, match=match):
+        parse(chunks)

@@ -110,19 +110,19 @@ async def test_unknown_full_model_name_passes_through(tmp_path):
 @pytest.mark.parametrize(
     ("model", "full_name", "size", "pixels"),
     [
-        (Model.STANDARD, STANDARD, "16:9", (1024, 576)),
+        (Model.STANDARD, STANDARD, "16:9", (1376, 768)),
         ("standard", STANDARD, "1:1", (1024, 1024)),
-        (Model.RES_2K, TIER_2K, "9:16", (1152, 2048)),
-        ("2k", TIER_2K, "4:3", (2048, 1536)),
-        (TIER_2K, TIER_2K, "2:3", (1365, 2048)),
-        ("4k", TIER_4K, "21:9", (4096, 1755)),
-        (Model.RES_4K, TIER_4K, "21:9", (4096, 1755)),
+        (Model.RES_2K, TIER_2K, "9:16", (1536, 2752)),
+        ("2k", TIER_2K, "4:3", (2400, 1792)),
+        (TIER_2K, TIER_2K, "2:3", (1696, 2528)),
+        ("4k", TIER_4K, "21:9", (6336, 2688)),
+        (Model.RES_4K, TIER_4K, "21:9", (6336, 2688)),
     ],
 )
 async def test_every_tier_gives_its_pixel_size(  # noqa: PLR0917 - pytest fills these by name
     relay, client, tmp_path, model, full_name, size, pixels
 ):
-    """Each tier, named by member, alias or full name, gives a PNG whose long side fits it."""
+    """Each tier, named by member, alias or full name, gives a PNG of Google's size for it."""
     prompt = PROMPT_4K if full_name == TIER_4K else "a lighthouse"
     result = await client.generate(prompt, model=model, size=size, save_to=tmp_path)
     assert relay.requests[-1].model == full_name

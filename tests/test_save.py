@@ -69,7 +69,7 @@ async def test_url_result_has_no_pixel_size_until_saved(relay, client, tmp_path)
     assert in_memory.images[0].width is None
     on_disk = await client.generate("a fox", size="9:16", save_to=tmp_path)
     image = on_disk.images[0]
-    assert (image.media_type, image.width, image.height) == ("image/png", 576, 1024)
+    assert (image.media_type, image.width, image.height) == ("image/png", 768, 1376)
 
 
 # --- downloads that fail -----------------------------------------------------------------------

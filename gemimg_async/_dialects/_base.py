@@ -182,12 +182,12 @@ def no_image(
     """What a 200 answer without an image means: an error body, a refusal `why` (with the
     dialect's `code` for it), or garbage."""
     if isinstance(doc, dict):
-        message, code = document_error(doc)
+        message, error_code = document_error(doc)
         if message is not None or "error" in doc:
             return RefusalError(
                 f"the relay answered 200 with an error: {message or doc.get('error')}",
                 status=200,
-                code=code,
+                code=error_code,
                 request_id=request_id,
             )
         if why is not None:

@@ -33,12 +33,13 @@ encoding run in a worker thread so the event loop does not stall on a 4K image.
 from __future__ import annotations
 
 from .._clock import FakeClock
-from ._faults import QUIRKS, Fault, Quirk
+from ._faults import GEMINI_QUIRKS, QUIRKS, Fault, Quirk
 from ._images import MODELS, RATIOS, pixel_size, png
 from ._records import RecordedDownload, RecordedRequest
 from ._relay import FakeRelay, serve
 
 __all__ = [
+    "GEMINI_QUIRKS",
     "MODELS",
     "QUIRKS",
     "RATIOS",

@@ -8,7 +8,7 @@ from typing import Literal, Self, get_args
 
 import attrs
 
-__all__ = ["QUIRKS", "Fault", "Quirk", "phrase"]
+__all__ = ["GEMINI_QUIRKS", "QUIRKS", "Fault", "Quirk", "phrase"]
 
 Quirk = Literal[
     "both_fields",
@@ -18,9 +18,13 @@ Quirk = Literal[
     "b64_when_url_asked",
     "escaped_slashes",
     "wrapped_b64",
+    "thought_first",
+    "snake_case",
 ]
-#: The answer shapes `Fault.quirk` knows.
-QUIRKS: tuple[Quirk, ...] = get_args(Quirk)
+#: The images-dialect answer shapes `Fault.quirk` knows.
+QUIRKS: tuple[Quirk, ...] = get_args(Quirk)[:7]
+#: The gemini ones: ``"thought": true`` before a draft's data, and snake_case keys.
+GEMINI_QUIRKS: tuple[Quirk, ...] = get_args(Quirk)[7:]
 
 FaultKind = Literal[
     "status",
@@ -32,6 +36,8 @@ FaultKind = Literal[
     "refusal",
     "fewer_images",
     "quirk",
+    "drafts",
+    "blocked",
 ]
 DOWNLOAD_KINDS: frozenset[FaultKind] = frozenset({"status", "reset", "truncate", "delay", "html"})
 
@@ -52,6 +58,7 @@ class Fault:
     seconds: float = 0.0
     count: int = 0
     quirk_name: Quirk | None = None
+    reason: str | None = None
 
     @classmethod
     def status(
@@ -127,9 +134,24 @@ class Fault:
         return cls(kind="error_body", message=message, error_code=code)
 
     @classmethod
-    def refusal(cls) -> Self:
-        """Answer HTTP 200 with no images: ``{"created": ..., "data": []}``."""
-        return cls(kind="refusal")
+    def drafts(cls, count: int = 2) -> Self:
+        """Answer *count* draft images before each final one, as the model makes them: parts
+        marked ``"thought": true`` (gemini), or plain extra images first (chat, images)."""
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        return cls(kind="drafts", count=count)
+
+    @classmethod
+    def blocked(cls, reason: str = "PROHIBITED_CONTENT") -> Self:
+        """Block the prompt: gemini answers 200 with ``promptFeedback.blockReason``; the
+        OpenAI-shaped dialects answer 400 ``prompt_blocked``, as new-api does."""
+        return cls(kind="blocked", reason=reason)
+
+    @classmethod
+    def refusal(cls, reason: str = "IMAGE_SAFETY") -> Self:
+        """Answer HTTP 200 with no images: ``"data": []`` (images), ``finish_reason:
+        "content_filter"`` (chat), or ``finishReason`` *reason* (gemini)."""
+        return cls(kind="refusal", reason=reason)
 
     @classmethod
     def fewer_images(cls, count: int) -> Self:
@@ -141,8 +163,10 @@ class Fault:
     @classmethod
     def quirk(cls, name: Quirk) -> Self:
         """Answer normally, shaped like a known relay variant (one of `QUIRKS`)."""
-        if name not in QUIRKS:
-            raise ValueError(f"quirk must be one of {', '.join(QUIRKS)}, got {name!r}")
+        if name not in (*QUIRKS, *GEMINI_QUIRKS):
+            raise ValueError(
+                f"quirk must be one of {', '.join((*QUIRKS, *GEMINI_QUIRKS))}, got {name!r}"
+            )
         return cls(kind="quirk", quirk_name=name)
 
 

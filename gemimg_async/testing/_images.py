@@ -17,6 +17,7 @@ from typing import Literal
 import attrs
 
 from .._models import ASPECT_RATIOS
+from .._sizes import PIXELS_1K, TIERS, Tier, pixels, tier_of
 
 __all__ = [
     "MODELS",
@@ -26,38 +27,48 @@ __all__ = [
     "b64",
     "image",
     "palette",
+    "parse_size",
     "pixel_size",
     "png",
 ]
 
-#: The models the fake relay accepts, with the long side of their images in pixels.
-MODELS: Mapping[str, int] = {
-    "gemini-3-pro-image-preview": 1024,
-    "gemini-3-pro-image-preview-2k": 2048,
-    "gemini-3-pro-image-preview-4k": 4096,
+#: The models the fake relay accepts, with the tier of their images.
+MODELS: Mapping[str, Tier] = {
+    "gemini-3-pro-image-preview": "1K",
+    "gemini-3-pro-image-preview-2k": "2K",
+    "gemini-3-pro-image-preview-4k": "4K",
 }
 #: The aspect ratios the fake relay accepts as ``size`` (``W:H``; ``WxH`` is accepted too).
 RATIOS: tuple[str, ...] = ASPECT_RATIOS
-_STANDARD_LONG_SIDE = 1024
+_BY_PIXELS: dict[str, tuple[str, Tier]] = {
+    f"{w}x{h}": (ratio, tier)
+    for ratio in PIXELS_1K
+    for tier in TIERS
+    for w, h in [pixels(ratio, tier) or (0, 0)]
+}
 _CACHE_BYTES = 384 * 1024 * 1024
 _PALETTES = 36
 
 
 def pixel_size(model: str, size: str = "1:1") -> tuple[int, int]:
-    """Return the (width, height) the fake relay answers for *model* and ratio *size*."""
-    width, height = _parse_ratio(size)
-    long_side = MODELS.get(model, _STANDARD_LONG_SIDE)
-    if width >= height:
-        return long_side, round(long_side * height / width)
-    return round(long_side * width / height), long_side
+    """The (width, height) the fake relay answers for *model* and *size*: Google's table, the
+    tier from the model's name (1K for others). *size* is a ratio (``16:9`` or ``16x9``) or one
+    of the table's pixel sizes (``1376x768``), which sets the tier too."""
+    ratio, tier = parse_size(size)
+    found = pixels(ratio, tier or tier_of(model) or "1K")
+    assert found is not None  # parse_size gives ratios of the table
+    return found
 
 
-def _parse_ratio(size: str) -> tuple[int, int]:
-    normal = size.strip().lower().replace("x", ":")
+def parse_size(size: str) -> tuple[str, Tier | None]:
+    """The ratio *size* asks for, and the tier when it is a pixel size; ValueError if none."""
+    normal = size.strip().lower()
+    if normal in _BY_PIXELS:
+        return _BY_PIXELS[normal]
+    normal = normal.replace("x", ":")
     if normal not in RATIOS:
         raise ValueError(f"size must be one of {', '.join(RATIOS)}, got {size!r}")
-    width, height = normal.split(":")
-    return int(width), int(height)
+    return normal, None
 
 
 @attrs.frozen

@@ -15,10 +15,9 @@ __all__ = [
     "REQUEST_ID",
     "RecordedDownload",
     "RecordedRequest",
-    "bearer",
     "new_request_id",
+    "presented_key",
     "scrubbed_headers",
-    "with_body",
 ]
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("gemimg_fake_request_id", str)
@@ -38,6 +37,8 @@ class RecordedRequest:
 
     request_id: str
     started: float
+    dialect: str = "images"
+    """The route it came on: "images", "chat" or "gemini"."""
     authorized: bool = False
     headers: Mapping[str, str] = attrs.field(factory=dict)
     idempotency_key: str | None = None
@@ -50,11 +51,30 @@ class RecordedRequest:
     fault: Fault | None = None
     status: int | None = None
     finished: float | None = None
+    body: Any = attrs.field(default=None, repr=False, eq=False)
+    """The parsed JSON body, for asserting on fields beyond those above."""
 
     @property
     def image_count(self) -> int:
         """How many input images the request carried."""
         return len(self.images)
+
+    def with_body(self, body: Any, seen: Mapping[str, Any]) -> RecordedRequest:
+        """This record with the body's fields (`seen`, read by the dialect) filled in."""
+        n = seen.get("n")
+        images = seen.get("images")
+        return attrs.evolve(
+            self,
+            model=_str_or_none(seen.get("model")),
+            prompt=_str_or_none(seen.get("prompt")),
+            size=_str_or_none(seen.get("size")),
+            n=n if isinstance(n, int) and not isinstance(n, bool) else None,
+            response_format=_str_or_none(seen.get("response_format")),
+            images=tuple(i for i in images if isinstance(i, str))
+            if isinstance(images, list)
+            else (),
+            body=body,
+        )
 
 
 @attrs.frozen
@@ -71,7 +91,13 @@ class RecordedDownload:
     finished: float | None = None
 
 
-def bearer(request: web.Request) -> str | None:
+def presented_key(request: web.Request, *, google: bool) -> str | None:
+    """The key a request carries: a Bearer header, and for Google's API also `x-goog-api-key`
+    or `?key=` (relays that pass it through take all three)."""
+    if google:
+        found = request.headers.get("x-goog-api-key") or request.query.get("key")
+        if found:
+            return found.strip()
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not credentials.strip():
         return None
@@ -84,27 +110,10 @@ def scrubbed_headers(request: web.Request, secrets_: set[str | None]) -> dict[st
     headers: dict[str, str] = {}
     for name, value in request.headers.items():
         lower = name.lower()
-        if lower == "authorization":
+        if lower in ("authorization", "x-goog-api-key"):
             continue
         headers[lower] = "<redacted>" if any(s in value for s in hidden) else value
     return headers
-
-
-def with_body(record: RecordedRequest, body: Any) -> RecordedRequest:
-    if not isinstance(body, dict):
-        return record
-    images = body.get("image")
-    images = [images] if isinstance(images, str) else images
-    n = body.get("n")
-    return attrs.evolve(
-        record,
-        model=_str_or_none(body.get("model")),
-        prompt=_str_or_none(body.get("prompt")),
-        size=_str_or_none(body.get("size")),
-        n=n if isinstance(n, int) and not isinstance(n, bool) else None,
-        response_format=_str_or_none(body.get("response_format")),
-        images=tuple(i for i in images if isinstance(i, str)) if isinstance(images, list) else (),
-    )
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -8,37 +8,26 @@ import json
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Literal, Self
 
 import anyio
 import attrs
 from aiohttp import web
 
+from ._answers import ChatStyle, refusal, render, write
+from ._dialects import SIZE_HANDLING, DialectName, Generation, SizeHandling, fields, read
 from ._faults import Fault
 from ._files import FileHost
-from ._images import MODELS, ImageKey, b64, image, palette
+from ._images import MODELS
 from ._records import (
     REQUEST_ID,
     RecordedDownload,
     RecordedRequest,
-    bearer,
     new_request_id,
+    presented_key,
     scrubbed_headers,
-    with_body,
 )
-from ._wire import (
-    Aborted,
-    Generation,
-    Invalid,
-    framed,
-    hang_up,
-    item_b64,
-    item_url,
-    send,
-    send_error,
-    send_fault,
-    validate,
-)
+from ._wire import Aborted, Invalid, framed, hang_up, send, send_error, send_fault
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -79,6 +68,19 @@ class FakeRelay:
         default="gradient", validator=attrs.validators.in_(("gradient", "noise"))
     )
     extra_models: frozenset[str] = attrs.field(default=frozenset(), converter=_keys)
+    sizes: SizeHandling = attrs.field(
+        default="ratio", validator=attrs.validators.in_(SIZE_HANDLING)
+    )
+    """How it reads sizes: "ratio" takes a ratio, a pixel size or an image config, the tier
+    from the config or the model's name; "pixels" takes only a pixel size of Google's table
+    and answers anything else 1:1 at 1K, without a word (as LiteLLM does)."""
+    chat_style: ChatStyle = attrs.field(
+        default="images", validator=attrs.validators.in_(("images", "markdown", "parts"))
+    )
+    """Where chat answers put images: `message.images` (LiteLLM, OpenRouter), Markdown in
+    `message.content` (new-api), or a list of content parts."""
+    chat_urls: bool = False
+    """Chat answers link images (http URLs to download) instead of sending data: URLs."""
 
     requests: list[RecordedRequest] = attrs.field(init=False, factory=list, repr=False)
     _faults: collections.deque[Fault] = attrs.field(
@@ -106,7 +108,9 @@ class FakeRelay:
         if self._runner is not None:
             raise RuntimeError("the fake relay is already started")
         app = web.Application(client_max_size=_MAX_BODY_BYTES)
-        app.router.add_post("/v1/images/generations", self._handle_generation)
+        app.router.add_post("/v1/images/generations", self._handle_images)
+        app.router.add_post("/v1/chat/completions", self._handle_chat)
+        app.router.add_post("/v1beta/models/{target}", self._handle_gemini)
         app.router.add_get("/files/{name}", self._files.handle, allow_head=False)
         app.on_response_prepare.append(self._stamp_request_id)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
@@ -219,15 +223,30 @@ class FakeRelay:
             return self.latency.get(model, 0.0)
         return self.latency
 
-    async def _handle_generation(self, request: web.Request) -> web.StreamResponse:
+    async def _handle_images(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle_generation(request, "images", None)
+
+    async def _handle_chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle_generation(request, "chat", None)
+
+    async def _handle_gemini(self, request: web.Request) -> web.StreamResponse:
+        model, _, method = request.match_info["target"].partition(":")
+        if method != "generateContent":
+            return await send_error(request, 404, "not_found", f"Unknown method {method!r}.")
+        return await self._handle_generation(request, "gemini", model)
+
+    async def _handle_generation(
+        self, request: web.Request, dialect: DialectName, model: str | None
+    ) -> web.StreamResponse:
         request[REQUEST_ID] = request_id = new_request_id()
         self._in_flight += 1
         self._max_in_flight = max(self._max_in_flight, self._in_flight)
         fault = self._faults.popleft() if self._faults else None
-        presented = bearer(request)
+        presented = presented_key(request, google=dialect == "gemini")
         record = RecordedRequest(
             request_id=request_id,
             started=time.monotonic(),
+            dialect=dialect,
             authorized=presented in self.api_keys,
             headers=scrubbed_headers(request, {presented, *self.api_keys}),
             idempotency_key=request.headers.get("Idempotency-Key"),
@@ -237,7 +256,7 @@ class FakeRelay:
         self.requests.append(record)
         status: int | None = None
         try:
-            response = await self._answer_generation(request, record, fault, epoch, index)
+            response = await self._answer_generation(request, record, fault, model, (epoch, index))
             status = response.status
         except (Aborted, ConnectionError):  # we hung up, or the client did: nothing to log
             return web.Response(status=499)  # never sent: the transport is gone
@@ -261,67 +280,71 @@ class FakeRelay:
         request: web.Request,
         record: RecordedRequest,
         fault: Fault | None,
-        epoch: int,
-        index: int,
+        model: str | None,
+        slot: tuple[int, int],
     ) -> web.StreamResponse:
+        google = record.dialect == "gemini"
+        try:
+            generation = await self._accept(request, record, fault, model, slot)
+        except Invalid as exc:
+            return await send_error(request, exc.status, exc.code, exc.message, google=google)
+        delay = fault.seconds if fault is not None and fault.kind == "delay" else 0.0
+        await asyncio.sleep(self._latency(generation.model) + delay)
+        if fault is not None and fault.kind in ("refusal", "blocked"):
+            status, document = refusal(generation.dialect, fault)
+            return await send(request, status, "application/json", [json.dumps(document).encode()])
+        if fault is not None and fault.kind in ("status", "html", "error_body"):
+            return await send_fault(request, fault, google=google)
+        quirk = fault.quirk_name if fault is not None else None
+        images = await render(
+            generation,
+            fault,
+            style=self.image_style,
+            link=lambda key: f"{request.url.origin()}/files/{self._files.add(key)}",
+        )
+        document = write(generation, images.pictures, quirk, chat_style=self.chat_style)
+        parts = framed(document, images.payloads, quirk)
+        truncate = fault.fraction if fault is not None and fault.kind == "truncate" else None
+        return await send(request, 200, "application/json", parts, truncate=truncate)
+
+    async def _accept(
+        self,
+        request: web.Request,
+        record: RecordedRequest,
+        fault: Fault | None,
+        model: str | None,
+        slot: tuple[int, int],
+    ) -> Generation:
+        """Read, record and check the request: the generation it asks, or Invalid to answer."""
+        dialect: DialectName = record.dialect  # type: ignore[assignment]  # set from the route
         if fault is not None and fault.kind == "reset" and not fault.after_body:
             hang_up(request, abort=True)
             raise Aborted
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return await send_error(request, 413, "request_too_large", "The body is too large.")
+            raise Invalid("request_too_large", "The body is too large.", status=413) from None
         try:
             body = json.loads(raw)
         except ValueError:
             body = None
-        if self._record_at(epoch, index) is record:
-            self.requests[index] = with_body(record, body)
+        if self._record_at(*slot) is record:
+            self.requests[slot[1]] = record.with_body(body, fields(dialect, body, model))
         if fault is not None and fault.kind == "reset":
             hang_up(request, abort=True)
             raise Aborted
+        if not record.authorized and dialect == "gemini":
+            raise Invalid("API_KEY_INVALID", "API key not valid. Please pass a valid API key.")
         if not record.authorized:
-            return await send_error(request, 401, "invalid_api_key", "Incorrect API key provided.")
-        try:
-            generation = validate(body, frozenset(MODELS) | self.extra_models)
-        except Invalid as exc:
-            return await send_error(request, 400, exc.code, exc.message)
-        delay = fault.seconds if fault is not None and fault.kind == "delay" else 0.0
-        await asyncio.sleep(self._latency(generation.model) + delay)
-        if fault is not None and fault.kind in ("status", "html", "error_body", "refusal"):
-            return await send_fault(request, fault)
-        return await self._send_images(request, generation, fault)
-
-    async def _send_images(
-        self, request: web.Request, generation: Generation, fault: Fault | None
-    ) -> web.StreamResponse:
-        count = generation.n
-        if fault is not None and fault.kind == "fewer_images":
-            count = min(count, fault.count)
-        quirk = fault.quirk_name if fault is not None else None
-        as_b64 = generation.response_format == "b64_json" or quirk == "b64_when_url_asked"
-        keys = [
-            ImageKey(
-                generation.width,
-                generation.height,
-                self.image_style,
-                0 if self.image_style == "noise" else palette(generation.prompt, i),
-            )
-            for i in range(count)
-        ]
-        payloads: list[bytes] = []
-        items: list[dict[str, Any]] = []
-        origin = str(request.url.origin())
-        for key in keys:
-            rendered = await image(key)
-            if as_b64 or quirk == "data_uri_in_url":
-                payloads.append(await b64(rendered))
-                items.append(item_b64(quirk))
-            else:
-                items.append(item_url(quirk, f"{origin}/files/{self._files.add(key)}"))
-        parts = framed({"created": int(time.time()), "data": items}, payloads, quirk)
-        truncate = fault.fraction if fault is not None and fault.kind == "truncate" else None
-        return await send(request, 200, "application/json", parts, truncate=truncate)
+            raise Invalid("invalid_api_key", "Incorrect API key provided.", status=401)
+        return read(
+            dialect,
+            body,
+            model,
+            models=frozenset(MODELS) | self.extra_models,
+            sizes=self.sizes,
+            urls=self.chat_urls,
+        )
 
 
 async def serve(relay: FakeRelay, *, ready: Callable[[str], None] | None = None) -> None:

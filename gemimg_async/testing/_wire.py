@@ -3,26 +3,20 @@
 
 from __future__ import annotations
 
-import binascii
 import http
 import json
 import math
 import re
-import time
-import urllib.parse
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Any
 
-import attrs
 from aiohttp import web
 
 from ._faults import Fault, Quirk, phrase
-from ._images import RATIOS, pixel_size
 
 __all__ = [
     "PLACEHOLDER",
     "Aborted",
-    "Generation",
     "Invalid",
     "framed",
     "hang_up",
@@ -31,7 +25,6 @@ __all__ = [
     "send",
     "send_error",
     "send_fault",
-    "validate",
     "wrap",
 ]
 
@@ -47,90 +40,54 @@ class Aborted(Exception):  # noqa: N818 - a signal, not an error
     """The handler dropped the connection on purpose."""
 
 
-class Invalid(Exception):  # noqa: N818 - a 400 answer, raised to keep validation linear
-    def __init__(self, code: str, message: str) -> None:
+class Invalid(Exception):  # noqa: N818 - a 4xx answer, raised to keep validation linear
+    def __init__(self, code: str, message: str, *, status: int = 400) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-@attrs.frozen
-class Generation:
-    model: str
-    prompt: str
-    width: int
-    height: int
-    n: int
-    response_format: Literal["url", "b64_json"]
-
-
-def validate(body: Any, models: frozenset[str]) -> Generation:  # noqa: C901, PLR0912
-    if not isinstance(body, dict):
-        raise Invalid("invalid_json", "The request body must be a JSON object.")
-    model = body.get("model")
-    if model is None:
-        raise Invalid("missing_model", "You must provide a model parameter.")
-    if not isinstance(model, str) or model not in models:
-        raise Invalid("invalid_model", f"The model {model!r} does not exist.")
-    prompt = body.get("prompt")
-    if prompt is None:
-        raise Invalid("missing_prompt", "You must provide a prompt parameter.")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise Invalid("invalid_prompt", "prompt must be a non-empty string.")
-    size = body.get("size")
-    try:
-        width, height = pixel_size(model, "1:1" if size is None else size)
-    except (ValueError, AttributeError):
-        raise Invalid("invalid_size", f"size must be one of {', '.join(RATIOS)}.") from None
-    response_format = body.get("response_format")
-    if response_format is None:
-        response_format = "url"
-    if response_format not in ("url", "b64_json"):
-        raise Invalid("invalid_response_format", "response_format must be 'url' or 'b64_json'.")
-    answer: Literal["url", "b64_json"] = "url" if response_format == "url" else "b64_json"
-    n = body.get("n")
-    if n is None:
-        n = 1
-    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= _MAX_N:
-        raise Invalid("invalid_n", f"n must be an integer from 1 to {_MAX_N}.")
-    images = body.get("image")
-    if images is not None:
-        images = [images] if isinstance(images, str) else images
-        if not isinstance(images, list):
-            raise Invalid("invalid_image", "image must be a string or an array of strings.")
-        if len(images) > _MAX_INPUT_IMAGES:
-            raise Invalid("too_many_images", f"At most {_MAX_INPUT_IMAGES} input images.")
-        for image in images:
-            _validate_image(image)
-    return Generation(model, prompt, width, height, n, answer)
-
-
-def _validate_image(image: Any) -> None:
-    if not isinstance(image, str):
-        raise Invalid("invalid_image", "Each image must be a string.")
-    if image.startswith("data:"):
-        match = _DATA_URI.fullmatch(image)
-        if match is None:
-            raise Invalid(
-                "invalid_image", "A data URI must be data:image/<png|jpeg|webp|gif>;base64,..."
-            )
-        try:
-            decoded = binascii.a2b_base64(match.group(1), strict_mode=True)
-        except binascii.Error:
-            raise Invalid("invalid_image", "The data URI holds invalid base64.") from None
-        if not decoded:
-            raise Invalid("invalid_image", "The data URI holds no data.")
-        if len(decoded) > _MAX_INLINE_IMAGE_BYTES:
-            raise Invalid("image_too_large", "An inline image may be at most 7 MB.")
-        return
-    parts = urllib.parse.urlsplit(image)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise Invalid("invalid_image", "Each image must be an http(s) URL or a data URI.")
+        self.status = status
 
 
 def _error_json(message: str, code: str | int | None, type_: str) -> bytes:
     error = {"message": message, "type": type_, "code": code}
     return json.dumps({"error": error}, ensure_ascii=False).encode()
+
+
+_GOOGLE_STATUS = {
+    400: "INVALID_ARGUMENT",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def _google_error(
+    status: int, message: str, *, reason: str | None = None, retry_delay: str | None = None
+) -> bytes:
+    """An error body as Google's API writes it, with its ErrorInfo and RetryInfo details."""
+    details: list[dict[str, Any]] = []
+    if reason is not None:
+        details.append(
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": reason,
+                "domain": "googleapis.com",
+            }
+        )
+    if retry_delay is not None:
+        details.append(
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_delay}s"}
+        )
+    error = {
+        "code": status,
+        "message": message,
+        "status": _GOOGLE_STATUS.get(status, "UNKNOWN"),
+        "details": details,
+    }
+    return json.dumps({"error": error}).encode()
 
 
 def _error_type(status: int) -> str:
@@ -234,13 +191,21 @@ def wrap(payload: bytes, width: int = 76) -> bytes:
 
 
 async def send_error(
-    request: web.Request, status: int, code: str, message: str
+    request: web.Request, status: int, code: str, message: str, *, google: bool = False
 ) -> web.StreamResponse:
-    body = _error_json(message, code, "invalid_request_error")
+    body = (
+        _google_error(status, message, reason=code)
+        if google
+        else _error_json(message, code, "invalid_request_error")
+    )
     return await send(request, status, "application/json", [body])
 
 
-async def send_fault(request: web.Request, fault: Fault) -> web.StreamResponse:
+async def send_fault(
+    request: web.Request, fault: Fault, *, google: bool = False
+) -> web.StreamResponse:
+    """Answer as `fault` says; `google` writes error bodies as Google's API does, with the wait
+    of a 429 in its RetryInfo detail rather than a Retry-After header."""
     if fault.kind == "html":
         page = b"<!DOCTYPE html><html><head><title>Just a moment...</title></head>"
         page += b"<body><h1>Checking your browser before accessing.</h1></body></html>"
@@ -248,10 +213,13 @@ async def send_fault(request: web.Request, fault: Fault) -> web.StreamResponse:
     if fault.kind == "error_body":
         body = json.dumps({"error": {"message": fault.message, "code": fault.error_code}})
         return await send(request, 200, "application/json", [body.encode()])
-    if fault.kind == "refusal":
-        body = json.dumps({"created": int(time.time()), "data": []})
-        return await send(request, 200, "application/json", [body.encode()])
     headers = list(fault.headers)
+    if google and not fault.as_html:
+        delay = fault.retry_after
+        body_bytes = _google_error(fault.status_code, fault.message, retry_delay=delay)
+        return await send(
+            request, fault.status_code, "application/json", [body_bytes], headers=headers
+        )
     if fault.retry_after is not None:
         headers.insert(0, ("Retry-After", fault.retry_after))
     if fault.as_html:

@@ -30,7 +30,7 @@ async def test_url_answer_serves_the_png(relay, session):
     assert status == 200
     assert headers["Content-Type"] == "image/png"
     assert int(headers["Content-Length"]) == len(data)
-    assert png_size(data) == (576, 1024)
+    assert png_size(data) == (768, 1376)
     assert [d.status for d in relay.downloads] == [200]
 
 

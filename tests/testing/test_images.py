@@ -7,6 +7,7 @@ import zlib
 
 import pytest
 
+from gemimg_async import PIXELS_1K
 from gemimg_async.testing import MODELS, RATIOS, FakeRelay, _images, pixel_size
 from helpers import STANDARD, TIER_2K, TIER_4K, fetch, generate, png_chunks, png_size
 
@@ -17,30 +18,34 @@ pytestmark = pytest.mark.anyio
     ("model", "size", "expected"),
     [
         (STANDARD, None, (1024, 1024)),
-        (STANDARD, "16:9", (1024, 576)),
-        (STANDARD, "9:16", (576, 1024)),
-        (STANDARD, "3:2", (1024, 683)),
-        (STANDARD, "4:5", (819, 1024)),
-        (STANDARD, "21:9", (1024, 439)),
-        ("my-model", "4:3", (1024, 768)),
+        (STANDARD, "16:9", (1376, 768)),
+        (STANDARD, "9:16", (768, 1376)),
+        (STANDARD, "3:2", (1264, 848)),
+        (STANDARD, "4:5", (928, 1152)),
+        (STANDARD, "21:9", (1584, 672)),
+        ("my-model", "4:3", (1200, 896)),
         (TIER_2K, "1:1", (2048, 2048)),
-        (TIER_2K, "3:4", (1536, 2048)),
-        (TIER_4K, "16:9", (4096, 2304)),
+        (TIER_2K, "3:4", (1792, 2400)),
+        (TIER_4K, "16:9", (5504, 3072)),
         (TIER_4K, "1:1", (4096, 4096)),
+        (STANDARD, "2752x1536", (2752, 1536)),
     ],
 )
 async def test_pixel_size_follows_tier_and_ratio(relay, session, model, size, expected):
-    """The PNG's IHDR has the tier's long side, the other side from the ratio."""
+    """The PNG's IHDR has Google's pixel size for the tier and ratio (or the pixel size sent)."""
     answer = await generate(session, relay, model=model, size=size, response_format="b64_json")
     assert png_size(base64.b64decode(answer["data"][0]["b64_json"])) == expected
 
 
 def test_pixel_size_helper():
-    """pixel_size() gives the documented shapes and rejects unknown ratios."""
+    """pixel_size() gives Google's table (2K and 4K are x2 and x4) and rejects unknown ratios."""
     assert pixel_size(STANDARD) == (1024, 1024)
-    assert pixel_size(TIER_4K, "9x16") == (2304, 4096)
+    assert pixel_size(TIER_4K, "9x16") == (3072, 5504)
+    assert MODELS[TIER_2K] == "2K"
     for ratio in RATIOS:
-        assert max(pixel_size(TIER_2K, ratio)) == MODELS[TIER_2K]
+        width, height = PIXELS_1K[ratio]
+        assert pixel_size(TIER_2K, ratio) == (2 * width, 2 * height)
+        assert pixel_size(TIER_4K, ratio) == (4 * width, 4 * height)
     with pytest.raises(ValueError):
         pixel_size(STANDARD, "2:1")
 
@@ -80,14 +85,14 @@ async def test_n_images_are_distinct(relay, session):
 
 
 async def test_noise_4k_is_big_and_incompressible(session):
-    """The noise style makes a 4K 16:9 PNG of about 28 MB, served whole as url and b64_json."""
+    """The noise style makes a 4K 16:9 PNG of about 51 MB, served whole as url and b64_json."""
     async with FakeRelay(image_style="noise") as relay:
         answer = await generate(
             session, relay, model=TIER_4K, size="16:9", response_format="b64_json"
         )
         data = base64.b64decode(answer["data"][0]["b64_json"])
-        assert png_size(data) == (4096, 2304)
-        assert 28_000_000 < len(data) < 29_000_000
+        assert png_size(data) == (5504, 3072)
+        assert 50_000_000 < len(data) < 51_000_000
         answer = await generate(session, relay, model=TIER_4K, size="16:9")
         status, _, served = await fetch(session, answer["data"][0]["url"])
         assert status == 200
