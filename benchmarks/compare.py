@@ -325,18 +325,22 @@ def _load_openai() -> Peer:
     @contextlib.asynccontextmanager
     async def peer(job: Job) -> AsyncIterator[RunAll]:
         # The SDK keeps 100 connections alive by default: allow one per request in flight, as
-        # the other peers do. max_retries=0: a failure shows instead of being retried.
+        # the other peers do. Its default connect timeout, 5 s, is shorter than the loop stalls
+        # of its own at 1,024 in flight: give it aiohttp's defaults (30 s, 300 s in all).
+        # max_retries=0: a failure shows instead of being retried.
         limits = httpx.Limits(
             max_connections=job.in_flight, max_keepalive_connections=job.in_flight
         )
+        timeout = httpx.Timeout(300.0, connect=30.0)
         async with (
             openai.AsyncOpenAI(
                 api_key=API_KEY,
                 base_url=f"{job.relay}/v1",
                 max_retries=0,
-                http_client=openai.DefaultAsyncHttpxClient(limits=limits),
+                timeout=timeout,
+                http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout),
             ) as sdk,
-            httpx.AsyncClient(limits=limits, timeout=120) as http,
+            httpx.AsyncClient(limits=limits, timeout=timeout) as http,
         ):
 
             async def one(number: int) -> int:
