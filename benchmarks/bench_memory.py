@@ -310,6 +310,13 @@ class Case:
 @contextlib.contextmanager
 def fake_relay(latency: float, style: str) -> Iterator[str]:
     """Run the fake relay in its own process; yield its base URL; stop it."""
+    with fake_relay_process(latency, style) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def fake_relay_process(latency: float, style: str) -> Iterator[tuple[str, int]]:
+    """Run the fake relay in its own process; yield its base URL and process id; stop it."""
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as folder:
         url_file = Path(folder) / "url"
         command = [sys.executable, "-m", "gemimg_async", "fake-server", "--port", "0"]
@@ -323,7 +330,7 @@ def fake_relay(latency: float, style: str) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the fake relay did not start")
                 time.sleep(0.05)
-            yield url_file.read_text().strip()
+            yield url_file.read_text().strip(), relay.pid
         finally:
             relay.terminate()
             try:

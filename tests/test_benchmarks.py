@@ -1,8 +1,12 @@
 """The benchmarks still run: a smoke run of each script, judged on correctness, never on time."""
 
+import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
@@ -27,3 +31,76 @@ def test_the_memory_benchmark_runs_and_its_files_are_right(tmp_path):
     assert header[-1] == "correct"
     assert {row[0] for row in rows} == {"gemimg_async", "naive"}
     assert all(row[-1] == "yes" for row in rows)
+
+
+PEERS = {
+    "gemimg_save_to",
+    "gemimg_memory",
+    "aiohttp_memory",
+    "aiohttp_plain",
+    "aiohttp_crash_safe",
+    "openai",
+}
+
+
+def _rows(text, first_header):
+    """The rows of every Markdown table in `text` whose header starts with `first_header`."""
+    rows, inside = [], False
+    for line in text.splitlines():
+        if not line.startswith("| "):
+            inside = False
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells[0] == first_header:
+            inside = True
+        elif inside and not set(cells[0]) <= {"-"}:
+            rows.append(cells)
+    return rows
+
+
+@pytest.mark.timeout(300)
+def test_the_side_by_side_benchmark_runs_and_reports_every_peer(tmp_path):
+    """`compare.py --quick` finishes, prints a table per workload with every peer, the goal rows
+    and the import times, and writes valid JSON (and a PNG chart) with every peer present."""
+    pytest.importorskip("openai", reason="the openai peer needs the bench extra")
+    results, chart = tmp_path / "compare.json", tmp_path / "compare.png"
+    done = subprocess.run(  # noqa: S603 - our own script, run by our own interpreter
+        [
+            sys.executable,
+            str(BENCHMARKS / "compare.py"),
+            "--quick",
+            "--json",
+            str(results),
+            "--chart",
+            str(chart),
+            "--tmp-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    data = json.loads(results.read_text())
+    workloads = [workload["key"] for workload in data["workloads"]]
+    assert {"throughput-b64_json", "throughput-url"} <= set(workloads)
+    assert any(key.startswith("fanout-") for key in workloads)
+    for key in workloads:
+        assert set(data["medians"][key]) == PEERS
+        assert all(record["ok"] for record in data["medians"][key].values())
+    assert len(data["goals"]) == 4
+    assert all(goal["ratio"] is not None for goal in data["goals"])
+    assert set(data["imports"]) == {"gemimg_async", "aiohttp", "openai"}
+
+    peer_rows = _rows(done.stdout, "peer")
+    assert len(peer_rows) == len(workloads) * len(PEERS)
+    assert {row[0] for row in peer_rows} == PEERS
+    assert all(row[-1] == "yes" for row in peer_rows)
+    goal_rows = _rows(done.stdout, "goal")
+    assert len(goal_rows) == 4
+    assert all(row[4] in ("PASS", "MISS") for row in goal_rows)
+    assert {row[0] for row in _rows(done.stdout, "library")} == set(data["imports"])
+    if importlib.util.find_spec("matplotlib"):
+        assert chart.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
