@@ -17,6 +17,7 @@ from ._clock import Clock, SystemClock
 from ._config import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_IMAGE_BYTES, RetryPolicy, Timeouts
 from ._dialects import Dialect, SizeStyle, dialect_for
 from ._dialects import base_url as relay_base
+from ._events import Listener
 from ._exceptions import ConfigurationError
 from ._fanout import FanOut
 from ._generation import Engine
@@ -45,6 +46,7 @@ class GenerateOptions(TypedDict, total=False):
     allow_any_size: bool
     extra_body: Mapping[str, Any] | None
     timeouts: Timeouts | None
+    on_event: Listener | None
 
 
 @attrs.frozen
@@ -76,7 +78,8 @@ class Client:
     `dialect` is the shape of API the relay speaks: "images" (`/v1/images/generations`), "chat"
     (`/v1/chat/completions`) or "gemini" (Google's `generateContent`), or a dialect value such as
     `GeminiDialect(auth="bearer")`. `size_style` is how the size travels ("ratio", "pixels",
-    "image_config", "google"; each dialect has its default).
+    "image_config", "google"; each dialect has its default). `on_event` hears what every call
+    does (`RequestSent`, `AnswerReceived`, `AttemptFailed`, `ImageSaved`, `GenerationFinished`).
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class Client:
         allow_insecure_http: bool = False,
         dialect: str | Dialect = "images",
         size_style: SizeStyle | None = None,
+        on_event: Listener | None = None,
         clock: Clock | None = None,
     ) -> None:
         api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
@@ -119,6 +123,7 @@ class Client:
             budget=RetryBudget(retry.budget_tokens, retry.budget_ratio),
             saver=Saver(max_image_bytes, retry, timeouts, clock, ImageHost(pacer)),
             clock=clock,
+            on_event=on_event,
         )
         self._fanout = FanOut(self._engine)
 
@@ -181,6 +186,7 @@ class Client:
         allow_any_size: bool = False,
         extra_body: Mapping[str, Any] | None = None,
         timeouts: Timeouts | None = None,
+        on_event: Listener | None = None,
     ) -> GenerationResult:
         """Generate `n` images of `prompt`, from `images` if given; with `save_to`, on disk.
 
@@ -197,7 +203,7 @@ class Client:
             allow_any_size=allow_any_size,
             extra_body=extra_body,
         )
-        return await self.send(request, save_to=save_to, timeouts=timeouts)
+        return await self.send(request, save_to=save_to, timeouts=timeouts, on_event=on_event)
 
     async def generate_2k(
         self, prompt: str, **options: Unpack[GenerateOptions]
@@ -218,9 +224,10 @@ class Client:
         save_to: str | os.PathLike[str] | None = None,
         overwrite: bool = False,
         timeouts: Timeouts | None = None,
+        on_event: Listener | None = None,
     ) -> GenerationResult:
         """Generate what `request` asks, waiting for a place in the pool first."""
-        delivery = Delivery.to(save_to, overwrite=overwrite, timeouts=timeouts)
+        delivery = Delivery.to(save_to, overwrite=overwrite, timeouts=timeouts, on_event=on_event)
         return await self._engine.send(request, delivery)
 
     def map(
@@ -231,6 +238,7 @@ class Client:
         ordered: bool = False,
         overwrite: bool = False,
         timeouts: Timeouts | None = None,
+        on_event: Listener | None = None,
     ) -> AsyncGenerator[Outcome, None]:
         """Run every request through the pool; yield an `Outcome` for each as it ends.
 
@@ -242,5 +250,5 @@ class Client:
         `contextlib.aclosing(client.map(...))` to have that happen at once rather than when the
         generator is collected.
         """
-        delivery = Delivery.to(save_to, overwrite=overwrite, timeouts=timeouts)
+        delivery = Delivery.to(save_to, overwrite=overwrite, timeouts=timeouts, on_event=on_event)
         return self._fanout.map(requests, delivery, ordered=ordered)

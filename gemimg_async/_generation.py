@@ -20,6 +20,15 @@ from ._answer import Received, receive
 from ._clock import Clock
 from ._config import RetryPolicy
 from ._dialects import Dialect, Outgoing
+from ._events import (
+    AnswerReceived,
+    AttemptFailed,
+    GenerationFinished,
+    ImageSaved,
+    Listener,
+    RequestSent,
+    emit,
+)
 from ._exceptions import APIError, GemimgError
 from ._inputs import encode_images
 from ._limits import Pool, Slot
@@ -100,6 +109,8 @@ class Engine:
     budget: RetryBudget
     saver: Saver
     clock: Clock
+    on_event: Listener | None = None
+    """The client's listener: every call's events."""
     rng: random.Random = attrs.Factory(random.Random)
 
     async def send(self, request: ImageRequest, delivery: Delivery) -> GenerationResult:
@@ -115,11 +126,24 @@ class Engine:
     ) -> GenerationResult:
         """Generate what `request` asks under `lease`; its images placed as `delivery` says."""
         trace = _Trace(request.idempotency_key or str(uuid.uuid4()))
+        listeners = (self.on_event, delivery.on_event)
         try:
-            return await self._run(request, lease, trace, queued, delivery)
-        except GemimgError as error:
-            trace.stamp(error)
+            result = await self._run(request, lease, trace, queued, delivery)
+        except Exception as error:
+            if isinstance(error, GemimgError):
+                trace.stamp(error)
+            done = GenerationFinished(
+                request, trace.attempts, 0, Timings(queued), tuple(trace.request_ids), _said(error)
+            )
+            emit(listeners, done)
             raise
+        emit(
+            listeners,
+            GenerationFinished(
+                request, result.attempts, len(result.images), result.timings, result.request_ids
+            ),
+        )
+        return result
 
     async def _run(
         self,
@@ -143,6 +167,15 @@ class Engine:
                 verdict = retrier.judge(error)
                 if verdict.kind is Failure.THROTTLED:
                     lease.throttled()
+                failed = AttemptFailed(
+                    request,
+                    number,
+                    _said(error),
+                    verdict.kind.value,
+                    getattr(error, "status", None),
+                    verdict.delay,
+                )
+                emit((self.on_event, delivery.on_event), failed)
                 if verdict.delay is None:
                     raise
                 log.info(
@@ -159,6 +192,12 @@ class Engine:
         reading = received.reading
         stem = request.id or _default_stem(reading.created or self.clock.time(), trace.key)
         images = await self.saver.place(received.images, stem, delivery, paid=trace.key[:8])
+        for image in images:
+            if image.path is not None:
+                saved = ImageSaved(
+                    request, image.index, image.path, image.byte_size, image.width, image.height
+                )
+                emit((self.on_event, delivery.on_event), saved)
         result = GenerationResult(
             request=request,
             images=images,
@@ -187,12 +226,20 @@ class Engine:
     ) -> Received:
         """One POST, its answer streamed into sinks; raises what the answer amounts to."""
         answered = False
+        listeners = (self.on_event, delivery.on_event)
+        sent = self.clock.monotonic()
+        emit(listeners, RequestSent(request, trace.attempts, trace.key, sent))
         try:
             async with self.relay.post(
                 outgoing, idempotency_key=trace.key, model=request.model, timeouts=delivery.timeouts
             ) as answer:
                 answered = True
                 trace.saw(answer.request_id)
+                took = self.clock.monotonic() - sent
+                got = AnswerReceived(
+                    request, trace.attempts, answer.status, answer.request_id, took
+                )
+                emit(listeners, got)
                 return await receive(
                     answer.chunks,
                     self.dialect,
@@ -210,6 +257,11 @@ class Engine:
 
 def _default_stem(created: float, key: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(created))}-{key[:8]}"
+
+
+def _said(error: BaseException) -> str:
+    """`ErrorType: message`, as events and manifests name an error."""
+    return f"{type(error).__name__}: {error}"
 
 
 def _report(result: GenerationResult) -> None:

@@ -19,6 +19,7 @@ import attrs
 from ._answer import BodyImage
 from ._clock import Clock, SystemClock
 from ._config import DEFAULT_MAX_IMAGE_BYTES, RetryPolicy, Timeouts
+from ._events import Listener
 from ._exceptions import DownloadError
 from ._models import GeneratedImage
 from ._retry import DownloadRetrier, call_with_retries
@@ -37,11 +38,12 @@ __all__ = ["Delivery", "Saver", "refuse_taken_names"]
 
 @attrs.frozen
 class Delivery:
-    """Where a request's images go, and how."""
+    """Where a call's images go, and how: its folder, timeouts and listener."""
 
     folder: Path | None
     overwrite: bool = False
     timeouts: Timeouts | None = None
+    on_event: Listener | None = None
 
     @classmethod
     def to(
@@ -50,8 +52,9 @@ class Delivery:
         *,
         overwrite: bool = False,
         timeouts: Timeouts | None = None,
+        on_event: Listener | None = None,
     ) -> Delivery:
-        return cls(None if save_to is None else Path(save_to), overwrite, timeouts)
+        return cls(None if save_to is None else Path(save_to), overwrite, timeouts, on_event)
 
 
 @attrs.frozen

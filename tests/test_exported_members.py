@@ -15,6 +15,7 @@ USER_FACING_MODULES = (
     "_client",
     "_clock",
     "_config",
+    "_events",
     "_exceptions",
     "_jobs",
     "_manifest",
@@ -39,6 +40,7 @@ INTERNAL = {
     "_progress.rich_available",
     "_progress.status_line",
     "_progress.summary_rows",
+    "_events.emit",  # how the client calls listeners
     "_sizes.base_model",  # how dialects split a tier off a model name
     "_sizes.pixels",  # Google's table, read through Asked.pixels
     "_sizes.tier_of",  # how Asked reads a model name
