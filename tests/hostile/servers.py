@@ -235,6 +235,8 @@ def _content_length(head: bytes) -> int:
 class _RawServer:
     """An asyncio server on 127.0.0.1 port 0, one `handle(reader, writer)` per connection."""
 
+    receive_buffer: int | None = None
+    """SO_RCVBUF of its sockets: small, a body it does not read stays in the client's buffers."""
     _server: asyncio.Server | None = attrs.field(init=False, default=None)
     _url: str | None = attrs.field(init=False, default=None)
     _tasks: set[asyncio.Task[None]] = attrs.field(init=False, factory=set)
@@ -245,7 +247,11 @@ class _RawServer:
         return self._url
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        sock = socket.socket()
+        if self.receive_buffer is not None:  # set before listen(): accepted sockets inherit it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
+        sock.bind(("127.0.0.1", 0))
+        self._server = await asyncio.start_server(self._serve, sock=sock)
         self._url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
 
     async def aclose(self) -> None:
@@ -272,6 +278,8 @@ class _RawServer:
             await self.handle(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
+        except asyncio.CancelledError:
+            pass  # aclose() ends the handler (asyncio would log a cancelled one as an error)
         finally:
             self._tasks.discard(task)
             writer.transport.abort()

@@ -130,9 +130,16 @@ def _safe_repr(value: object) -> str:
         return f"<repr failed: {type(exc).__name__}>"
 
 
-def reprs_of(value: object, depth: int = 3, *, attributes: bool = True) -> Iterator[str]:
+def reprs_of(value: object, depth: int = 3, *, attributes: bool = True) -> Iterator[str | bytes]:
     """repr of `value`, of what its mappings and sequences hold (down to `depth`), and of its
-    attributes, one level: what a reporter that prints locals, or a curious debugger, reads."""
+    attributes, one level: what a reporter that prints locals, or a curious debugger, reads.
+
+    Plain str and bytes stand for their repr (which holds a key exactly when they do) without
+    the copy: request bodies are megabytes. Their subclasses show their repr, as reporters do.
+    """
+    if type(value) in (str, bytes):
+        yield value  # type: ignore[misc]
+        return
     yield _safe_repr(value)
     if depth <= 0:
         return
@@ -154,7 +161,7 @@ def _frames(tb: TracebackType | None) -> Iterator[TracebackType]:
         tb = tb.tb_next
 
 
-def readable_texts(error: BaseException) -> Iterator[tuple[str, str]]:
+def readable_texts(error: BaseException) -> Iterator[tuple[str, str | bytes]]:
     """(where, text) for everything an escaping `error` shows: its chain's str, repr and
     attributes, tracebacks formatted with their locals (as `capture_locals=True`, rich's
     show_locals and Sentry-style reporters print them), and the repr of every local of every
@@ -175,4 +182,11 @@ def readable_texts(error: BaseException) -> Iterator[tuple[str, str]]:
 
 def where_readable(error: BaseException, secret: str) -> list[str]:
     """Where `secret` can be read from `error`, escaping as it is; [] when nowhere."""
-    return sorted({where for where, text in readable_texts(error) if secret in text})
+    as_bytes = secret.encode()
+    return sorted(
+        {
+            where
+            for where, text in readable_texts(error)
+            if (secret if isinstance(text, str) else as_bytes) in text
+        }
+    )
