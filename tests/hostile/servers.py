@@ -330,6 +330,8 @@ class SilentRelay(_RawServer):
     head: bytes = b""
     read_body: bool = True
     requests: int = attrs.field(init=False, default=0)
+    bodies: dict[int, Any] = attrs.field(init=False, factory=dict)
+    """The bodies it read, by request number."""
     arrived: anyio.Event = attrs.field(init=False, factory=anyio.Event)
     """Set once a request's head has been read."""
     answered: int = attrs.field(init=False, default=0)
@@ -341,7 +343,7 @@ class SilentRelay(_RawServer):
         number = self.requests
         self.arrived.set()
         if self.read_body:
-            await reader.readexactly(_content_length(head))
+            self.bodies[number] = json.loads(await reader.readexactly(_content_length(head)))
             if self.head:
                 writer.write(self.head.replace(b"{n}", str(number).encode()))
                 await writer.drain()

@@ -87,9 +87,16 @@ async def run_cli(
         )
 
 
+def _main(args: list[str]) -> int:
+    try:
+        return gi._cli.main(args)
+    except SystemExit as exit_:  # argparse's usage errors; it must not end the test session
+        return exit_.code if isinstance(exit_.code, int) else 1
+
+
 async def main_in_thread(*args: str) -> int:
-    """`gi._cli.main(ARGS)` with its own event loop in a worker thread."""
-    return await anyio.to_thread.run_sync(gi._cli.main, list(args))
+    """`gi._cli.main(ARGS)` with its own event loop in a worker thread; its exit status."""
+    return await anyio.to_thread.run_sync(_main, list(args))
 
 
 # --- what an escaping exception lets a reporter read -------------------------------------------
