@@ -206,14 +206,13 @@ NOT_SERVED = [
 @pytest.mark.parametrize(("status", "body"), NOT_SERVED)
 async def test_a_model_the_relay_does_not_serve_is_permanent(status, body):
     """A 503 or 500 whose body says no channel serves the model is raised at once, as our error
-    naming the model (proposed: gi.ModelNotServedError, an APIError), without shrinking the
-    pool."""
+    naming the model (proposed: gi.ModelNotServedError), without shrinking the pool."""
     clock = FakeClock()
     async with (
         ScriptedRelay(default=Reply(status, body)) as relay,
         gi.Client(API_KEY, relay.url, clock=clock, max_concurrency=8) as client,
     ):
-        with pytest.raises(gi.APIError) as caught:
+        with pytest.raises(gi.GemimgError) as caught:
             await client.generate_4k("a fox")
         limit = client.stats.limit
     assert len(relay.requests) == 1, f"sent {len(relay.requests)} times, waiting {clock.sleeps}"
