@@ -293,7 +293,7 @@ async def test_a_changed_job_is_reported_and_redone_only_when_asked(
     await main_in_thread(*args)
     err = capsys.readouterr().err
     assert prompts(relay) == [], "a changed job was billed again without being asked"
-    assert re.search(r"\b3 jobs? changed", err), err
+    assert re.search(r"\b3 jobs? changed", err), f"3 changed jobs skipped silently: {err!r}"
     assert "--redo-changed" in err
     await main_in_thread(*args, "--redo-changed")
     assert len(relay.requests) == 3
