@@ -49,15 +49,18 @@ from ._exceptions import (
     ConnectError,
     ContentPolicyError,
     DownloadError,
+    EventLoopError,
     GemimgError,
     ImageExpiredError,
     InvalidCountError,
+    InvalidDestinationError,
     InvalidImageError,
     InvalidModelError,
     InvalidPromptError,
     InvalidResponseFormatError,
     InvalidSizeError,
     MalformedResponseError,
+    ModelNotServedError,
     OutcomeUnknownError,
     RateLimitError,
     RefusalError,
@@ -80,7 +83,7 @@ from ._models import (
     resolve_model,
 )
 from ._progress import PlainProgress, Progress, RichProgress
-from ._results import GenerationResult, Outcome
+from ._results import GenerationResult, Outcome, SaveError
 from ._sizes import PIXELS_1K, TIERS, Asked, Delivered, Tier
 from ._summary import BatchStats, BatchSummary
 
@@ -127,6 +130,7 @@ __all__ = [
     "Dialect",
     "DownloadError",
     "Event",
+    "EventLoopError",
     "GemimgError",
     "GeminiDialect",
     "GenerateOptions",
@@ -139,6 +143,7 @@ __all__ = [
     "ImageSaved",
     "ImagesDialect",
     "InvalidCountError",
+    "InvalidDestinationError",
     "InvalidImageError",
     "InvalidModelError",
     "InvalidPromptError",
@@ -149,6 +154,7 @@ __all__ = [
     "MalformedResponseError",
     "ManifestEntry",
     "Model",
+    "ModelNotServedError",
     "Outcome",
     "OutcomeUnknownError",
     "PlainProgress",
@@ -159,6 +165,7 @@ __all__ = [
     "ResponseFormat",
     "RetryPolicy",
     "RichProgress",
+    "SaveError",
     "ServerError",
     "SizeStyle",
     "Status",

@@ -17,7 +17,11 @@ from ._jsonstream import ImageStreamParser, JSONStreamError, JSONTruncatedError,
 from ._models import ImageRequest
 from ._sinks import ImageSink, NotAnImageError, TooLargeError
 
-__all__ = ["BodyImage", "Received", "receive"]
+__all__ = ["IMAGES_PER_N", "BodyImage", "Received", "receive"]
+
+IMAGES_PER_N = 4
+"""An answer may hold up to this many images per image asked (`n`): the model's drafts come
+along through some relays. More is a broken or hostile relay: MalformedResponseError."""
 
 
 @attrs.frozen
@@ -72,11 +76,13 @@ async def _receive(
     parser = ImageStreamParser(dialect.schema)
     sinks: dict[Path, ImageSink] = {}
     images: list[BodyImage] = []
+    most = IMAGES_PER_N * request.n
     try:
         async for chunk in chunks:
             for path, data in parser.feed(chunk):
                 sink = sinks.get(path)
                 if sink is None:
+                    _check_count(len(sinks), most, request.n)
                     sink = sinks[path] = open_sink()
                 await sink.write(data)
         doc = parser.close()
@@ -109,6 +115,11 @@ async def _image(
         sink.abort()
         raise
     return BodyImage(sink=sink)
+
+
+def _check_count(opened: int, most: int, n: int) -> None:
+    if opened >= most:
+        raise JSONStreamError(f"the answer holds more than {most} images for n={n}")
 
 
 def _abort_all(sinks: Iterable[ImageSink | None]) -> None:

@@ -27,6 +27,7 @@ from ._pacing import Pacer
 from ._results import GenerationResult, Outcome
 from ._retry import RetryBudget
 from ._save import Delivery, Saver
+from ._secrets import forgetting
 from ._transport import ImageHost, Relay
 
 __all__ = ["ENV_API_KEY", "ENV_BASE_URL", "Client", "ClientStats", "GenerateOptions"]
@@ -150,10 +151,11 @@ class Client:
 
         A `map` still iterating then raises ClientClosedError; so does any later call.
         """
-        await self._fanout.aclose()
-        with anyio.CancelScope(shield=True):
-            await self._engine.relay.aclose()
-            await self._engine.saver.host.aclose()
+        with forgetting():
+            await self._fanout.aclose()
+            with anyio.CancelScope(shield=True):
+                await self._engine.relay.aclose()
+                await self._engine.saver.host.aclose()
 
     @property
     def clock(self) -> Clock:
@@ -228,7 +230,8 @@ class Client:
     ) -> GenerationResult:
         """Generate what `request` asks, waiting for a place in the pool first."""
         delivery = Delivery.to(save_to, overwrite=overwrite, timeouts=timeouts, on_event=on_event)
-        return await self._engine.send(request, delivery)
+        with forgetting():
+            return await self._engine.send(request, delivery)
 
     def map(
         self,

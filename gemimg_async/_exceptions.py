@@ -11,16 +11,21 @@ Every error is a `GemimgError`; catch that to catch them all::
     │   ├── InvalidCountError
     │   ├── InvalidSizeError
     │   ├── InvalidResponseFormatError
-    │   └── InvalidImageError
-    │       └── TooManyImagesError
+    │   ├── InvalidImageError
+    │   │   └── TooManyImagesError
+    │   └── InvalidDestinationError save_to names no folder that can take files
     ├── APIError                    the relay answered, and not with an image
     │   ├── AuthenticationError     401, 403
     │   ├── BadRequestError         400, 404, 413, 422 and other 4xx
-    │   │   └── ContentPolicyError  the prompt or an input image was blocked
+    │   │   ├── ContentPolicyError  the prompt or an input image was blocked
+    │   │   └── ModelNotServedError no channel of the relay serves the model (its 503 or 500)
     │   ├── RateLimitError          429
     │   ├── ServerError             5xx, 408
     │   ├── RefusalError            200 without an image (a safety refusal, an error body)
     │   └── MalformedResponseError  200 with a body that is not the documented JSON
+    ├── SaveError                   the images were paid for but could not all be written; its
+    │                               `result` holds them (defined beside GenerationResult)
+    ├── EventLoopError              a client used on another event loop than its own
     ├── TransportError              no usable answer arrived
     │   ├── ConnectError            the request was never sent: safe to retry, not billed
     │   └── OutcomeUnknownError     sent, answer lost (timeout, reset, truncated): may be billed
@@ -42,15 +47,18 @@ __all__ = [
     "ConnectError",
     "ContentPolicyError",
     "DownloadError",
+    "EventLoopError",
     "GemimgError",
     "ImageExpiredError",
     "InvalidCountError",
+    "InvalidDestinationError",
     "InvalidImageError",
     "InvalidModelError",
     "InvalidPromptError",
     "InvalidResponseFormatError",
     "InvalidSizeError",
     "MalformedResponseError",
+    "ModelNotServedError",
     "OutcomeUnknownError",
     "RateLimitError",
     "RefusalError",
@@ -136,6 +144,15 @@ class TooManyImagesError(InvalidImageError):
     """More input images than the model accepts."""
 
 
+class InvalidDestinationError(ValidationError):
+    """`save_to` is a file, lies under one, or names a folder that cannot take files."""
+
+
+class EventLoopError(ConfigurationError):
+    """A client was used on another event loop than the one it first ran on (a second
+    `asyncio.run()`, say): its connections belong to that loop. Make one client per loop."""
+
+
 class APIError(GemimgError):
     """The relay answered with an error instead of an image."""
 
@@ -177,6 +194,11 @@ class BadRequestError(APIError):
 
 class ContentPolicyError(BadRequestError):
     """The prompt or an input image was blocked by a safety filter."""
+
+
+class ModelNotServedError(BadRequestError):
+    """The relay has no channel for the model (new-api's `model_not_found`, one-api's
+    "无可用渠道"): a 503 or 500 that sending again will not change."""
 
 
 class RateLimitError(APIError):

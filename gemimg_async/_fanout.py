@@ -22,7 +22,8 @@ from ._exceptions import ClientClosedError
 from ._generation import Engine, Lease
 from ._models import ImageRequest, Timings
 from ._results import Outcome
-from ._save import Delivery
+from ._save import Delivery, check_folder
+from ._secrets import forget_frames, forgetting
 
 __all__ = ["FanOut"]
 
@@ -48,6 +49,10 @@ class FanOut:
         ordered: bool,
     ) -> AsyncGenerator[Outcome, None]:
         """See `Client.map`."""
+        with forgetting():
+            self.engine.check_loop()
+            if delivery.folder is not None:
+                check_folder(delivery.folder)  # once, before anything is sent
         width = self.engine.pool.limit.maximum
         source = _Source(requests)
         send, receive = anyio.create_memory_object_stream[Outcome]()
@@ -64,10 +69,11 @@ class FanOut:
                     if window is not None:
                         window.release()
                     yield outcome
-            if source.failure is not None:
-                raise source.failure
-            if not source.exhausted:
-                raise ClientClosedError("the client was closed while map() was running")
+            with forgetting():
+                if source.failure is not None:
+                    raise source.failure
+                if not source.exhausted:
+                    raise ClientClosedError("the client was closed while map() was running")
         finally:
             for task in workers:
                 task.cancel()
@@ -124,6 +130,7 @@ class FanOut:
         try:
             result = await self.engine.run(request, lease, queued=queued, delivery=delivery)
         except Exception as error:  # noqa: BLE001 - one request's failure is its outcome
+            forget_frames(error)
             return Outcome(
                 index,
                 request,

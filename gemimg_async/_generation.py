@@ -6,11 +6,13 @@ pool, the retry policy and budget, and the `Saver` that puts paid images in plac
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import random
 import time
 import uuid
+import weakref
 from typing import Self
 
 import attrs
@@ -29,13 +31,13 @@ from ._events import (
     RequestSent,
     emit,
 )
-from ._exceptions import APIError, GemimgError
+from ._exceptions import APIError, EventLoopError, GemimgError
 from ._inputs import encode_images
 from ._limits import Pool, Slot
 from ._models import ImageRequest, Timings
-from ._results import GenerationResult
+from ._results import GenerationResult, SaveError
 from ._retry import Failure, GenerationRetrier, RetryBudget
-from ._save import Delivery, Saver, refuse_taken_names
+from ._save import Delivery, Placed, Saver, check_folder, refuse_taken_names
 from ._transport import Relay
 
 __all__ = ["Engine", "Lease"]
@@ -112,9 +114,26 @@ class Engine:
     on_event: Listener | None = None
     """The client's listener: every call's events."""
     rng: random.Random = attrs.Factory(random.Random)
+    _loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
+
+    def check_loop(self) -> None:
+        """EventLoopError unless the running loop is the one this engine first ran on (its
+        connections and pool belong to it)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = weakref.ref(loop)
+        elif self._loop() is not loop:
+            raise EventLoopError(
+                "this client is used on another event loop than the one it first ran on (a "
+                "second asyncio.run()?): its connections belong to that loop. Make one client "
+                "per event loop, and close it there"
+            )
 
     async def send(self, request: ImageRequest, delivery: Delivery) -> GenerationResult:
-        """Wait for a place in the pool, then `run`."""
+        """See that the folder takes files, wait for a place in the pool, then `run`."""
+        self.check_loop()
+        if delivery.folder is not None:
+            check_folder(delivery.folder)
         asked = self.clock.monotonic()
         async with Lease(self.pool) as lease:
             return await self.run(
@@ -157,23 +176,55 @@ class Engine:
             refuse_taken_names(delivery.folder, request.id, request.n)
         outgoing = self.dialect.outgoing(self.base, request, await encode_images(request.images))
         began = self.clock.monotonic()
+        received = await self._retrying(outgoing, request, lease, trace, delivery)
+        self.pool.limit.succeeded()
+        self.budget.succeeded()
+        generated = self.clock.monotonic()
+        placed = await self._place(request, received, trace, delivery)
+        result = GenerationResult(
+            request=request,
+            images=placed.images,
+            created=received.reading.created,
+            idempotency_key=trace.key,
+            request_ids=tuple(trace.request_ids),
+            attempts=trace.attempts,
+            timings=Timings(queued, generated - began, self.clock.monotonic() - generated),
+            stem=placed.stem,
+            usage=received.reading.usage,
+            text=received.reading.text,
+            saver=self.saver,
+        )
+        _report(result)
+        if placed.unsaved:
+            raise SaveError(
+                f"the images were made (and paid for) but could not all be written to "
+                f"{delivery.folder}: {'; '.join(placed.unsaved)}; error.result holds every "
+                "image: those not written as bytes (data) or by URL",
+                result=result,
+            ) from placed.failure
+        return result
+
+    async def _retrying(
+        self,
+        outgoing: Outgoing,
+        request: ImageRequest,
+        lease: Lease,
+        trace: _Trace,
+        delivery: Delivery,
+    ) -> Received:
+        """Attempts until one gets an answer with images, or the retry rules say stop."""
         retrier = GenerationRetrier(self.retry, self.budget, self.rng)
         for number in itertools.count(1):
             trace.attempts = number
             try:
-                received = await self._attempt(outgoing, request, delivery, trace)
-                break
+                return await self._attempt(outgoing, request, delivery, trace)
             except GemimgError as error:
                 verdict = retrier.judge(error)
                 if verdict.kind is Failure.THROTTLED:
                     lease.throttled()
+                status = getattr(error, "status", None)
                 failed = AttemptFailed(
-                    request,
-                    number,
-                    _said(error),
-                    verdict.kind.value,
-                    getattr(error, "status", None),
-                    verdict.delay,
+                    request, number, _said(error), verdict.kind.value, status, verdict.delay
                 )
                 emit((self.on_event, delivery.on_event), failed)
                 if verdict.delay is None:
@@ -186,40 +237,35 @@ class Engine:
                     verdict.delay,
                 )
                 await lease.wait(verdict.delay, self.clock)
-        self.pool.limit.succeeded()
-        self.budget.succeeded()
-        generated = self.clock.monotonic()
-        reading = received.reading
-        stem = request.id or _default_stem(reading.created or self.clock.time(), trace.key)
-        images = await self.saver.place(received.images, stem, delivery, paid=trace.key[:8])
-        for image in images:
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _place(
+        self, request: ImageRequest, received: Received, trace: _Trace, delivery: Delivery
+    ) -> Placed:
+        """The answer's images in place under their stem; each saved one told to listeners."""
+        try:
+            stem = request.id or _default_stem(
+                received.reading.created or self.clock.time(), trace.key
+            )
+        except BaseException:
+            for found in received.images:
+                if found.sink is not None:
+                    found.sink.abort()
+            raise
+        placed = await self.saver.place(received.images, stem, delivery, paid=trace.key[:8])
+        for image in placed.images:
             if image.path is not None:
                 saved = ImageSaved(
                     request, image.index, image.path, image.byte_size, image.width, image.height
                 )
                 emit((self.on_event, delivery.on_event), saved)
-        result = GenerationResult(
-            request=request,
-            images=images,
-            created=reading.created,
-            idempotency_key=trace.key,
-            request_ids=tuple(trace.request_ids),
-            attempts=trace.attempts,
-            timings=Timings(queued, generated - began, self.clock.monotonic() - generated),
-            stem=stem,
-            usage=reading.usage,
-            text=reading.text,
-            saver=self.saver,
-        )
-        _report(result)
         log.info(
-            "%s: %d image(s) in %.1f s (request id %s)",
+            "%s: %d image(s) (request id %s)",
             request.model,
-            len(images),
-            result.timings.total,
-            result.request_id,
+            len(placed.images),
+            trace.request_ids[-1] if trace.request_ids else None,
         )
-        return result
+        return placed
 
     async def _attempt(
         self, outgoing: Outgoing, request: ImageRequest, delivery: Delivery, trace: _Trace

@@ -167,6 +167,7 @@ DEFAULT_MAX_DOCUMENT_BYTES: Final = 8 * 1024 * 1024
 """Bytes of an answer besides its image data: text, ids, usage. Relays send kilobytes."""
 DEFAULT_MAX_DEPTH: Final = 64
 DEFAULT_MAX_VALUES: Final = 200_000
+"""Values and containers of an answer besides its image data: relays send hundreds."""
 
 
 def _reject_constant(name: str) -> Any:
@@ -374,8 +375,11 @@ class ImageStreamParser:
         if node is None:
             whole = self._whole(chunk, pos)
             if whole is not None:
+                # its containers count too (brackets in its strings as well: a bound, cheaply)
+                end = whole[1]
+                self._values_left -= chunk.count(b"[", pos, end) + chunk.count(b"{", pos, end)
                 self._complete(whole[0])
-                return whole[1]
+                return end
         if char == _QUOTE:
             if node is not None and node.mode:
                 self._path, self._mode = path, node.mode

@@ -8,11 +8,12 @@ from typing import Any
 
 import attrs
 
+from ._exceptions import GemimgError
 from ._models import GeneratedImage, ImageRequest, Timings, Usage, check_stem
 from ._save import Saver
 from ._sizes import Asked, Delivered
 
-__all__ = ["GenerationResult", "Outcome"]
+__all__ = ["GenerationResult", "Outcome", "SaveError"]
 
 
 @attrs.frozen
@@ -77,16 +78,30 @@ class GenerationResult:
         *,
         stem: str | None = None,
         overwrite: bool = False,
-    ) -> list[Path]:
-        """Write every image to `folder/{stem}_{i}.{ext}`, the extension from the bytes.
+    ) -> GenerationResult:
+        """Write every image to `folder/{stem}_{i}.{ext}`, the extension from the bytes; the
+        result of that: this one, its images' `path` (and `paths`) where they now are.
 
         URL images are downloaded now. An existing file is never replaced unless `overwrite`:
-        FileExistsError instead.
+        FileExistsError instead. The folder is made if need be; InvalidDestinationError when it
+        cannot take files.
         """
         saved = await self.saver.save(
             self.images, Path(folder), check_stem(stem or self.stem), overwrite=overwrite
         )
-        return [image.path for image in saved if image.path is not None]
+        return attrs.evolve(self, images=saved)
+
+
+class SaveError(GemimgError):
+    """Images were generated (and paid for) but could not all be written where asked.
+
+    `result` holds every image: those written, with their `path`, and the others with their
+    bytes (`data`) or their `url` (valid about 24 hours); nothing paid for is lost.
+    """
+
+    def __init__(self, message: str, *, result: GenerationResult) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 @attrs.frozen

@@ -10,6 +10,7 @@ import errno
 import functools
 import os
 import random
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -20,10 +21,12 @@ from ._answer import BodyImage
 from ._clock import Clock, SystemClock
 from ._config import DEFAULT_MAX_IMAGE_BYTES, RetryPolicy, Timeouts
 from ._events import Listener
-from ._exceptions import DownloadError
+from ._exceptions import DownloadError, InvalidDestinationError
+from ._media import SNIFF_BYTES, sniff
 from ._models import GeneratedImage
 from ._retry import DownloadRetrier, call_with_retries
 from ._sinks import (
+    TEMP_PREFIX,
     WRITE_BLOCK,
     AtomicFile,
     ImageSink,
@@ -33,7 +36,7 @@ from ._sinks import (
 )
 from ._transport import ImageHost
 
-__all__ = ["Delivery", "Saver", "refuse_taken_names"]
+__all__ = ["Delivery", "Placed", "Saver", "check_folder", "refuse_taken_names"]
 
 
 @attrs.frozen
@@ -58,6 +61,58 @@ class Delivery:
 
 
 @attrs.frozen
+class Placed:
+    """Images put in place under `stem`, and which of them could not be written (kept in
+    memory or by URL)."""
+
+    images: tuple[GeneratedImage, ...]
+    stem: str
+    unsaved: tuple[str, ...] = ()
+    failure: OSError | None = None
+    """The first disk error, for the SaveError it becomes (a full disk halts a batch)."""
+
+
+def check_folder(folder: Path) -> None:
+    """Make `folder` if need be, and see that it takes files (by making one: as root, or on a
+    read-only mount, permission bits do not tell). InvalidDestinationError otherwise: raised
+    before anything is paid for."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}.part"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        probe.unlink()
+    except FileExistsError:
+        raise InvalidDestinationError(
+            f"save_to={str(folder)!r} is a file, not a folder: name a folder for the images"
+        ) from None
+    except NotADirectoryError:
+        raise InvalidDestinationError(
+            f"save_to={str(folder)!r} lies under a file: name a folder for the images"
+        ) from None
+    except OSError as exc:
+        raise InvalidDestinationError(
+            f"save_to={str(folder)!r} cannot take files ({exc.strerror or exc}): "
+            "name a folder you can write to"
+        ) from None
+
+
+def _kept(number: int, image: BodyImage) -> GeneratedImage:
+    """An image that could not be written, as the result keeps it: its bytes or its URL."""
+    if image.sink is None:
+        return GeneratedImage(number, url=image.url)
+    data = image.sink.salvage()
+    info = sniff(data[:SNIFF_BYTES]) if data else None
+    return GeneratedImage(
+        number,
+        data=data,
+        media_type=info.media_type if info else None,
+        width=info.width if info else None,
+        height=info.height if info else None,
+        byte_size=len(data) if data is not None else None,
+    )
+
+
+@attrs.frozen
 class Saver:
     """Sinks for answers, and how images reach their files: settled, downloaded or copied."""
 
@@ -69,42 +124,58 @@ class Saver:
     """The key-less download session; closed (one-off sessions) once its client is."""
 
     def sink_opener(self, folder: Path | None) -> Callable[[], ImageSink]:
-        """Where an answer's inline images stream to: memory, or temporary files in `folder`."""
+        """Where an answer's inline images stream to: memory, or temporary files in `folder`
+        (memory standing in for a file that cannot be made: the image is paid for)."""
         if folder is None:
             return functools.partial(MemoryImage, self.max_image_bytes)
-        return functools.partial(AtomicFile.create, folder, max_bytes=self.max_image_bytes)
+
+        def open_file() -> ImageSink:
+            try:
+                return AtomicFile.create(folder, max_bytes=self.max_image_bytes)
+            except OSError as exc:
+                return MemoryImage(self.max_image_bytes, failure=exc)
+
+        return open_file
 
     async def place(
         self, found: Sequence[BodyImage], stem: str, delivery: Delivery, *, paid: str
-    ) -> tuple[GeneratedImage, ...]:
+    ) -> Placed:
         """The found images as results: committed to files, downloaded, or kept in memory.
 
-        They are paid for: a name taken meanwhile gets the `paid` suffix rather than losing one.
+        They are paid for: a name taken meanwhile gets the `paid` suffix rather than losing one,
+        and an image that cannot be written is kept (its bytes, or its URL) and said `unsaved`.
         """
         placed: list[GeneratedImage] = []
+        unsaved: list[str] = []
+        failure: OSError | None = None
         try:
             for number, image in enumerate(found):
-                if image.sink is not None:
-                    placed.append(
-                        await image.sink.settle(
-                            number, stem, overwrite=delivery.overwrite, fallback=paid
-                        )
-                    )
-                elif delivery.folder is None:
-                    placed.append(GeneratedImage(number, url=image.url))
-                else:
-                    assert image.url is not None
-                    placed.append(
-                        await self.download(
-                            image.url, number, stem, delivery.folder, delivery, fallback=paid
-                        )
-                    )
+                try:
+                    placed.append(await self._place(number, image, stem, delivery, paid))
+                except OSError as exc:
+                    placed.append(_kept(number, image))
+                    unsaved.append(f"image {number}: {exc.strerror or exc}")
+                    failure = failure or exc
         except BaseException:
             for image in found[len(placed) :]:
                 if image.sink is not None:
                     image.sink.abort()
             raise
-        return tuple(placed)
+        return Placed(tuple(placed), stem, tuple(unsaved), failure)
+
+    async def _place(
+        self, number: int, image: BodyImage, stem: str, delivery: Delivery, paid: str
+    ) -> GeneratedImage:
+        if image.sink is not None:
+            return await image.sink.settle(
+                number, stem, overwrite=delivery.overwrite, fallback=paid
+            )
+        assert image.url is not None
+        if delivery.folder is None:
+            return GeneratedImage(number, url=image.url)
+        return await self.download(
+            image.url, number, stem, delivery.folder, delivery, fallback=paid
+        )
 
     async def download(
         self,
@@ -139,6 +210,9 @@ class Saver:
                 )
             except NotAnImageError as exc:
                 raise DownloadError(f"{exc}", url=url, status=200) from exc
+            except OSError:
+                sink.abort()  # the URL stays good: the caller keeps it
+                raise
             return attrs.evolve(image, url=url)
 
         retrier = DownloadRetrier(self.retry, random.Random())  # noqa: S311 - jitter
@@ -153,6 +227,7 @@ class Saver:
         overwrite: bool,
     ) -> tuple[GeneratedImage, ...]:
         """`GenerationResult.save`: each image from its bytes, its file, or its URL."""
+        check_folder(folder)
         saved = []
         for image in images:
             if image.data is None and image.path is None:
@@ -171,10 +246,10 @@ class Saver:
                     async with aiofiles.open(image.path, "rb") as source:
                         while block := await source.read(WRITE_BLOCK):
                             await sink.write(block)
+                settled = await sink.settle(image.index, stem, overwrite=overwrite)
             except BaseException:
                 sink.abort()
                 raise
-            settled = await sink.settle(image.index, stem, overwrite=overwrite)
             saved.append(attrs.evolve(image, path=settled.path))
         return tuple(saved)
 

@@ -56,13 +56,18 @@ class TooLargeError(ValueError):
 
 
 class ImageSink(Protocol):
-    """Takes one image's bytes as they arrive, then becomes a `GeneratedImage` or goes away."""
+    """Takes one image's bytes as they arrive, then becomes a `GeneratedImage` or goes away.
+
+    A sink that cannot write where it should keeps taking the bytes (in memory) and raises the
+    OSError at `settle`; `salvage` then gives the whole image back: it was paid for.
+    """
 
     @property
     def size(self) -> int: ...
     async def write(self, data: bytes) -> None: ...
     def check(self) -> None: ...
     def abort(self) -> None: ...
+    def salvage(self) -> bytes | None: ...
     async def settle(
         self, index: int, stem: str, *, overwrite: bool, fallback: str | None = None
     ) -> GeneratedImage: ...
@@ -120,11 +125,17 @@ def _describe_non_image(head: bytes) -> str:
 
 @attrs.define
 class MemoryImage:
-    """An image kept in memory: the bytes themselves, once, and nothing more."""
+    """An image kept in memory: the bytes themselves, once, and nothing more.
+
+    The buffer grows in place and its bytes become the result without a copy. Given a
+    `failure` (a file that could not be created), it stands in for the file and raises that at
+    `settle`, having kept the image.
+    """
 
     max_bytes: int
+    failure: OSError | None = None
     _head: _Head = attrs.field(init=False)
-    _data: bytearray = attrs.Factory(bytearray)
+    _data: io.BytesIO = attrs.Factory(io.BytesIO)
 
     def __attrs_post_init__(self) -> None:
         self._head = _Head(self.max_bytes)
@@ -139,16 +150,23 @@ class MemoryImage:
 
     async def write(self, data: bytes) -> None:
         self._head.take(data)
-        self._data += data
+        self._data.write(data)
 
     def abort(self) -> None:
-        self._data = bytearray()
+        self._data = io.BytesIO()
+
+    def salvage(self) -> bytes | None:
+        data = self._data.getvalue()  # shares the buffer: no copy
+        self.abort()
+        return data
 
     async def settle(
         self, index: int, stem: str, *, overwrite: bool, fallback: str | None = None
     ) -> GeneratedImage:
         del stem, overwrite, fallback  # memory has no names
-        return self._head.image(index, data=bytes(self._data))
+        if self.failure is not None:
+            raise self.failure
+        return self._head.image(index, data=self.salvage())
 
 
 class _GuardedFile(io.FileIO):
@@ -156,7 +174,8 @@ class _GuardedFile(io.FileIO):
     leaves its thread running, and closing under it could hand its descriptor to another file."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(path, "xb")  # O_EXCL: fails on anything there, a symlink included
+        super().__init__(path, "xb+")  # O_EXCL: fails on anything there, a symlink included;
+        # read too, so an image the disk would not take can be read back (`salvage`)
         self._guard = threading.Lock()
 
     def write(self, data: Any, /) -> int:
@@ -184,13 +203,16 @@ class AtomicFile:
     _file: AsyncFileIO
     _head: _Head = attrs.field(init=False)
     _pending: bytearray = attrs.Factory(bytearray)
+    _written: int = 0
+    _failure: OSError | None = None
+    """Why the file takes no more: the bytes since are kept in `_pending` for `salvage`."""
 
     def __attrs_post_init__(self) -> None:
         self._head = _Head(self.max_bytes)
 
     @classmethod
     def create(cls, folder: Path, *, max_bytes: int) -> AtomicFile:
-        folder.mkdir(parents=True, exist_ok=True)
+        """A temporary file in `folder`, which must exist (`Saver.check_folder` makes it)."""
         tmp = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}.part"
         raw = _GuardedFile(tmp)
         return cls(folder, max_bytes, tmp, raw, aiofiles.threadpool.wrap(raw))
@@ -206,14 +228,24 @@ class AtomicFile:
     async def write(self, data: bytes) -> None:
         self._head.take(data)
         self._pending += data
-        if len(self._pending) >= WRITE_BLOCK:
-            block, self._pending = self._pending, bytearray()
-            await self._write(block)
+        if len(self._pending) >= WRITE_BLOCK and self._failure is None:
+            await self._flush()
 
-    async def _write(self, block: bytearray) -> None:
-        view = memoryview(block)
-        while view:
-            view = view[await self._file.write(view) :]
+    async def _flush(self) -> None:
+        """Write what is pending; on a disk error, keep it (and what follows) for `salvage`."""
+        view = memoryview(self._pending)
+        try:
+            while view:
+                done = await self._file.write(view)
+                self._written += done
+                view = view[done:]
+        except OSError as exc:
+            self._failure = exc
+            self._pending = bytearray(view)
+        else:
+            self._pending = bytearray()
+        finally:
+            view.release()
 
     async def settle(
         self, index: int, stem: str, *, overwrite: bool, fallback: str | None = None
@@ -227,16 +259,35 @@ class AtomicFile:
         try:
             extension = self._head.info().extension
             final = self.folder / f"{check_stem(stem)}_{index}.{extension}"
-            if self._pending:
-                await self._write(self._pending)
-                self._pending = bytearray()
-            spare = None if fallback is None else final.with_stem(f"{final.stem}-{fallback}")
+            if self._pending and self._failure is None:
+                await self._flush()
+        except BaseException:
+            self.abort()
+            raise
+        if self._failure is not None:  # the temporary file stays for `salvage`
+            raise self._failure
+        spare = None if fallback is None else final.with_stem(f"{final.stem}-{fallback}")
+        try:
             path = await anyio.to_thread.run_sync(
                 _sync_and_place, self._raw.fileno(), self._tmp, final, overwrite, spare
             )
-        finally:
-            self.abort()  # closes the file; removes the temporary name unless it was placed
+        except OSError:
+            raise  # the temporary file stays for `salvage`: the caller salvages or aborts
+        except BaseException:
+            self.abort()
+            raise
+        self.abort()  # closes the file; the temporary name went with the placing
         return self._head.image(index, path=path)
+
+    def salvage(self) -> bytes | None:
+        """The whole image, read back from the temporary file and what it did not take; None
+        when the file cannot be read. The temporary file goes either way."""
+        try:
+            return os.pread(self._raw.fileno(), self._written, 0) + bytes(self._pending)
+        except (OSError, ValueError):
+            return None
+        finally:
+            self.abort()
 
     def abort(self) -> None:
         try:

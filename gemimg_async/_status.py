@@ -16,12 +16,13 @@ from ._exceptions import (
     AuthenticationError,
     BadRequestError,
     ContentPolicyError,
+    ModelNotServedError,
     RateLimitError,
     ServerError,
 )
 from ._retry import parse_retry_after
 
-__all__ = ["ERROR_BODY_LIMIT", "api_error", "document_error", "error_fields"]
+__all__ = ["ERROR_BODY_LIMIT", "api_error", "document_error", "error_fields", "printable"]
 
 ERROR_BODY_LIMIT = 64 * 1024
 """Bytes of an error answer read to find its message: error pages are short, or cut short."""
@@ -31,6 +32,25 @@ _BLOCKED = re.compile(
 )
 _TAGS = re.compile(r"<(script|style)\b.*?</\1>|<[^>]+>", re.IGNORECASE | re.DOTALL)
 _BAD_KEY = re.compile(r"API_KEY_INVALID|API key not valid|API key not found", re.IGNORECASE)
+_NOT_SERVED = re.compile(
+    r"model_not_found|无可用渠道|無可用管道|no available channel|not found in any channel"
+    r"|可用渠道不存在|model .{0,80} (?:does not exist|is not (?:available|supported))",
+    re.IGNORECASE,
+)
+# ESC sequences (CSI, OSC up to BEL or ST, two-byte escapes), then any control character left
+# but newline and tab: what a terminal would act on rather than show.
+_CONTROLS = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?"
+    r"|\x9b[0-?]*[ -/]*[@-~]|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
+)
+
+
+def printable(text: str) -> str:
+    """`text` from a relay, without what a terminal would act on (escape sequences, control
+    characters): relays' words are printed and logged, never obeyed."""
+    return _CONTROLS.sub("", text)
+
+
 _DELAY = re.compile(r"\s*(\d+(?:\.\d+)?)s\s*")
 
 
@@ -51,10 +71,10 @@ def _read(body: bytes) -> tuple[str, str | int | None, Any]:
         doc = doc[0]
     if isinstance(doc, dict):
         message, code = document_error(doc)
-        return message or text[:200], code, doc
+        return message or printable(text[:200]), code, doc
     if text.startswith("<"):
         text = " ".join(_TAGS.sub(" ", text).split())
-    return text[:200] or "(empty body)", None, None
+    return printable(text[:200]) or "(empty body)", None, None
 
 
 def _google_details(doc: Any) -> tuple[float | None, list[str]]:
@@ -91,7 +111,9 @@ def document_error(doc: dict[str, Any]) -> tuple[str | None, str | int | None]:
         code = source.get("type")
     if not isinstance(code, (str, int)) or isinstance(code, bool):
         code = None
-    return message, code
+    if isinstance(code, str):
+        code = printable(code)[:200]
+    return None if message is None else printable(message)[:2000], code
 
 
 def api_error(
@@ -101,8 +123,13 @@ def api_error(
     *,
     request_id: str | None,
     now: float,
+    model: str | None = None,
 ) -> APIError:
-    """The error a relay's non-2xx answer amounts to; `now` is the wall clock, for HTTP dates."""
+    """The error a relay's non-2xx answer amounts to; `now` is the wall clock, for HTTP dates.
+
+    A 5xx saying that no channel serves `model` is a ModelNotServedError: permanent, and no
+    sign of load (the pool is not shrunk for it).
+    """
     message, code, doc = _read(body)
     delay, reasons = _google_details(doc)
     retry_after = parse_retry_after(headers, now)
@@ -113,6 +140,10 @@ def api_error(
         cls = AuthenticationError
     elif status == 429:  # noqa: PLR2004
         cls = RateLimitError
+    elif status >= 500 and _NOT_SERVED.search(f"{message} {code}"):  # noqa: PLR2004
+        cls = ModelNotServedError
+        if model and model not in message:
+            message = f"the relay serves no {model}: {message}"
     elif status == 408 or status >= 500:  # noqa: PLR2004
         cls = ServerError
     elif _BLOCKED.search(f"{message} {code}"):
@@ -120,7 +151,6 @@ def api_error(
     else:
         cls = BadRequestError
     if 300 <= status < 400:  # noqa: PLR2004
-        message = (
-            f"the relay redirected to {headers.get('Location', '?')}; use that address as base_url"
-        )
+        where = printable(headers.get("Location", "?"))[:300]
+        message = f"the relay redirected to {where}; use that address as base_url"
     return cls(message, status=status, code=code, request_id=request_id, retry_after=retry_after)

@@ -1,4 +1,4 @@
-"""HTTP: the only module that speaks aiohttp, and the one place its errors become ours.
+"""HTTP: the only module that speaks aiohttp (its errors become ours in `_transport_errors`).
 
 Two sessions, never mixed: the `Relay`'s, which carries the key, and the `ImageHost`'s, for image
 downloads, which never does. `map_aiohttp_errors` turns aiohttp's errors into ours around both
@@ -11,30 +11,28 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import aiohttp
 import attrs
 import yarl
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from ._clock import Clock
 from ._config import Timeouts
 from ._dialects import Outgoing
 from ._exceptions import (
     ClientClosedError,
-    ConnectError,
     DownloadError,
-    GemimgError,
     ImageExpiredError,
-    OutcomeUnknownError,
 )
 from ._pacing import Pacer
-from ._status import ERROR_BODY_LIMIT, api_error
+from ._secrets import Secret
+from ._status import ERROR_BODY_LIMIT, api_error, printable
+from ._transport_errors import Attempt, map_aiohttp_errors, tracing
 
-__all__ = ["Answer", "ImageHost", "Relay", "map_aiohttp_errors"]
+__all__ = ["Answer", "ImageHost", "Relay"]
 
 log = logging.getLogger("gemimg_async")
 
@@ -55,108 +53,8 @@ class Answer:
 
 
 def _request_id(headers: Mapping[str, str]) -> str | None:
-    return next((headers[name] for name in _REQUEST_ID_HEADERS if headers.get(name)), None)
-
-
-def _never() -> bool:
-    return False
-
-
-@contextlib.contextmanager
-def map_aiohttp_errors(
-    what: str,
-    *,
-    tracker: aiohttp.UploadTracker | None = None,
-    closed: Callable[[], bool] = _never,
-    download_url: str | None = None,
-) -> Iterator[None]:
-    """Raise the error of ours that an aiohttp error within amounts to, chained `from` it.
-
-    `tracker` tells a request never sent in full (ConnectError: safe to send again) from one
-    whose answer was lost (OutcomeUnknownError: it may be billed); `closed` says whether the
-    client was closed under the request; with `download_url` every failure is a DownloadError.
-    Errors that are not aiohttp's (a full disk, a bug) pass through as they are.
-    """
-    try:
-        yield
-    except GemimgError:
-        raise
-    except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
-        # RuntimeError is aiohttp's word for a connection closed under a read: ours only then
-        if isinstance(exc, RuntimeError) and not closed():
-            raise
-        _scrub(exc)
-        raise _translate(exc, tracker, what, closed(), download_url) from exc
-
-
-def _scrub(exc: BaseException) -> None:
-    """Take the key out of an aiohttp error before it is chained onto ours, where tracebacks,
-    loggers and error trackers (which print frames' locals) would show it.
-
-    aiohttp's frames hold the request's headers in their locals, so the error and those it
-    chains keep their messages but lose their tracebacks; a ClientResponseError also loses the
-    Authorization header from the `request_info` it carries.
-    """
-    seen: set[int] = set()
-    link: BaseException | None = exc
-    while link is not None and id(link) not in seen:
-        seen.add(id(link))
-        link.__traceback__ = None
-        link = link.__cause__ or link.__context__
-    if not isinstance(exc, aiohttp.ClientResponseError):
-        return
-    info = exc.request_info
-    headers = CIMultiDict(info.headers)
-    headers.popall("Authorization", None)
-    clean = aiohttp.RequestInfo(info.url, info.method, CIMultiDictProxy(headers), info.real_url)
-    exc.request_info = clean
-    exc.args = (clean, *exc.args[1:])
-    exc.history = ()
-
-
-def _translate(
-    exc: BaseException,
-    tracker: aiohttp.UploadTracker | None,
-    what: str,
-    closed: bool,
-    download_url: str | None,
-) -> GemimgError:
-    reason = _describe(exc)
-    if download_url is not None:
-        return DownloadError(f"{what} failed: {reason}", url=download_url)
-    sent = tracker is None or _body_sent(tracker)
-    if closed:
-        if not sent:
-            return ClientClosedError(f"{what}: the client was closed before it was sent")
-        return OutcomeUnknownError(
-            f"{what}: the client was closed while the request was in flight; "
-            "the relay may have generated and billed it"
-        )
-    if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
-        return ConnectError(f"{what}: could not connect: {reason}")
-    if not sent:
-        return ConnectError(f"{what}: {reason} before the request was sent in full")
-    return OutcomeUnknownError(
-        f"{what}: {reason} after the request was sent; the relay may have generated "
-        "and billed it, so it is not sent again unless you opt in"
-    )
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.SocketTimeoutError):
-        return "no answer within the read timeout"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "the answer was cut short"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the server closed the connection"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _body_sent(tracker: aiohttp.UploadTracker) -> bool:
-    done = tracker.upload_complete
-    return done.done() and not done.cancelled() and done.exception() is None
+    found = next((headers[name] for name in _REQUEST_ID_HEADERS if headers.get(name)), None)
+    return None if found is None else printable(found)[:200] or None
 
 
 def _connector() -> aiohttp.TCPConnector:
@@ -181,12 +79,16 @@ async def _read_head(content: aiohttp.StreamReader, limit: int) -> bytes:
     return bytes(head[:limit])
 
 
+def _secrets(headers: Mapping[str, str]) -> dict[str, str]:
+    return {name: Secret(value) for name, value in headers.items()}
+
+
 @attrs.define
 class Relay:
     """The session that carries the key, opened lazily on the running loop."""
 
-    _auth: Mapping[str, str] = attrs.field(repr=False, alias="auth")
-    """The headers that carry the key: in this session's headers only, not in any call's."""
+    _auth: Mapping[str, str] = attrs.field(repr=False, alias="auth", converter=_secrets)
+    """The headers that carry the key (as `Secret`s): in this session's headers only."""
     timeouts: Timeouts
     clock: Clock
     pacer: Pacer
@@ -198,7 +100,9 @@ class Relay:
             raise ClientClosedError("the client is closed")
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=_connector(), headers={**_HEADERS, **self._auth}
+                connector=_connector(),
+                headers={**_HEADERS, **self._auth},
+                trace_configs=[tracing()],
             )
         return self._session
 
@@ -231,8 +135,9 @@ class Relay:
             total=timeouts.total, connect=timeouts.connect, sock_read=timeouts.read_for(model)
         )
         tracker = aiohttp.UploadTracker()
+        attempt = Attempt()
         what = f"POST {_safe_url(outgoing.url)}"
-        with map_aiohttp_errors(what, tracker=tracker, closed=self.is_closed):
+        with map_aiohttp_errors(what, tracker=tracker, attempt=attempt, closed=self.is_closed):
             async with self._open().post(
                 outgoing.url,
                 data=io.BytesIO(outgoing.body),  # streamed by aiohttp; raw bytes over 1 MB warn
@@ -240,7 +145,9 @@ class Relay:
                 timeout=timeout,
                 allow_redirects=False,
                 upload_tracker=tracker,
+                trace_request_ctx=attempt,
             ) as response:
+                attempt.answered = True
                 request_id = _request_id(response.headers)
                 log.debug("%s -> %d (request id %s)", what, response.status, request_id)
                 if not 200 <= response.status < 300:  # noqa: PLR2004
@@ -251,6 +158,7 @@ class Relay:
                         body_head,
                         request_id=request_id,
                         now=self.clock.time(),
+                        model=model,
                     )
                 yield Answer(
                     response.status,
@@ -336,7 +244,7 @@ def _check_download(response: aiohttp.ClientResponse, url: str, max_bytes: int) 
         )
     if response.status != 200:  # noqa: PLR2004
         raise DownloadError(
-            f"the image host answered {response.status} {response.reason}",
+            f"the image host answered {response.status} {printable(response.reason or '')}",
             url=url,
             status=response.status,
         )

@@ -128,7 +128,7 @@ async def test_every_answer_shape_without_save_to(relay, client, folder, quirk, 
         else:
             assert image.url is not None
             assert image.url.startswith(("http://", "https://"))
-    paths = await result.save(folder)
+    paths = list((await result.save(folder)).paths)
     assert [path.read_bytes() for path in paths] == expected
     assert listing(folder) == sorted(path.name for path in paths)
     assert relay.generation_count == result.attempts == 1

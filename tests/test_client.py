@@ -151,7 +151,7 @@ async def test_readme_generate_and_save(relay, tmp_path):
     """The README's first example: generate at 16:9, then save the URL image to a folder."""
     async with gi.Client(api_key=API_KEY, base_url=relay.url, max_concurrency=8) as client:
         result = await client.generate("a lighthouse at dusk", size="16:9")
-        paths = await result.save(str(tmp_path))
+        paths = list((await result.save(str(tmp_path))).paths)
     assert len(paths) == 1
     assert paths[0].parent == tmp_path
     assert paths[0].name == f"{result.stem}_0.png"
@@ -168,7 +168,7 @@ async def test_readme_generate_4k_from_a_local_image(relay, client, tmp_path):
     sent = relay.requests[-1]
     assert sent.model == TIER_4K
     assert sent.images == (f"data:image/png;base64,{base64.b64encode(png()).decode()}",)
-    paths = await result.save(tmp_path / "out")
+    paths = list((await result.save(tmp_path / "out")).paths)
     assert file_png_size(paths[0]) == (6336, 2688)
 
 

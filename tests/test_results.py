@@ -78,7 +78,7 @@ async def test_an_unpickled_url_result_saves_after_its_client_is_closed(relay, t
         result = await client.generate("a heron", n=2)
     copy = pickle.loads(pickle.dumps(result))  # noqa: S301 - our own bytes, the behaviour under test
     assert copy.saver.host.is_closed()  # so each download opens a one-off session
-    paths = await copy.save(tmp_path)
+    paths = list((await copy.save(tmp_path)).paths)
     assert [path.read_bytes() for path in paths] == expected
     assert [download.authorization for download in relay.downloads] == [None, None]
     assert copy.saver.host._session is None  # the one-off sessions are not kept
@@ -90,7 +90,7 @@ async def test_an_unpickled_b64_result_writes_its_bytes_after_its_client_is_clos
     async with Client(API_KEY, relay.url, clock=FakeClock()) as client:
         result = await client.generate("an owl", n=2, response_format="b64_json")
     copy = pickle.loads(pickle.dumps(result))  # noqa: S301 - our own bytes, the behaviour under test
-    paths = await copy.save(tmp_path)
+    paths = list((await copy.save(tmp_path)).paths)
     assert paths == [tmp_path / f"{result.stem}_0.png", tmp_path / f"{result.stem}_1.png"]
     assert [path.read_bytes() for path in paths] == [image.data for image in result.images]
     assert relay.downloads == []

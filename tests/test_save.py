@@ -32,7 +32,7 @@ async def test_url_format_returns_a_url_and_fetches_it_without_the_key(relay, cl
     assert image.data is None
     assert image.path is None
     assert relay.downloads == []
-    [path] = await result.save(tmp_path)
+    [path] = (await result.save(tmp_path)).paths
     assert file_png_size(path) == (1024, 1024)
     assert len(relay.downloads) == 1
     assert relay.downloads[0].authorization is None
@@ -57,7 +57,7 @@ async def test_saving_a_url_result_later_carries_no_key_either(relay, client, fo
     expected = await reference(relay, "a heron")
     result = await client.generate("a heron")
     assert relay.download_count == 0
-    paths = await result.save(folder)
+    paths = list((await result.save(folder)).paths)
     assert [path.read_bytes() for path in paths] == expected
     assert [download.authorization for download in relay.downloads] == [None]
     assert relay.generation_count == result.attempts == 1
@@ -202,7 +202,7 @@ async def test_save_names_files_stem_index_ext_not_the_server_name(relay, client
     """save() writes {stem}_{i}.png, never the URL's file name."""
     result = await client.generate("a fox", n=2)
     server_names = {url.rsplit("/", 1)[-1] for url in (i.url for i in result.images) if url}
-    paths = await result.save(tmp_path, stem="fox")
+    paths = list((await result.save(tmp_path, stem="fox")).paths)
     assert [p.name for p in paths] == ["fox_0.png", "fox_1.png"]
     assert not server_names & {p.name for p in tmp_path.iterdir()}
 
@@ -219,7 +219,7 @@ async def test_save_takes_the_extension_from_the_bytes(client, tmp_path):
         timings=Timings(),
         stem="fox",
     )
-    [path] = await result.save(tmp_path)
+    [path] = (await result.save(tmp_path)).paths
     assert path == tmp_path / "fox_0.jpg"
     assert path.read_bytes() == jpeg()
 
@@ -227,7 +227,7 @@ async def test_save_takes_the_extension_from_the_bytes(client, tmp_path):
 async def test_save_writes_b64_bytes_exactly(relay, client, tmp_path):
     """save() of a b64 result writes the decoded bytes as they are."""
     result = await client.generate("a fox", response_format="b64_json")
-    [path] = await result.save(tmp_path)
+    [path] = (await result.save(tmp_path)).paths
     assert path.read_bytes() == result.images[0].data
     assert relay.downloads == []
 
@@ -246,7 +246,7 @@ async def test_save_never_overwrites(relay, client, tmp_path):
 async def test_save_twice_raises_the_second_time(relay, client, tmp_path):
     """Saving the same result twice to one folder raises FileExistsError the second time."""
     result = await client.generate("a fox")
-    [first] = await result.save(tmp_path)
+    [first] = (await result.save(tmp_path)).paths
     before = first.read_bytes()
     with pytest.raises(FileExistsError):
         await result.save(tmp_path)
@@ -259,7 +259,7 @@ async def test_save_overwrites_when_asked(relay, client, tmp_path):
     result = await client.generate("a fox", response_format="b64_json")
     existing = tmp_path / f"{result.stem}_0.png"
     existing.write_bytes(b"old")
-    [path] = await result.save(tmp_path, overwrite=True)
+    [path] = (await result.save(tmp_path, overwrite=True)).paths
     assert path == existing
     assert path.read_bytes() == result.images[0].data
 
@@ -267,7 +267,7 @@ async def test_save_overwrites_when_asked(relay, client, tmp_path):
 async def test_save_copies_files_already_saved(relay, client, tmp_path):
     """save() of a result already on disk writes a copy into the new folder."""
     result = await client.generate("a fox", save_to=tmp_path / "first")
-    [copy] = await result.save(tmp_path / "second")
+    [copy] = (await result.save(tmp_path / "second")).paths
     assert copy == tmp_path / "second" / f"{result.stem}_0.png"
     assert copy.read_bytes() == result.paths[0].read_bytes()
     assert len(relay.downloads) == 1
@@ -277,7 +277,7 @@ async def test_save_works_after_the_client_is_closed(relay, tmp_path):
     """A url result can still be saved after its client is closed."""
     async with Client(API_KEY, relay.url, clock=FakeClock()) as client:
         result = await client.generate("a fox")
-    [path] = await result.save(tmp_path)
+    [path] = (await result.save(tmp_path)).paths
     assert file_png_size(path) == (1024, 1024)
 
 

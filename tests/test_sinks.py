@@ -19,8 +19,8 @@ from gemimg_async import (
     ImageExpiredError,
     ImageRequest,
     OutcomeUnknownError,
+    SaveError,
 )
-from gemimg_async._sinks import AtomicFile
 from gemimg_async.testing import Fault
 from helpers import API_KEY, FORMATS, listing, reference, wait_for
 
@@ -180,34 +180,42 @@ async def test_cancelled_then_closed_mid_write_leaves_nothing(
 
 
 @pytest.mark.parametrize("response_format", FORMATS)
-async def test_a_full_disk_mid_write_leaves_nothing(
+async def test_a_full_disk_mid_write_keeps_the_paid_image(
     noisy, clock, folder, monkeypatch, response_format
 ):
-    """ENOSPC after 3 MB of a 12 MB image raises OSError, removes the temp file, is not retried."""
-    real_write = AtomicFile.write
+    """ENOSPC after 3 MB of a 12 MB image raises SaveError holding the whole image (its bytes,
+    or its URL), leaves nothing in the folder, and is not sent again."""
+    from gemimg_async import _sinks  # noqa: PLC0415 - the file class under the aiofiles wrapper
+
+    (png,) = await reference(noisy, "static", model="gemini-3-pro-image-preview-2k")
+    noisy.reset()
+    real_write = _sinks._GuardedFile.write
     budget = {"left": 3 * 1024 * 1024}
 
-    async def write(self, data):
+    def write(self, data):
         if len(data) > budget["left"]:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         budget["left"] -= len(data)
-        await real_write(self, data)
+        return real_write(self, data)
 
-    monkeypatch.setattr(AtomicFile, "write", write)
+    monkeypatch.setattr(_sinks._GuardedFile, "write", write)
     async with Client(API_KEY, noisy.url, clock=clock) as client:
-        with pytest.raises(OSError) as info:
+        with pytest.raises(SaveError, match="No space left") as info:
             await client.generate_2k("static", response_format=response_format, save_to=folder)
-    assert info.value.errno == errno.ENOSPC
+    [kept] = info.value.result.images
+    assert kept.data == png if response_format == "b64_json" else kept.url is not None
     assert listing(folder) == []
     assert noisy.generation_count == 1
     assert noisy.download_count == (1 if response_format == "url" else 0)
     assert clock.sleeps == []
 
 
-async def test_a_real_write_error_leaves_nothing(noisy, clock, folder, monkeypatch):
-    """An OSError from the file itself (not a mock of our writer) removes the temporary file."""
+async def test_a_real_write_error_keeps_the_image_in_memory(noisy, clock, folder, monkeypatch):
+    """An OSError from the file itself removes the temporary file; the image's bytes, those
+    written and those not, come back whole in SaveError's result."""
     from gemimg_async import _sinks  # noqa: PLC0415 - the file class under the aiofiles wrapper
 
+    (png,) = await reference(noisy, "static", model="gemini-3-pro-image-preview-2k")
     real_write = _sinks._GuardedFile.write
     written = {"bytes": 0}
 
@@ -219,22 +227,29 @@ async def test_a_real_write_error_leaves_nothing(noisy, clock, folder, monkeypat
 
     monkeypatch.setattr(_sinks._GuardedFile, "write", write)
     async with Client(API_KEY, noisy.url, clock=clock) as client:
-        with pytest.raises(OSError, match="quota"):
+        with pytest.raises(SaveError, match="quota") as info:
             await client.generate_2k("static", response_format="b64_json", save_to=folder)
+    assert info.value.result.images[0].data == png
     assert listing(folder) == []
 
 
 @pytest.mark.parametrize("response_format", FORMATS)
-async def test_a_failing_fsync_leaves_nothing(relay, client, folder, monkeypatch, response_format):
-    """A disk error while committing the file raises and leaves neither temp nor final file."""
+async def test_a_failing_fsync_keeps_the_paid_image(
+    relay, client, folder, monkeypatch, response_format
+):
+    """A disk error while committing the file raises SaveError with the image, and leaves
+    neither temp nor final file."""
+    (png,) = await reference(relay, "a fox")
+    relay.reset()
 
     def fsync(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", fsync)
-    with pytest.raises(OSError) as info:
+    with pytest.raises(SaveError) as info:
         await client.generate("a fox", response_format=response_format, save_to=folder)
-    assert info.value.errno == errno.ENOSPC
+    [kept] = info.value.result.images
+    assert kept.data == png if response_format == "b64_json" else kept.url is not None
     assert listing(folder) == []
     assert relay.generation_count == 1
     assert relay.download_count == (1 if response_format == "url" else 0)

@@ -13,10 +13,11 @@ from gemimg_async import (
     BadRequestError,
     ContentPolicyError,
     GemimgError,
+    ModelNotServedError,
     RateLimitError,
     ServerError,
 )
-from gemimg_async._status import api_error, error_fields
+from gemimg_async._status import api_error, error_fields, printable
 from gemimg_async.testing import Fault
 from helpers import once
 
@@ -442,3 +443,61 @@ async def test_unknown_model_on_the_relay_raises_bad_request(relay, client):
     assert "gemini-9-ultra" in caught.value.message
     assert caught.value.code == "invalid_model"
     assert relay.requests[-1].model == "gemini-9-ultra"
+
+
+NO_CHANNEL_NEW_API = "分组 default 下模型 m 无可用渠道（distributor）"  # noqa: RUF001 - as new-api writes it
+NO_CHANNEL_ONE_API = "当前分组 default 下对于模型 m 无可用渠道"
+
+
+# --- what a relay says is shown, never obeyed ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("said", "shown"),
+    [
+        ("\x1b[2J\x1b[1;31mred\x1b[0m", "red"),
+        ("title\x1b]0;owned\x07 after", "title after"),
+        ("link \x1b]8;;https://x\x1b\\here\x1b]8;;\x1b\\", "link here"),
+        ("bell\x07 nul\x00 c1\x9b31m end", "bell nul c1 end"),
+        ("两行\n\tkept", "两行\n\tkept"),
+    ],
+)
+def test_printable_drops_what_a_terminal_would_act_on(said, shown):
+    """Escape sequences and control characters go; text, newlines and tabs stay."""
+    assert printable(said) == shown
+
+
+def test_an_error_message_from_a_relay_is_printable():
+    """An error body's message and code reach our error without control characters."""
+    found = error(400, as_json({"error": {"message": "\x1b[2Jbad\x07", "code": "x\x1b[5m"}}))
+    assert (found.message, found.code) == ("bad", "x")
+
+
+@pytest.mark.parametrize(
+    ("status", "doc"),
+    [
+        (503, {"error": {"message": NO_CHANNEL_NEW_API, "code": "model_not_found"}}),
+        (503, {"error": {"message": NO_CHANNEL_ONE_API, "type": "one_api_error"}}),
+        (500, {"error": {"message": "No available channel for model m under group default"}}),
+    ],
+)
+def test_a_relay_with_no_channel_for_the_model_is_permanent(status, doc):
+    """A 5xx that says no channel serves the model is a ModelNotServedError naming it."""
+    found = api_error(status, CIMultiDict(), as_json(doc), request_id=None, now=0.0, model="m-4k")
+    assert isinstance(found, ModelNotServedError)
+    assert "m-4k" in found.message
+
+
+def test_google_retry_info_is_the_wait_and_a_bad_key_is_authentication():
+    """RetryInfo's retryDelay ("7s") is retry_after; API_KEY_INVALID (a 400) is a bad key."""
+    body = {
+        "error": {
+            "code": 429,
+            "message": "quota",
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "7s"}],
+        }
+    }
+    assert error(429, as_json(body)).retry_after == 7.0
+    bad_key = {"error": {"code": 400, "message": "API key not valid. Please pass a valid API key."}}
+    assert isinstance(error(400, as_json(bad_key)), AuthenticationError)

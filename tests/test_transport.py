@@ -83,7 +83,7 @@ async def test_key_is_sent_as_bearer_and_kept_out_of_results(secret_relay, tmp_p
     caplog.set_level(logging.DEBUG)
     async with Client(SECRET, secret_relay.url, clock=FakeClock()) as client:
         result = await client.generate("a fox", n=2, size="1:1")
-        paths = await result.save(tmp_path)
+        paths = list((await result.save(tmp_path)).paths)
         b64 = await client.generate("a fox", response_format="b64_json", save_to=tmp_path / "b")
         assert_no_secret(client, result, b64, result.request, *result.images, client.stats)
     assert all(r.authorized for r in secret_relay.requests)

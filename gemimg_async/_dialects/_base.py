@@ -14,7 +14,7 @@ import yarl
 from .._exceptions import APIError, ConfigurationError, MalformedResponseError, RefusalError
 from .._jsonstream import Diverted, DivertedText, Path, Schema
 from .._models import ImageRequest, Usage
-from .._status import document_error
+from .._status import document_error, printable
 
 __all__ = [
     "SIZE_STYLES",
@@ -25,6 +25,7 @@ __all__ = [
     "SizeStyle",
     "base_url",
     "blob",
+    "created_of",
     "dump",
     "join",
     "keep_last",
@@ -162,6 +163,21 @@ def missing_endpoint(error: APIError) -> bool:
     return error.status == 404 and "model" not in f"{error.message} {error.code}".lower()  # noqa: PLR2004
 
 
+_LATEST_CREATED = 2**34
+"""Unix seconds of the year 2514: a `created` past it (or before 1970) is no time at all."""
+
+
+def created_of(doc: Any) -> int | None:
+    """The answer's `created` (Unix seconds) when it is one; None for anything else (a relay's
+    1e20 is ignored, not fatal: the image it came with is paid for)."""
+    created = doc.get("created") if isinstance(doc, dict) else None
+    if isinstance(created, int) and not isinstance(created, bool):
+        if 0 <= created < _LATEST_CREATED:
+            return created
+        log.warning("the relay's answer says it was created at %d: ignored", created)
+    return None
+
+
 def keep_last(found: list[Found], n: int) -> list[Found]:
     """The last `n` of `found`: relays that flatten the model's draft images into the answer
     send them first and the final image last."""
@@ -202,7 +218,7 @@ def no_image(
 def _outline(doc: Any, budget: int = 200) -> str:
     """A short, bounded sketch of a document: never the whole of a deep or huge one."""
     text = json.dumps(doc, default=_marker, ensure_ascii=False, check_circular=False)[:budget]
-    return text if len(text) < budget else f"{text}..."
+    return printable(text) if len(text) < budget else f"{printable(text)}..."
 
 
 def _marker(value: Any) -> str:

@@ -14,12 +14,14 @@ import yarl
 from .._exceptions import APIError
 from .._jsonstream import ANY_INDEX, MARKDOWN, STREAM_REF, URL_OR_DATA, DivertedText, Schema
 from .._models import ImageRequest
+from .._status import printable
 from ._base import (
     Found,
     Outgoing,
     Reading,
     SizeStyle,
     blob,
+    created_of,
     dump,
     join,
     keep_last,
@@ -102,11 +104,8 @@ class ChatDialect:
         if not found:
             reasons = {c.get("finish_reason") for c in choices}
             raise _refusal(doc, request_id, text, "content_filter" in reasons, bool(choices))
-        created = doc.get("created") if isinstance(doc, dict) else None
-        if not isinstance(created, int) or isinstance(created, bool):
-            created = None
         usage = usage_of(doc.get("usage")) if isinstance(doc, dict) else None
-        return Reading(tuple(keep_last(found, request.n)), created, usage, text)
+        return Reading(tuple(keep_last(found, request.n)), created_of(doc), usage, text)
 
     def explain(self, error: APIError) -> None:
         if missing_endpoint(error):
@@ -154,7 +153,7 @@ def _text_images(text: Any, texts: list[str]) -> Iterator[Found]:
             yield Found(url=match[2])
         elif int(number) < len(images) and (one := Found.of(images[int(number)])) is not None:
             yield one
-    texts.append(_IN_TEXT.sub("", plain).strip())
+    texts.append(printable(_IN_TEXT.sub("", plain)).strip())
 
 
 def _refusal(

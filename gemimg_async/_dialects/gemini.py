@@ -16,6 +16,7 @@ from .._exceptions import APIError
 from .._jsonstream import ANY_INDEX, BASE64, Schema
 from .._models import ImageRequest
 from .._sizes import base_model, tier_of
+from .._status import printable
 from ._base import Found, Outgoing, Reading, blob, dump, join, keep_last, merged, missing_endpoint
 from ._base import no_image as _no_image
 from ._usage import usage_of_google
@@ -116,7 +117,7 @@ def _part_images(part: dict[str, Any], texts: list[str]) -> list[Found]:
         if isinstance(uri, str) and uri.startswith(("http://", "https://")):
             return [Found(url=uri)]
     if isinstance(part.get("text"), str) and part["text"].strip():
-        texts.append(part["text"].strip())
+        texts.append(printable(part["text"]).strip())
     return []
 
 
@@ -127,14 +128,14 @@ def _refusal(
     feedback = doc.get("promptFeedback") if isinstance(doc, dict) else None
     blocked = feedback.get("blockReason") if isinstance(feedback, dict) else None
     if isinstance(blocked, str):
-        why = f"the prompt was blocked ({blocked}): the model made no image"
+        why = f"the prompt was blocked ({printable(blocked)[:100]}): the model made no image"
         return _no_image(doc, request_id, why=why, code=blocked)
     for candidate in candidates:
         reason = candidate.get("finishReason")
         if isinstance(reason, str) and reason != "STOP":
             detail = candidate.get("finishMessage")
-            why = f"the model made no image (finishReason {reason})"
-            why += f": {detail}" if isinstance(detail, str) and detail else ""
+            why = f"the model made no image (finishReason {printable(reason)[:100]})"
+            why += f": {printable(detail)[:500]}" if isinstance(detail, str) and detail else ""
             return _no_image(doc, request_id, why=why, code=reason)
     if text:
         return _no_image(doc, request_id, why=f"the model answered without an image: {text[:300]}")

@@ -19,6 +19,7 @@ from ._base import (
     Reading,
     SizeStyle,
     blob,
+    created_of,
     dump,
     join,
     keep_last,
@@ -95,10 +96,8 @@ class ImagesDialect:
                 if data == []
                 else None,
             )
-        created = doc.get("created")
-        if not isinstance(created, int) or isinstance(created, bool):
-            created = None
-        return Reading(tuple(keep_last(found, request.n)), created, usage_of(doc.get("usage")))
+        usage = usage_of(doc.get("usage"))
+        return Reading(tuple(keep_last(found, request.n)), created_of(doc), usage)
 
     def explain(self, error: APIError) -> None:
         if missing_endpoint(error) or _ONLY_IMAGEN.search(error.message):
