@@ -85,6 +85,7 @@ from ._models import (
 from ._progress import PlainProgress, Progress, RichProgress
 from ._results import GenerationResult, Outcome, SaveError
 from ._sizes import PIXELS_1K, TIERS, Asked, Delivered, Tier
+from ._stream import ImageStream
 from ._summary import BatchStats, BatchSummary
 
 __version__ = importlib.metadata.version("gemimg-async")
@@ -141,6 +142,7 @@ __all__ = [
     "ImageInput",
     "ImageRequest",
     "ImageSaved",
+    "ImageStream",
     "ImagesDialect",
     "InvalidCountError",
     "InvalidDestinationError",

@@ -28,6 +28,7 @@ from ._results import GenerationResult, Outcome
 from ._retry import RetryBudget
 from ._save import Delivery, Saver
 from ._secrets import forgetting
+from ._stream import Streaming
 from ._transport import ImageHost, Relay
 
 __all__ = ["ENV_API_KEY", "ENV_BASE_URL", "Client", "ClientStats", "GenerateOptions"]
@@ -146,12 +147,18 @@ class Client:
     ) -> None:
         await self.aclose()
 
-    async def aclose(self) -> None:
-        """Cancel what `map` still runs and close the connections.
+    async def aclose(self, *, drain: float | None = None) -> None:
+        """Send nothing more, cancel what `map` still runs, and close the connections.
 
-        A `map` still iterating then raises ClientClosedError; so does any later call.
+        With `drain`, first wait up to that many seconds for the requests already sent: they
+        are paid for (a web backend's shutdown). Calls not sent yet raise ClientClosedError; a
+        `map` still iterating takes no more requests and then raises it; so does any later call.
         """
         with forgetting():
+            self._engine.closing = True
+            if drain:
+                with anyio.move_on_after(drain):
+                    await self._engine.drained()
             await self._fanout.aclose()
             with anyio.CancelScope(shield=True):
                 await self._engine.relay.aclose()
@@ -232,6 +239,43 @@ class Client:
         delivery = Delivery.to(save_to, overwrite=overwrite, timeouts=timeouts, on_event=on_event)
         with forgetting():
             return await self._engine.send(request, delivery)
+
+    def stream(
+        self,
+        prompt: str,
+        *,
+        model: Model | str = Model.STANDARD,
+        size: str | None = None,
+        n: int = 1,
+        images: ImageInput | Sequence[ImageInput] | None = None,
+        response_format: ResponseFormat = "url",
+        allow_any_size: bool = False,
+        extra_body: Mapping[str, Any] | None = None,
+        timeouts: Timeouts | None = None,
+        on_event: Listener | None = None,
+    ) -> Streaming:
+        """One image of `prompt`, to hand on as it is read: ``async with client.stream(...) as
+        image:`` gives its `media_type`, then ``async for chunk in image`` its bytes, in
+        bounded memory whatever its size (a web backend's streaming response). One image:
+        `n` above 1 is an InvalidCountError.
+
+        The generation runs when the block is entered (a ValidationError before anything is
+        sent); a cancelled caller (a client that hung up) cancels it, and nothing is left on
+        disk. Draft images are never handed on: the answer is read whole before the final
+        image is.
+        """
+        request = ImageRequest(
+            prompt,
+            model=model,
+            size=size,
+            n=n,
+            images=images,
+            response_format=response_format,
+            allow_any_size=allow_any_size,
+            extra_body=extra_body,
+        )
+        delivery = Delivery.to(None, timeouts=timeouts, on_event=on_event)
+        return Streaming(self._engine, request, delivery)
 
     def map(
         self,

@@ -101,7 +101,8 @@ class FanOut:
                     # is held while a slow source is awaited, and one request at most is
                     # pulled ahead of its place.
                     async with source.lock:
-                        item = None if source.exhausted else await source.pull()
+                        done = source.exhausted or self.engine.closing
+                        item = None if done else await source.pull()
                         if item is None:
                             return
                         asked = clock.monotonic()

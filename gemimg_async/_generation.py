@@ -15,6 +15,7 @@ import uuid
 import weakref
 from typing import Self
 
+import anyio
 import attrs
 import yarl
 
@@ -31,7 +32,7 @@ from ._events import (
     RequestSent,
     emit,
 )
-from ._exceptions import APIError, EventLoopError, GemimgError
+from ._exceptions import APIError, ClientClosedError, EventLoopError, GemimgError
 from ._inputs import encode_images
 from ._limits import Pool, Slot
 from ._models import ImageRequest, Timings
@@ -115,6 +116,16 @@ class Engine:
     """The client's listener: every call's events."""
     rng: random.Random = attrs.Factory(random.Random)
     _loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
+    closing: bool = False
+    """Set by `Client.aclose`: nothing new is sent, what is in flight may finish."""
+    _sending: int = 0
+    _idle: anyio.Event | None = None
+
+    async def drained(self) -> None:
+        """Return once no request is in flight (sent, its answer not read yet)."""
+        while self._sending:
+            self._idle = self._idle or anyio.Event()
+            await self._idle.wait()
 
     def check_loop(self) -> None:
         """EventLoopError unless the running loop is the one this engine first ran on (its
@@ -271,6 +282,20 @@ class Engine:
         self, outgoing: Outgoing, request: ImageRequest, delivery: Delivery, trace: _Trace
     ) -> Received:
         """One POST, its answer streamed into sinks; raises what the answer amounts to."""
+        if self.closing:
+            raise ClientClosedError("the client is closing: nothing new is sent")
+        self._sending += 1
+        try:
+            return await self._post(outgoing, request, delivery, trace)
+        finally:
+            self._sending -= 1
+            if not self._sending and self._idle is not None:
+                self._idle.set()
+                self._idle = None
+
+    async def _post(
+        self, outgoing: Outgoing, request: ImageRequest, delivery: Delivery, trace: _Trace
+    ) -> Received:
         answered = False
         listeners = (self.on_event, delivery.on_event)
         sent = self.clock.monotonic()
@@ -290,7 +315,7 @@ class Engine:
                     answer.chunks,
                     self.dialect,
                     request,
-                    self.saver.sink_opener(delivery.folder),
+                    self.saver.sink_opener(delivery),
                     request_id=answer.request_id,
                 )
         except GemimgError as error:

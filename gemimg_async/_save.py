@@ -47,6 +47,8 @@ class Delivery:
     overwrite: bool = False
     timeouts: Timeouts | None = None
     on_event: Listener | None = None
+    opener: Callable[[], ImageSink] | None = attrs.field(default=None, eq=False)
+    """Where inline images stream to, instead of memory or `folder` (`Client.stream`)."""
 
     @classmethod
     def to(
@@ -123,9 +125,13 @@ class Saver:
     host: ImageHost = attrs.field(factory=ImageHost, eq=False, repr=False)
     """The key-less download session; closed (one-off sessions) once its client is."""
 
-    def sink_opener(self, folder: Path | None) -> Callable[[], ImageSink]:
-        """Where an answer's inline images stream to: memory, or temporary files in `folder`
-        (memory standing in for a file that cannot be made: the image is paid for)."""
+    def sink_opener(self, delivery: Delivery) -> Callable[[], ImageSink]:
+        """Where an answer's inline images stream to: the delivery's own opener, memory, or
+        temporary files in its folder (memory standing in for a file that cannot be made: the
+        image is paid for)."""
+        if delivery.opener is not None:
+            return delivery.opener
+        folder = delivery.folder
         if folder is None:
             return functools.partial(MemoryImage, self.max_image_bytes)
 

@@ -15,10 +15,11 @@ import errno
 import io
 import logging
 import os
+import tempfile
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import aiofiles.threadpool
 import anyio
@@ -35,6 +36,7 @@ __all__ = [
     "ImageSink",
     "MemoryImage",
     "NotAnImageError",
+    "SpoolFile",
     "TooLargeError",
 ]
 
@@ -167,6 +169,52 @@ class MemoryImage:
         if self.failure is not None:
             raise self.failure
         return self._head.image(index, data=self.salvage())
+
+
+@attrs.define
+class SpoolFile:
+    """An image spooled to an unnamed temporary file (it has no name on disk, and goes when
+    closed): memory stays bounded, and it is read back once it is known to be the final image,
+    not a draft (`Client.stream`)."""
+
+    max_bytes: int
+    _file: IO[bytes] = attrs.field(factory=lambda: tempfile.TemporaryFile(buffering=0))  # noqa: SIM115
+    _head: _Head = attrs.field(init=False)
+    settled: GeneratedImage | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self._head = _Head(self.max_bytes)
+
+    @property
+    def size(self) -> int:
+        return self._head.size
+
+    def check(self) -> None:
+        """NotAnImageError unless the bytes so far are a whole image."""
+        self._head.info()
+
+    async def write(self, data: bytes) -> None:
+        self._head.take(data)
+        self._file.write(data)  # a page-cache write of one chunk: microseconds
+
+    def abort(self) -> None:
+        self._file.close()
+
+    def salvage(self) -> bytes | None:
+        self.abort()
+        return None
+
+    async def settle(
+        self, index: int, stem: str, *, overwrite: bool, fallback: str | None = None
+    ) -> GeneratedImage:
+        del stem, overwrite, fallback  # a spool has no name
+        self.settled = self._head.image(index)
+        self._file.seek(0)
+        return self.settled
+
+    def read(self, size: int) -> bytes:
+        """The next `size` bytes of the settled image (b"" at its end)."""
+        return self._file.read(size)
 
 
 class _GuardedFile(io.FileIO):

@@ -14,6 +14,7 @@ from gemimg_async import (
     Client,
     ClientClosedError,
     ConfigurationError,
+    GemimgError,
     GenerationResult,
     ImageRequest,
     OutcomeUnknownError,
@@ -32,6 +33,7 @@ from helpers import (
     no_temp_files,
     once,
     png_size,
+    wait_for,
 )
 
 pytestmark = pytest.mark.anyio
@@ -288,3 +290,58 @@ async def test_max_concurrency_one_serialises():
             tg.start_soon(client.generate, "a fox")
     assert len(relay.requests) == 5
     assert relay.max_in_flight == 1
+
+
+# --- shutting down: drain what is paid for ------------------------------------------------------
+
+
+async def test_aclose_with_drain_lets_sent_requests_finish(relay):
+    """aclose(drain=) waits for the request in flight (it is paid for); a call still waiting for
+    its place is refused unsent; later calls raise ClientClosedError."""
+    relay.latency = 0.3
+    try:
+        client = Client(API_KEY, relay.url, max_concurrency=1, clock=FakeClock())
+        async with anyio.create_task_group() as tg:
+            outcomes: dict[str, object] = {}
+
+            async def call(name: str) -> None:
+                try:
+                    outcomes[name] = await client.generate(name)
+                except GemimgError as error:
+                    outcomes[name] = error
+
+            tg.start_soon(call, "sent")
+            await wait_for(lambda: relay.in_flight == 1)
+            tg.start_soon(call, "queued")
+            await wait_for(lambda: client.stats.waiting == 1)
+            await client.aclose(drain=10)
+    finally:
+        relay.latency = 0.0
+    assert isinstance(outcomes["sent"], GenerationResult)
+    assert isinstance(outcomes["queued"], ClientClosedError)
+    assert [r.prompt for r in relay.requests] == ["sent"]
+    with pytest.raises(ClientClosedError):
+        await client.generate("later")
+
+
+async def test_aclose_drain_gives_up_after_its_timeout(relay):
+    """A request still in flight when the drain time is up ends as an unknown outcome."""
+    relay.latency = 5.0
+    try:
+        client = Client(API_KEY, relay.url, clock=FakeClock())
+        async with anyio.create_task_group() as tg:
+            errors: list[BaseException] = []
+
+            async def call() -> None:
+                try:
+                    await client.generate("slow")
+                except GemimgError as error:
+                    errors.append(error)
+
+            tg.start_soon(call)
+            await wait_for(lambda: relay.in_flight == 1)
+            with anyio.fail_after(3):
+                await client.aclose(drain=0.2)
+    finally:
+        relay.latency = 0.0
+    assert [type(e) for e in errors] == [OutcomeUnknownError]
