@@ -3,7 +3,10 @@ they came (C2PA, not a PNG, a head too long); the text chunks read back."""
 
 import os
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -191,3 +194,13 @@ def test_scan_png_finds_fields_and_c2pa(tmp_path):
         fields, found = scan_png(path)
         assert found is c2pa
         assert (fields.get("Description") == PROVENANCE.prompt) is (name == "a")
+
+
+def test_the_tagging_benchmark_runs():
+    """`bench_pngmeta.py --quick` finishes and reports both layouts, adding the same bytes."""
+    script = Path(__file__).parent.parent / "benchmarks" / "bench_pngmeta.py"
+    done = subprocess.run(  # noqa: S603 - our own script
+        [sys.executable, str(script), "--quick"], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.count("PngTagger:") == 2
+    assert "peak memory allocated while tagging" in done.stdout
