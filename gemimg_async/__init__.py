@@ -6,6 +6,7 @@ retries only what cannot be billed twice. See `Client`.
 
 import importlib.metadata
 
+from ._budget import Quote, QuoteRow
 from ._bulk import BatchRun, run_batch
 from ._client import ENV_API_KEY, ENV_BASE_URL, Client, ClientStats, GenerateOptions
 from ._clock import Clock, SystemClock
@@ -69,6 +70,8 @@ from ._exceptions import (
     TransportError,
     ValidationError,
 )
+from ._gallery import GALLERY_NAME, build_gallery
+from ._info import ImageInfo, read_info
 from ._jobs import BadLine, JobDefaults, content_id, read_jobs
 from ._manifest import MANIFEST_NAME, STATUSES, ManifestEntry, Status, read_manifest
 from ._models import (
@@ -82,7 +85,9 @@ from ._models import (
     Usage,
     resolve_model,
 )
+from ._prices import DEFAULT_PRICES, Cost, Prices, TokenPrices, estimate
 from ._progress import PlainProgress, Progress, RichProgress
+from ._provenance import Provenance
 from ._results import GenerationResult, Outcome, SaveError
 from ._sizes import PIXELS_1K, TIERS, Asked, Delivered, Tier
 from ._stream import ImageStream
@@ -96,11 +101,13 @@ __all__ = [
     "DEFAULT_DOWNLOAD_TIMEOUT",
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_MAX_IMAGE_BYTES",
+    "DEFAULT_PRICES",
     "DEFAULT_READ_TIMEOUT",
     "DEFAULT_READ_TIMEOUT_4K",
     "DIALECTS",
     "ENV_API_KEY",
     "ENV_BASE_URL",
+    "GALLERY_NAME",
     "MANIFEST_NAME",
     "MAX_INLINE_IMAGE_BYTES",
     "MAX_INPUT_IMAGES",
@@ -127,6 +134,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectError",
     "ContentPolicyError",
+    "Cost",
     "Delivered",
     "Dialect",
     "DownloadError",
@@ -139,6 +147,7 @@ __all__ = [
     "GenerationFinished",
     "GenerationResult",
     "ImageExpiredError",
+    "ImageInfo",
     "ImageInput",
     "ImageRequest",
     "ImageSaved",
@@ -160,7 +169,11 @@ __all__ = [
     "Outcome",
     "OutcomeUnknownError",
     "PlainProgress",
+    "Prices",
     "Progress",
+    "Provenance",
+    "Quote",
+    "QuoteRow",
     "RateLimitError",
     "RefusalError",
     "RequestSent",
@@ -175,12 +188,16 @@ __all__ = [
     "Tier",
     "Timeouts",
     "Timings",
+    "TokenPrices",
     "TooManyImagesError",
     "TransportError",
     "Usage",
     "ValidationError",
     "__version__",
+    "build_gallery",
     "content_id",
+    "estimate",
+    "read_info",
     "read_jobs",
     "read_manifest",
     "resolve_model",

@@ -11,21 +11,43 @@ import gemimg_async
 # Private modules whose names a user works with: everything in their __all__ is exported,
 # except the helpers listed in INTERNAL with the reason they stay inside.
 USER_FACING_MODULES = (
+    "_budget",
     "_bulk",
     "_client",
     "_clock",
     "_config",
     "_events",
     "_exceptions",
+    "_gallery",
+    "_info",
     "_jobs",
     "_manifest",
     "_models",
+    "_prices",
     "_progress",
+    "_provenance",
     "_results",
     "_sizes",
     "_summary",
 )
 INTERNAL = {
+    "_budget.Budget",  # run_batch(max_cost=) keeps one; the manifest is its ledger
+    "_budget.charge_of",  # the rule Budget applies to a finished job
+    "_gallery.Card",  # one tile of the page, built from manifest entries
+    "_gallery.PILLOW_MISSING",  # the message of the ConfigurationError without Pillow
+    "_gallery.THUMBS",  # where thumbnails go: OUT/.thumbs
+    "_gallery.cards_of",  # build_gallery's reading of the manifest
+    "_gallery.make_thumbnail",  # build_gallery makes them
+    "_gallery.render",  # build_gallery's page, without the files
+    "_info.sidecar_bytes",  # what write_sidecar writes
+    "_info.sidecar_path",  # where the sinks put a sidecar: {image}.json; read_info finds it
+    "_info.write_sidecar",  # the sinks write sidecars
+    "_prices.COST_HEADER",  # LiteLLM's header name, read by reported_cost
+    "_prices.header_cost",  # the client reads each answer's reported cost
+    "_prices.reported_cost",  # ... through this
+    "_prices.usage_cost",  # ... or prices its usage
+    "_provenance.KEYWORDS",  # the PNG keywords of Provenance's fields
+    "_provenance.software",  # the library name and version written into files
     "_jobs.count_jobs",  # a progress estimate for the CLI
     "_jobs.iterable_jobs",  # run_batch takes requests directly; this numbers them
     "_manifest.optional_str",  # a field check shared with the send log's lines
