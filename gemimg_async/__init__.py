@@ -57,6 +57,7 @@ from ._exceptions import (
     InvalidPromptError,
     InvalidResponseFormatError,
     InvalidSizeError,
+    LimiterUnavailableError,
     MalformedResponseError,
     OutcomeUnknownError,
     RateLimitError,
@@ -83,6 +84,7 @@ from ._progress import PlainProgress, Progress, RichProgress
 from ._results import GenerationResult, Outcome
 from ._sizes import PIXELS_1K, TIERS, Asked, Delivered, Tier
 from ._summary import BatchStats, BatchSummary
+from .redis import RedisLimiter
 
 __version__ = importlib.metadata.version("gemimg-async")
 
@@ -145,6 +147,7 @@ __all__ = [
     "InvalidResponseFormatError",
     "InvalidSizeError",
     "JobDefaults",
+    "LimiterUnavailableError",
     "Listener",
     "MalformedResponseError",
     "ManifestEntry",
@@ -154,6 +157,7 @@ __all__ = [
     "PlainProgress",
     "Progress",
     "RateLimitError",
+    "RedisLimiter",
     "RefusalError",
     "RequestSent",
     "ResponseFormat",
