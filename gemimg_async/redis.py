@@ -206,16 +206,14 @@ class RedisLimiter:
             await asyncio.wait([self._task])
         with anyio.move_on_after(2 * self.timeout, shield=True):
             if not self._down:
-                with contextlib.suppress(UnreachableError):
-                    await self._talk(self._leave())
+                with contextlib.suppress(UnreachableError, ConfigurationError):
+                    await self._talk(self._leave())  # else the leases expire within the TTL
             if self._background:
                 await asyncio.wait(self._background)
             await self._store.aclose()
         for task in self._background:
             task.cancel()
         self._held.clear()
-
-    # inside
 
     async def _try(self, key: str, token: str, maximum: int) -> float | None:
         """None when `token` got a place; else how long to wait before looking again."""
@@ -251,6 +249,8 @@ class RedisLimiter:
             await self._talk(self._store.release(key, token))
         except UnreachableError as exc:
             self._went_down(exc, failing=False)  # the lease expires within the TTL
+        except ConfigurationError as exc:  # refused credentials: acquisitions say so
+            log.warning("%s; a place is left to expire", exc)
         finally:
             self._signals.notify(key)
 

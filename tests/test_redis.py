@@ -435,6 +435,20 @@ async def test_unreachable_redis_fails_when_told_to(own_redis, limiters, caplog)
     assert limiter.shared
 
 
+async def test_refused_credentials_are_a_configuration_error(own_redis, limiters):
+    """A wrong Redis password is no outage to ride out: ConfigurationError, in either mode,
+    without the password in it."""
+    async with redis.asyncio.Redis.from_url(own_redis.url) as client:
+        await client.config_set("requirepass", "right-password")
+    url = own_redis.url.replace("redis://", "redis://:wrong-password@")
+    for mode in ("local", "fail"):
+        limiter = limiters(url, on_unreachable=mode)
+        with pytest.raises(ConfigurationError, match="refused") as info:
+            await limiter.acquire("k", 1)
+        assert "wrong-password" not in str(info.value)
+        assert limiter.shared
+
+
 async def test_redis_never_reached_gives_the_assumed_share(limiters):
     """Redis down from the start: 1/8 of the places (DEFAULT_ASSUMED_PROCESSES), or 1/N with
     `processes=N`; the rate is shared the same way."""
