@@ -60,6 +60,7 @@ from ._exceptions import (
     InvalidPromptError,
     InvalidResponseFormatError,
     InvalidSizeError,
+    LimiterUnavailableError,
     MalformedResponseError,
     ModelNotServedError,
     OutcomeUnknownError,
@@ -92,6 +93,7 @@ from ._results import GenerationResult, Outcome, SaveError
 from ._sizes import PIXELS_1K, TIERS, Asked, Delivered, Tier
 from ._stream import ImageStream
 from ._summary import BatchStats, BatchSummary
+from .redis import RedisLimiter
 
 __version__ = importlib.metadata.version("gemimg-async")
 
@@ -161,6 +163,7 @@ __all__ = [
     "InvalidResponseFormatError",
     "InvalidSizeError",
     "JobDefaults",
+    "LimiterUnavailableError",
     "Listener",
     "MalformedResponseError",
     "ManifestEntry",
@@ -175,6 +178,7 @@ __all__ = [
     "Quote",
     "QuoteRow",
     "RateLimitError",
+    "RedisLimiter",
     "RefusalError",
     "RequestSent",
     "ResponseFormat",

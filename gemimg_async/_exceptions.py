@@ -5,6 +5,7 @@ Every error is a `GemimgError`; catch that to catch them all::
     GemimgError
     ├── ClientClosedError           the client was closed (by `aclose`) while it was in use
     ├── ConfigurationError          no key, a bad base URL, http:// to a remote host
+    ├── LimiterUnavailableError     Redis, which shares the limits, is unreachable (and "fail")
     ├── ValidationError (ValueError)  bad input, caught before anything is sent or paid
     │   ├── InvalidModelError
     │   ├── InvalidPromptError
@@ -57,6 +58,7 @@ __all__ = [
     "InvalidPromptError",
     "InvalidResponseFormatError",
     "InvalidSizeError",
+    "LimiterUnavailableError",
     "MalformedResponseError",
     "ModelNotServedError",
     "OutcomeUnknownError",
@@ -110,6 +112,11 @@ class ClientClosedError(GemimgError):
 
 class ConfigurationError(GemimgError):
     """The client cannot be configured as asked: no key, a bad base URL, an unsafe scheme."""
+
+
+class LimiterUnavailableError(GemimgError):
+    """The limiter shared through Redis cannot reach it, and was told to fail rather than fall
+    back to a local share of the limits. Nothing was sent for the request that got it."""
 
 
 class ValidationError(GemimgError, ValueError):

@@ -15,11 +15,10 @@ import errno
 import io
 import logging
 import os
-import tempfile
 import threading
 import uuid
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import aiofiles.threadpool
 import anyio
@@ -33,10 +32,10 @@ __all__ = [
     "TEMP_PREFIX",
     "WRITE_BLOCK",
     "AtomicFile",
+    "Head",
     "ImageSink",
     "MemoryImage",
     "NotAnImageError",
-    "SpoolFile",
     "TooLargeError",
 ]
 
@@ -76,7 +75,7 @@ class ImageSink(Protocol):
 
 
 @attrs.define
-class _Head:
+class Head:
     """The first and last bytes of an image: enough to check it is one, and whole, and to read
     its size."""
 
@@ -136,11 +135,11 @@ class MemoryImage:
 
     max_bytes: int
     failure: OSError | None = None
-    _head: _Head = attrs.field(init=False)
+    _head: Head = attrs.field(init=False)
     _data: io.BytesIO = attrs.Factory(io.BytesIO)
 
     def __attrs_post_init__(self) -> None:
-        self._head = _Head(self.max_bytes)
+        self._head = Head(self.max_bytes)
 
     @property
     def size(self) -> int:
@@ -169,52 +168,6 @@ class MemoryImage:
         if self.failure is not None:
             raise self.failure
         return self._head.image(index, data=self.salvage())
-
-
-@attrs.define
-class SpoolFile:
-    """An image spooled to an unnamed temporary file (it has no name on disk, and goes when
-    closed): memory stays bounded, and it is read back once it is known to be the final image,
-    not a draft (`Client.stream`)."""
-
-    max_bytes: int
-    _file: IO[bytes] = attrs.field(factory=lambda: tempfile.TemporaryFile(buffering=0))  # noqa: SIM115
-    _head: _Head = attrs.field(init=False)
-    settled: GeneratedImage | None = None
-
-    def __attrs_post_init__(self) -> None:
-        self._head = _Head(self.max_bytes)
-
-    @property
-    def size(self) -> int:
-        return self._head.size
-
-    def check(self) -> None:
-        """NotAnImageError unless the bytes so far are a whole image."""
-        self._head.info()
-
-    async def write(self, data: bytes) -> None:
-        self._head.take(data)
-        self._file.write(data)  # a page-cache write of one chunk: microseconds
-
-    def abort(self) -> None:
-        self._file.close()
-
-    def salvage(self) -> bytes | None:
-        self.abort()
-        return None
-
-    async def settle(
-        self, index: int, stem: str, *, overwrite: bool, fallback: str | None = None
-    ) -> GeneratedImage:
-        del stem, overwrite, fallback  # a spool has no name
-        self.settled = self._head.image(index)
-        self._file.seek(0)
-        return self.settled
-
-    def read(self, size: int) -> bytes:
-        """The next `size` bytes of the settled image (b"" at its end)."""
-        return self._file.read(size)
 
 
 class _GuardedFile(io.FileIO):
@@ -249,14 +202,14 @@ class AtomicFile:
     _tmp: Path
     _raw: _GuardedFile
     _file: AsyncFileIO
-    _head: _Head = attrs.field(init=False)
+    _head: Head = attrs.field(init=False)
     _pending: bytearray = attrs.Factory(bytearray)
     _written: int = 0
     _failure: OSError | None = None
     """Why the file takes no more: the bytes since are kept in `_pending` for `salvage`."""
 
     def __attrs_post_init__(self) -> None:
-        self._head = _Head(self.max_bytes)
+        self._head = Head(self.max_bytes)
 
     @classmethod
     def create(cls, folder: Path, *, max_bytes: int) -> AtomicFile:

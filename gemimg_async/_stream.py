@@ -9,8 +9,10 @@ connection drop, and nothing is left on disk.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from types import TracebackType
+from typing import IO
 
 import anyio
 import attrs
@@ -22,9 +24,9 @@ from ._models import GeneratedImage, ImageRequest
 from ._results import GenerationResult
 from ._save import Delivery
 from ._secrets import forgetting
-from ._sinks import ImageSink, SpoolFile
+from ._sinks import Head, ImageSink
 
-__all__ = ["ImageStream", "Streaming"]
+__all__ = ["ImageStream", "SpoolFile", "Streaming"]
 
 BLOCK = 256 * 1024
 """Bytes handed on at a time."""
@@ -103,6 +105,52 @@ class Streaming:
         first = await anext(download)
         info = sniff(first[:SNIFF_BYTES])
         return ImageStream(info.media_type if info else _UNKNOWN, result, _then(first, download))
+
+
+@attrs.define
+class SpoolFile:
+    """An image spooled to an unnamed temporary file (it has no name on disk, and goes when
+    closed): memory stays bounded, and it is read back once it is known to be the final image,
+    not a draft (`Client.stream`)."""
+
+    max_bytes: int
+    _file: IO[bytes] = attrs.field(factory=lambda: tempfile.TemporaryFile(buffering=0))  # noqa: SIM115
+    _head: Head = attrs.field(init=False)
+    settled: GeneratedImage | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self._head = Head(self.max_bytes)
+
+    @property
+    def size(self) -> int:
+        return self._head.size
+
+    def check(self) -> None:
+        """NotAnImageError unless the bytes so far are a whole image."""
+        self._head.info()
+
+    async def write(self, data: bytes) -> None:
+        self._head.take(data)
+        self._file.write(data)  # a page-cache write of one chunk: microseconds
+
+    def abort(self) -> None:
+        self._file.close()
+
+    def salvage(self) -> bytes | None:
+        self.abort()
+        return None
+
+    async def settle(
+        self, index: int, stem: str, *, overwrite: bool, fallback: str | None = None
+    ) -> GeneratedImage:
+        del stem, overwrite, fallback  # a spool has no name
+        self.settled = self._head.image(index)
+        self._file.seek(0)
+        return self.settled
+
+    def read(self, size: int) -> bytes:
+        """The next `size` bytes of the settled image (b"" at its end)."""
+        return self._file.read(size)
 
 
 async def _read(read: Callable[[int], bytes]) -> AsyncIterator[bytes]:

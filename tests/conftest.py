@@ -1,14 +1,16 @@
 """Fixtures only (shared helpers are in helpers.py): one fake relay per test session, on
-127.0.0.1, that each test gets freshly reset; a client of it; folders to write to."""
+127.0.0.1, that each test gets freshly reset; a client of it; folders to write to; redis-server."""
 
-from collections.abc import AsyncIterator
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from gemimg_async import Client
 from gemimg_async.testing import FakeClock, FakeRelay
-from helpers import API_KEY
+from helpers import API_KEY, REDIS_INSTALL_HINT, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -65,3 +67,32 @@ def folder(tmp_path: Path) -> Path:
 def out(tmp_path: Path) -> Path:
     """A batch's output folder, not made yet."""
     return tmp_path / "out"
+
+
+def _redis_server(folder: Path) -> RedisServer:
+    """A RedisServer not started yet; the test is skipped where redis-server is missing (and
+    fails under CI, whose .ci/run installs it)."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(REDIS_INSTALL_HINT)
+        pytest.skip(REDIS_INSTALL_HINT)
+    return RedisServer(executable, folder)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session; tests keep apart by a prefix of their own."""
+    server = _redis_server(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, which it may stop and start again (same port)."""
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    server = _redis_server(folder).start()
+    yield server
+    server.stop()

@@ -1,5 +1,5 @@
 """What the test files share besides fixtures (those are in conftest.py): names, image bytes,
-readers of PNGs, clients and folders, and a poll.
+readers of PNGs, clients and folders, a poll, and a real redis-server.
 
 PNGs to send are made by `gemimg_async.testing.png()`; the other image types are built here.
 """
@@ -11,6 +11,8 @@ import io
 import json
 import socket
 import struct
+import subprocess
+import time
 import traceback
 import uuid
 import zlib
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import anyio
+import attrs
 
 from gemimg_async import MANIFEST_NAME, Client, RetryPolicy
 from gemimg_async.testing import FakeClock, FakeRelay, _images
@@ -321,3 +324,74 @@ async def wait_for(condition) -> None:
     with anyio.fail_after(20):
         while not condition():  # noqa: ASYNC110 - polling another party's state
             await anyio.sleep(0.005)
+
+
+# --- redis-server ------------------------------------------------------------------------------
+
+REDIS_INSTALL_HINT = "redis-server is not installed: apt-get install redis-server (Debian, Ubuntu)"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_answers(port: int) -> bool:
+    """Whether a Redis server on 127.0.0.1:`port` answers PING."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@attrs.define
+class RedisServer:
+    """A real `redis-server` (Debian's package) on 127.0.0.1, without persistence, in `folder`;
+    `stop()` and `start()` again keep its port, to play an outage."""
+
+    executable: str
+    folder: Path
+    port: int = 0
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        for _ in range(5):  # a free port can be taken between the look and the bind
+            port = self.port or free_port()
+            process = subprocess.Popen(  # noqa: S603 - our own argument list
+                [
+                    *(self.executable, "--port", str(port), "--bind", "127.0.0.1"),
+                    *("--save", "", "--appendonly", "no", "--dir", str(self.folder)),
+                    *("--daemonize", "no", "--loglevel", "warning"),
+                    *("--logfile", str(self.folder / "redis.log")),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + 10
+            while process.poll() is None and time.monotonic() < deadline:
+                if redis_answers(port):
+                    self.port, self.process = port, process
+                    return self
+                time.sleep(0.02)
+            process.kill()
+            process.wait()
+        log = self.folder / "redis.log"
+        raise RuntimeError(f"redis-server did not start: {log.read_text() if log.exists() else ''}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None

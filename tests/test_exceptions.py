@@ -20,6 +20,7 @@ from gemimg_async import (
     InvalidPromptError,
     InvalidResponseFormatError,
     InvalidSizeError,
+    LimiterUnavailableError,
     MalformedResponseError,
     OutcomeUnknownError,
     RateLimitError,
@@ -36,6 +37,7 @@ def test_the_error_tree_is_rooted_at_gemimg_error():
     tree = {
         ClientClosedError: GemimgError,
         ConfigurationError: GemimgError,
+        LimiterUnavailableError: GemimgError,
         ValidationError: GemimgError,
         InvalidModelError: ValidationError,
         InvalidPromptError: ValidationError,
