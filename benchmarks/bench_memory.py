@@ -42,7 +42,10 @@ from typing import Any, Literal, cast
 
 from _loopstall import StallProbe
 
-PEERS = ("gemimg_async", "naive", "openai")
+PEERS = ("gemimg_async", "gemimg_chat", "gemimg_gemini", "naive", "openai")
+DIALECT_PEERS = {"gemimg_chat": "chat", "gemimg_gemini": "gemini"}
+"""gemimg_async speaking the other dialects: their answers hold the image inline (chat as a
+Markdown data: URL in the message text, gemini in inlineData), so b64_json only."""
 FORMATS = ("b64_json", "url")
 BASELINE_PEER = "naive"
 MODELS = {
@@ -88,12 +91,14 @@ GenerateOne = Callable[[int], Awaitable[None]]
 Session = Callable[[Job], AbstractAsyncContextManager[GenerateOne]]
 
 
-def _load_gemimg_async() -> Session:
+def _load_gemimg_async(dialect: str = "images") -> Session:
     from gemimg_async import Client  # noqa: PLC0415 - a worker imports its own peer only
 
     @contextlib.asynccontextmanager
     async def session(job: Job) -> AsyncIterator[GenerateOne]:
-        async with Client(API_KEY, job.relay, max_concurrency=job.in_flight) as client:
+        async with Client(
+            API_KEY, job.relay, max_concurrency=job.in_flight, dialect=dialect
+        ) as client:
 
             async def one(_: int) -> None:
                 await client.generate(
@@ -185,6 +190,8 @@ def _load_openai() -> Session:
 
 LOADERS: dict[str, Callable[[], Session]] = {
     "gemimg_async": _load_gemimg_async,
+    "gemimg_chat": lambda: _load_gemimg_async("chat"),
+    "gemimg_gemini": lambda: _load_gemimg_async("gemini"),
     "naive": _load_naive,
     "openai": _load_openai,
 }
@@ -321,6 +328,10 @@ def fake_relay_process(latency: float, style: str) -> Iterator[tuple[str, int]]:
         url_file = Path(folder) / "url"
         command = [sys.executable, "-m", "gemimg_async", "fake-server", "--port", "0"]
         command += ["--style", style, "--latency", str(latency), "--url-file", str(url_file)]
+        command += [
+            "--chat-style",
+            "markdown",
+        ]  # the image inside the message's text: the hard case
         relay = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + RELAY_START_TIMEOUT
@@ -385,6 +396,7 @@ def plan(args: argparse.Namespace) -> list[Case]:
         for in_flight in args.in_flight
         for response_format in args.formats
         for peer in args.peers
+        if response_format == "b64_json" or peer not in DIALECT_PEERS
     ]
     if "gemimg_async" in args.peers and "b64_json" in args.formats:
         cases += [Case("gemimg_async", "b64_json", n) for n in args.slope]
@@ -472,6 +484,7 @@ def peer_table(args: argparse.Namespace, results: dict[Case, dict[str, Any]], n:
         [peer, response_format, *_measured_cells(results[Case(peer, response_format, n)])]
         for response_format in args.formats
         for peer in args.peers
+        if response_format == "b64_json" or peer not in DIALECT_PEERS
     ]
     return _table(("peer", "format", *MEASURED_HEADER), rows, text_columns=2)
 
@@ -486,7 +499,9 @@ def ratio_table(args: argparse.Namespace, results: dict[Case, dict[str, Any]], n
     for response_format in args.formats:
         base = results[Case(BASELINE_PEER, response_format, n)]
         for peer in args.peers:
-            record = results[Case(peer, response_format, n)]
+            record = results.get(Case(peer, response_format, n))
+            if record is None:  # a dialect peer: b64_json only
+                continue
             if not (base.get("ok") and record.get("ok")):
                 rows.append([peer, response_format, "-", "-", "-", "-"])
                 continue
@@ -522,26 +537,27 @@ Check = tuple[str, bool]
 def rss_checks(args: argparse.Namespace, results: dict[Case, dict[str, Any]]) -> list[Check]:
     checks = []
     for n in args.in_flight:
-        ours = results.get(Case("gemimg_async", "b64_json", n))
         base = results.get(Case(BASELINE_PEER, "b64_json", n))
-        if ours and base and ours.get("ok") and base.get("ok"):
-            factor = base["peak_rss_kib"] / ours["peak_rss_kib"]
-            text = f"b64_json x{n}: peak RSS {factor:.1f}x below {BASELINE_PEER}'s"
-            checks.append(
-                (f"{text} (target >= {TARGET_RSS_FACTOR:g}x)", factor >= TARGET_RSS_FACTOR)
-            )
+        for peer in ("gemimg_async", *DIALECT_PEERS):
+            ours = results.get(Case(peer, "b64_json", n))
+            if ours and base and ours.get("ok") and base.get("ok"):
+                factor = base["peak_rss_kib"] / ours["peak_rss_kib"]
+                text = f"{peer} b64_json x{n}: peak RSS {factor:.1f}x below {BASELINE_PEER}'s"
+                checks.append(
+                    (f"{text} (target >= {TARGET_RSS_FACTOR:g}x)", factor >= TARGET_RSS_FACTOR)
+                )
     return checks
 
 
 def stall_checks(results: dict[Case, dict[str, Any]]) -> list[Check]:
     checks = []
     ours = sorted(
-        (case for case in results if case.peer == "gemimg_async"),
-        key=lambda case: (case.format, case.in_flight),
+        (case for case in results if case.peer.startswith("gemimg")),
+        key=lambda case: (case.peer, case.format, case.in_flight),
     )
     for case in ours:
         record = results[case]
-        name = f"{case.format} x{case.in_flight}"
+        name = f"{case.peer} {case.format} x{case.in_flight}"
         if not record.get("ok"):
             checks.append((f"{name}: the run failed", False))
             continue
@@ -678,7 +694,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _defaults(args: argparse.Namespace) -> None:
     quick = args.quick
-    args.peers = args.peers or (["gemimg_async", "naive"] if quick else list(PEERS))
+    args.peers = args.peers or ([*LOADERS][:3] + ["naive"] if quick else list(PEERS))
     args.formats = args.formats or list(FORMATS)
     args.in_flight = args.in_flight or ([4] if quick else [16])
     if args.slope is None:
