@@ -12,7 +12,8 @@ BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
 
 def test_the_memory_benchmark_runs_and_its_files_are_right(tmp_path):
-    """`bench_memory.py --quick` finishes, and every file each peer wrote is the relay's PNG."""
+    """`bench_memory.py --quick` finishes, and every file each peer wrote, in every dialect, is
+    the relay's PNG."""
     script = BENCHMARKS / "bench_memory.py"
     done = subprocess.run(  # noqa: S603 - our own script, run by our own interpreter
         [sys.executable, str(script), "--quick", "--tmp-dir", str(tmp_path)],
@@ -29,7 +30,7 @@ def test_the_memory_benchmark_runs_and_its_files_are_right(tmp_path):
     ]
     header, *rows = [cells for cells in tables if cells[-1] in ("correct", "yes", "no")]
     assert header[-1] == "correct"
-    assert {row[0] for row in rows} == {"gemimg_async", "naive"}
+    assert {row[0] for row in rows} == {"gemimg_async", "gemimg_chat", "gemimg_gemini", "naive"}
     assert all(row[-1] == "yes" for row in rows)
 
 
