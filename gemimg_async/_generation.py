@@ -6,10 +6,12 @@ pool, the retry policy and budget, and the `Saver` that puts paid images in plac
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import random
-import time
+import re
+import unicodedata
 import uuid
 from typing import Self
 
@@ -190,7 +192,7 @@ class Engine:
         self.budget.succeeded()
         generated = self.clock.monotonic()
         reading = received.reading
-        stem = request.id or _default_stem(reading.created or self.clock.time(), trace.key)
+        stem = request.id or _default_stem(request.prompt, trace.key)
         images = await self.saver.place(received.images, stem, delivery, paid=trace.key[:8])
         for image in images:
             if image.path is not None:
@@ -255,8 +257,20 @@ class Engine:
             raise
 
 
-def _default_stem(created: float, key: str) -> str:
-    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(created))}-{key[:8]}"
+def _default_stem(prompt: str, key: str) -> str:
+    """`a-lighthouse-at-dusk_3f9c12ab`: the prompt's first words in ASCII (accents dropped;
+    `image` when none is left, as for a Chinese prompt) and 8 characters of the generation's key,
+    as its log lines show them (a hash of it, for a key of other characters)."""
+    folded = unicodedata.normalize("NFKD", prompt.casefold()).encode("ascii", "ignore").decode()
+    slug = ""
+    for word in re.findall(r"[a-z0-9]+", folded):
+        if slug and len(slug) + len(word) >= 40:  # noqa: PLR2004 - a name, not the prompt
+            break
+        slug = f"{slug}-{word}" if slug else word[:40]
+    unique = key[:8].lower()
+    if not re.fullmatch(r"[0-9a-z]{8}", unique):
+        unique = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{slug or 'image'}_{unique}"
 
 
 def _said(error: BaseException) -> str:
