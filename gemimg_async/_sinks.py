@@ -27,6 +27,7 @@ from aiofiles.threadpool.binary import AsyncFileIO
 
 from ._media import SNIFF_BYTES, MediaInfo, sniff
 from ._models import GeneratedImage, check_stem
+from ._tempfiles import claim
 
 __all__ = [
     "TEMP_PREFIX",
@@ -191,8 +192,12 @@ class AtomicFile:
     @classmethod
     def create(cls, folder: Path, *, max_bytes: int) -> AtomicFile:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}.part"
-        raw = _GuardedFile(tmp)
+        while True:
+            tmp = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}.part"
+            raw = _GuardedFile(tmp)
+            if claim(raw.fileno(), tmp):  # held until placed: sweeps remove only the dead's
+                break
+            raw.close()
         return cls(folder, max_bytes, tmp, raw, aiofiles.threadpool.wrap(raw))
 
     @property

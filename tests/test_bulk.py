@@ -14,6 +14,7 @@ from gemimg_async import (
     Client,
     ImageRequest,
     JobDefaults,
+    ManifestEntry,
     content_id,
     run_batch,
 )
@@ -228,6 +229,7 @@ async def test_abort_records_what_was_in_flight_as_outcome_unknown(tmp_path, out
         assert len(lines) == 3
         assert all(line["status"] == "outcome_unknown" for line in lines)
         assert all("may have been billed" in line["error"] for line in lines)
+        assert all(line["attempts"] == 1 for line in lines)  # what was sent is recorded
         keys = {line["prompt"]: line["idempotency_keys"] for line in lines}
         assert keys == {r.prompt: [r.idempotency_key] for r in relay.requests}
         sent_before = set(prompts_sent(relay))
@@ -283,3 +285,53 @@ async def test_a_full_disk_halts_the_batch(relay, client, tmp_path, out, monkeyp
     assert summary.halted is not None
     assert "takes no more" in summary.halted
     assert len(relay.requests) == 1
+
+
+async def test_a_job_waiting_for_its_rate_slot_at_stop_is_not_sent(relay, tmp_path, out):
+    """With `rpm`, a job taken but still waiting for its start is not sent after stop(), nor
+    recorded: it never reached the relay, and the next run sends it."""
+    jobs = write_jobs(tmp_path, "jobs.txt", ["job 0", "job 1"])
+    async with Client(API_KEY, relay.url, rpm=1, max_concurrency=2) as client:
+        batch = BatchRun(client, out)
+        with anyio.fail_after(30):  # far less than the minute job 1 waits for its start
+            async with anyio.create_task_group() as tg:
+
+                async def run() -> None:
+                    nonlocal summary
+                    summary = await batch.run(jobs)
+
+                summary = None
+                tg.start_soon(run)
+                await wait_for(lambda: (out / MANIFEST_NAME).exists() and manifest_lines(out))
+                batch.stop()
+        assert summary.interrupted
+        assert prompts_sent(relay) == ["job 0"]
+        assert [line["prompt"] for line in manifest_lines(out)] == ["job 0"]
+        assert not (out / ".manifest-sent.jsonl").read_bytes()
+    async with Client(API_KEY, relay.url, clock=FakeClock()) as again:
+        rest = await run_batch(again, jobs, out)
+    assert prompts_sent(relay) == ["job 0", "job 1"]
+    assert rest.ok
+
+
+async def test_a_manifest_without_fingerprints_resumes_as_unchanged(relay, client, tmp_path, out):
+    """Jobs saved by a version that kept no fingerprint are skipped as before, never counted
+    changed; a changed job held outcome_unknown is redone with a new key only when asked."""
+    out.mkdir()
+    (out / "fox_0.png").write_bytes(b"png")
+    lines = [
+        ManifestEntry(id="fox", status="saved", paths=("fox_0.png",), prompt="a fox"),
+        ManifestEntry(
+            id="cat", status="outcome_unknown", idempotency_keys=("old-key",), fingerprint="x"
+        ),
+    ]
+    (out / MANIFEST_NAME).write_bytes(b"".join(entry.to_line() for entry in lines))
+    jobs = [ImageRequest("a fox", id="fox", size="16:9"), ImageRequest("a cat", id="cat")]
+    summary = await run_batch(client, jobs, out)
+    assert relay.requests == []
+    assert (summary.skipped, summary.changed) == (2, 1)
+    assert not summary.ok
+    summary = await run_batch(client, jobs, out, redo_changed=True)
+    assert prompts_sent(relay) == ["a cat"]
+    assert relay.requests[0].idempotency_key != "old-key"  # another request: another key
+    assert summary.ok

@@ -1,16 +1,30 @@
-"""A batch's output folder (`_outdir`): the images it holds by job id, and what dead runs left
-behind; through `run_batch` against the fake relay.
+"""A batch's output folder (`_outdir`): whether it takes files, the images it holds by job id,
+and what dead runs left behind; through `run_batch` against the fake relay.
 """
 
+import fcntl
 import os
-import time
+from pathlib import Path
 
 import pytest
 
-from gemimg_async import MANIFEST_NAME, run_batch
+from gemimg_async import MANIFEST_NAME, ConfigurationError, run_batch
+from gemimg_async._outdir import FolderImages, check_folder
+from gemimg_async._sinks import AtomicFile
 from helpers import is_complete_png, jsonl, latest, prompts_sent, write_jobs
 
 pytestmark = pytest.mark.anyio
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot create files in: /sys as root (permission bits do not stop
+    root; /sys refuses new files to root too), else a folder without write permission."""
+    if os.geteuid() == 0:
+        return Path("/sys")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
 
 
 async def test_images_without_a_manifest_line_are_recorded_saved_without_a_request(
@@ -39,14 +53,61 @@ async def test_an_incomplete_image_set_is_generated_again_in_full(relay, client,
     assert is_complete_png(out / "two_0.png")  # replaced: the batch owns its file names
 
 
-async def test_stale_temporary_files_of_a_dead_run_are_removed(client, out):
-    """Temporary image files untouched for a long while are removed when a batch starts."""
+async def test_temporary_files_no_process_holds_are_removed_however_fresh(client, out):
+    """A batch start removes the temporary image files no live process holds (a killed run's),
+    however fresh; one a writer holds (its flock, as AtomicFile takes) stays."""
     out.mkdir()
-    stale, fresh = out / ".gemimg-dead.part", out / ".gemimg-live.part"
-    stale.write_bytes(b"partial")
-    fresh.write_bytes(b"partial")
-    long_ago = time.time() - 3600
-    os.utime(stale, (long_ago, long_ago))
-    await run_batch(client, [], out)
-    assert not stale.exists()
-    assert fresh.exists()  # another process may still be writing it
+    dead, live = out / ".gemimg-dead.part", out / ".gemimg-live.part"
+    dead.write_bytes(b"partial")
+    with live.open("wb") as writer:
+        fcntl.flock(writer, fcntl.LOCK_EX)
+        await run_batch(client, [], out)
+        assert live.exists()  # another process may still be writing it
+    assert not dead.exists()
+
+
+def test_an_image_streaming_in_is_not_swept(out):
+    """The temporary file of an image being written (AtomicFile) survives a scan of its folder;
+    once aborted it is gone."""
+    sink = AtomicFile.create(out, max_bytes=1 << 20)
+    FolderImages.scan(out)
+    assert [path.name for path in out.iterdir() if path.name.startswith(".gemimg-")]
+    sink.abort()
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda tmp: tmp / "notes.txt", "is a file, not a folder"),
+        (lambda tmp: tmp / "notes.txt" / "images", "notes.txt is a file"),
+        (unwritable_folder, "cannot create files in"),
+    ],
+    ids=["a-file", "under-a-file", "unwritable"],
+)
+def test_a_folder_that_cannot_take_images_is_refused(tmp_path, make, message):
+    """check_folder refuses a file, a path under a file and a folder that takes no new file,
+    with ConfigurationError naming it by the name given (`--out`)."""
+    (tmp_path / "notes.txt").write_text("not a folder\n")
+    with pytest.raises(ConfigurationError, match=message) as caught:
+        check_folder(make(tmp_path), what="--out")
+    assert str(caught.value).count("--out") == 1
+    assert (tmp_path / "notes.txt").read_text() == "not a folder\n"
+
+
+def test_a_folder_that_takes_files_is_made_and_left_clean(tmp_path):
+    """check_folder makes a missing folder and leaves nothing of its probe in it."""
+    check_folder(tmp_path / "a" / "b")
+    assert list((tmp_path / "a" / "b").iterdir()) == []
+
+
+def test_symlinked_images_are_not_images_of_the_folder(out, tmp_path):
+    """An image name that is a symlink does not count as a job's image: a planted link never
+    makes a job look saved."""
+    out.mkdir()
+    (tmp_path / "elsewhere.png").write_bytes(b"png")
+    (out / "fox_0.png").symlink_to(tmp_path / "elsewhere.png")
+    (out / "cat_0.png").write_bytes(b"png")
+    images = FolderImages.scan(out)
+    assert images.complete("fox", 1) is None
+    assert images.complete("cat", 1) == ("cat_0.png",)
