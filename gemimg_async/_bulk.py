@@ -95,7 +95,8 @@ class BatchRun:
         return self._stopping
 
     def stop(self) -> None:
-        """Take no new job; the requests already sent finish and are recorded."""
+        """Take no new job; the requests already sent finish and are recorded; jobs taken but
+        still waiting for their turn are let go unsent."""
         self._stopping = True
         if self._in_flight == 0:  # only jobs waiting for their turn, if any: let them go
             self._scope.cancel()

@@ -63,11 +63,10 @@ class Flights:
         if isinstance(event, RequestSent):
             flight.attempts = event.attempt
             if flight.sent is None:
-                line = SentJob.of(
+                flight.sent = SentJob.of(  # in flight even if its line cannot be written
                     flight.request, started=self.clock.time(), fingerprint=flight.fingerprint
                 )
-                flight.sent = line  # in flight even if the line cannot be written
-                flight.sent = self.journal.log_sent(line)
+                flight.sent = self.journal.log_sent(flight.sent)
         elif isinstance(event, AnswerReceived) and event.request_id:
             flight.request_ids.append(event.request_id)
 

@@ -51,6 +51,20 @@ def is_comment(line: str) -> bool:
 
 
 @attrs.frozen
+class _Bytes:
+    """Where the bytes are: a file, or stdin's, read whole."""
+
+    path: Path | None
+    data: bytes | None = attrs.field(repr=False)
+
+    def open(self) -> io.BytesIO | io.BufferedReader:
+        if self.data is not None:
+            return io.BytesIO(self.data)
+        assert self.path is not None
+        return self.path.open("rb")
+
+
+@attrs.frozen
 class JobText:
     """A job file's text, checked: it decodes, and holds at least one job."""
 
@@ -62,8 +76,7 @@ class JobText:
     encoding: str
     total: int
     """About how many jobs it holds (its non-blank lines, less comments or a CSV header)."""
-    _path: Path | None = attrs.field(alias="path")
-    _data: bytes | None = attrs.field(alias="data", repr=False)
+    _bytes: _Bytes = attrs.field(alias="bytes", repr=False)
 
     @classmethod
     def open(cls, jobs: str | os.PathLike[str], *, encoding: str | None = None) -> JobText:
@@ -78,7 +91,7 @@ class JobText:
         if name == STDIN:
             data = sys.stdin.buffer.read()
             kind: JobKind = "jsonl" if _first_line(data).startswith(b"{") else "txt"
-            text = cls("<stdin>", kind, Path(), _encoding(data[:4], encoding), 0, None, data)
+            source, folder, head, where = "<stdin>", Path(), data[:4], _Bytes(None, data)
         else:
             path = Path(jobs)
             found = _KINDS.get(path.suffix.lower())
@@ -94,61 +107,58 @@ class JobText:
                     head = file.read(4)
             except OSError as exc:
                 raise ValidationError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-            text = cls(path.name, found, path.parent, _encoding(head, encoding), 0, path, None)
-        return cls(
-            text.source, text.kind, text.folder, text.encoding, text._count(name), text._path,
-            text._data,
-        )  # fmt: skip
+            kind, source, folder, where = found, path.name, path.parent, _Bytes(path, None)
+        decoding = _encoding(head, encoding)
+        total = _count(where, decoding, kind, name)
+        return cls(source, kind, folder, decoding, total, where)
 
     def open_text(self) -> io.TextIOWrapper:
         """The text, line by line (`newline=""`, as the csv module wants). Bytes that no longer
         decode (a file changed since it was checked) come through as lone surrogates."""
         return io.TextIOWrapper(
-            self._raw(), encoding=self.encoding, errors="surrogateescape", newline=""
+            self._bytes.open(), encoding=self.encoding, errors="surrogateescape", newline=""
         )
 
-    def _raw(self) -> io.BytesIO | io.BufferedReader:
-        if self._data is not None:
-            return io.BytesIO(self._data)
-        assert self._path is not None
-        return self._path.open("rb")
 
-    def _count(self, name: str) -> int:
-        count = 0
-        try:
-            with io.TextIOWrapper(self._raw(), encoding=self.encoding, newline="") as file:
-                for line in file:
-                    if line.strip() and not (self.kind == "txt" and is_comment(line)):
-                        count += 1
-        except UnicodeDecodeError:
-            raise ValidationError(self._undecodable(name)) from None
-        total = max(count - 1, 0) if self.kind == "csv" else count
-        if total == 0:
-            holds = "a header row only" if count else "no line but blanks or # comments"
-            raise ValidationError(f"{name} holds no job ({holds}): nothing to do")
-        return total
+def _count(where: _Bytes, encoding: str, kind: JobKind, name: str) -> int:
+    """The jobs of the text, read through once: ValidationError when it does not decode or
+    holds none."""
+    count = 0
+    try:
+        with io.TextIOWrapper(where.open(), encoding=encoding, newline="") as file:
+            for line in file:
+                if line.strip() and not (kind == "txt" and is_comment(line)):
+                    count += 1
+    except UnicodeDecodeError:
+        raise ValidationError(_undecodable(where, encoding, name)) from None
+    total = max(count - 1, 0) if kind == "csv" else count
+    if total == 0:
+        holds = "a header row only" if count else "no line but blanks or # comments"
+        raise ValidationError(f"{name} holds no job ({holds}): nothing to do")
+    return total
 
-    def _undecodable(self, name: str) -> str:
-        """One message for a file that does not decode: where, and which encoding to try."""
-        with self._raw() as raw:
-            data = raw.read()
-        codec = codecs.lookup(self.encoding).name
-        said = "UTF-8" if codec.startswith("utf-8") else self.encoding
-        where = ""
-        if not codec.startswith(("utf-16", "utf-32")):  # lines split on b"\n" only here
-            for number, line in enumerate(data.splitlines(), 1):
-                try:
-                    line.decode(self.encoding)
-                except UnicodeDecodeError as exc:
-                    where = f" (line {number}: {line[exc.start : exc.start + 4]!r})"
-                    break
-        guess = _guess(data[:_SAMPLE])
-        hint = (
-            f"it looks like {guess}: try --encoding {guess}"
-            if guess is not None and guess != self.encoding
-            else "name its encoding with --encoding, such as gbk, big5, shift_jis or cp1252"
-        )
-        return f"{name} is not {said}{where}; {hint}"
+
+def _undecodable(where: _Bytes, encoding: str, name: str) -> str:
+    """One message for a file that does not decode: where, and which encoding to try."""
+    with where.open() as raw:
+        data = raw.read()
+    codec = codecs.lookup(encoding).name
+    said = "UTF-8" if codec.startswith("utf-8") else encoding
+    line_of = ""
+    if not codec.startswith(("utf-16", "utf-32")):  # lines split on b"\n" only here
+        for number, line in enumerate(data.splitlines(), 1):
+            try:
+                line.decode(encoding)
+            except UnicodeDecodeError as exc:
+                line_of = f" (line {number}: {line[exc.start : exc.start + 4]!r})"
+                break
+    guess = _guess(data[:_SAMPLE])
+    hint = (
+        f"it looks like {guess}: try --encoding {guess}"
+        if guess is not None and guess != encoding
+        else "name its encoding with --encoding, such as gbk, big5, shift_jis or cp1252"
+    )
+    return f"{name} is not {said}{line_of}; {hint}"
 
 
 def _encoding(head: bytes, asked: str | None) -> str:

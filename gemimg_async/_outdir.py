@@ -35,6 +35,10 @@ def check_folder(folder: Path, *, what: str = "the output folder") -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
+        if folder.is_symlink() and not folder.exists():
+            raise ConfigurationError(
+                f"{what} {folder} is a symbolic link to nothing: point it at a folder"
+            ) from None
         file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
         if file == folder:
             raise ConfigurationError(

@@ -1,16 +1,18 @@
 """What a batch does with each job, given what its folder holds: skip it, record the images an
 earlier run left, or send it (with which Idempotency-Key).
 
-| the manifest says                | and                          | the job is                  |
-| -------------------------------- | ---------------------------- | --------------------------- |
-| saved                            | its images are here          | skipped                     |
-| saved or outcome_unknown         | it asks something else now   | changed: skipped and told,  |
-|                                  |                              | sent anew with redo_changed |
-| saved                            | its images are gone          | sent again                  |
-| nothing, or outcome_unknown      | all its images are here      | recorded saved              |
-| outcome_unknown                  |                              | skipped; sent with          |
-|                                  |                              | retry_unknown, same key     |
-| nothing, failed or refused       |                              | sent                        |
+| the manifest says        | and                                | the job is                    |
+| ------------------------ | ---------------------------------- | ----------------------------- |
+| saved, images here       | it asks what it asked then         | skipped                       |
+| saved, images here;      | it asks something else now         | changed: skipped and counted; |
+| or outcome_unknown       | (same id, another fingerprint)     | sent with redo_changed, with  |
+|                          |                                    | a new key                     |
+| saved                    | its images are gone                | sent again                    |
+| nothing, or              | all its images are here            | recorded saved, not sent      |
+| outcome_unknown          |                                    |                               |
+| outcome_unknown          |                                    | skipped; sent with            |
+|                          |                                    | retry_unknown, with its key   |
+| nothing, failed, refused |                                    | sent                          |
 
 A job saved before fingerprints were kept counts as unchanged.
 """

@@ -11,6 +11,7 @@ import pytest
 from gemimg_async import (
     MANIFEST_NAME,
     BatchRun,
+    BatchSummary,
     Client,
     ImageRequest,
     JobDefaults,
@@ -178,22 +179,28 @@ async def test_an_image_paid_for_but_not_fetched_is_not_paid_for_again(
 # --- stopping ----------------------------------------------------------------------------------
 
 
+async def stopped_when(batch: BatchRun, jobs, condition) -> BatchSummary:
+    """`batch.run(jobs)`, stopped once `condition` holds; its summary."""
+    summary = None
+
+    async def run() -> None:
+        nonlocal summary
+        summary = await batch.run(jobs)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await wait_for(condition)
+        batch.stop()
+    assert summary is not None
+    return summary
+
+
 async def test_stop_finishes_what_was_sent_and_sends_nothing_more(tmp_path, out):
     """stop() takes no new job; the requests in flight finish and are recorded, and a re-run
     sends only the rest."""
     jobs = write_jobs(tmp_path, "jobs.txt", [f"job {i}" for i in range(10)])
     async with slow_client(0.3, 2) as (relay, client):
-        batch = BatchRun(client, out)
-        async with anyio.create_task_group() as tg:
-
-            async def run() -> None:
-                nonlocal summary
-                summary = await batch.run(jobs)
-
-            summary = None
-            tg.start_soon(run)
-            await wait_for(lambda: relay.in_flight == 2)
-            batch.stop()
+        summary = await stopped_when(BatchRun(client, out), jobs, lambda: relay.in_flight == 2)
         assert summary.interrupted
         assert (summary.saved, summary.total) == (2, 2)
         first = prompts_sent(relay)
@@ -292,18 +299,12 @@ async def test_a_job_waiting_for_its_rate_slot_at_stop_is_not_sent(relay, tmp_pa
     recorded: it never reached the relay, and the next run sends it."""
     jobs = write_jobs(tmp_path, "jobs.txt", ["job 0", "job 1"])
     async with Client(API_KEY, relay.url, rpm=1, max_concurrency=2) as client:
-        batch = BatchRun(client, out)
         with anyio.fail_after(30):  # far less than the minute job 1 waits for its start
-            async with anyio.create_task_group() as tg:
-
-                async def run() -> None:
-                    nonlocal summary
-                    summary = await batch.run(jobs)
-
-                summary = None
-                tg.start_soon(run)
-                await wait_for(lambda: (out / MANIFEST_NAME).exists() and manifest_lines(out))
-                batch.stop()
+            summary = await stopped_when(
+                BatchRun(client, out),
+                jobs,
+                lambda: (out / MANIFEST_NAME).exists() and manifest_lines(out),
+            )
         assert summary.interrupted
         assert prompts_sent(relay) == ["job 0"]
         assert [line["prompt"] for line in manifest_lines(out)] == ["job 0"]

@@ -3,8 +3,6 @@ and what dead runs left behind; through `run_batch` against the fake relay.
 """
 
 import fcntl
-import os
-from pathlib import Path
 
 import pytest
 
@@ -12,19 +10,9 @@ from gemimg_async import MANIFEST_NAME, ConfigurationError, run_batch
 from gemimg_async._outdir import FolderImages, check_folder
 from gemimg_async._sinks import AtomicFile
 from helpers import is_complete_png, jsonl, latest, prompts_sent, write_jobs
+from hostile.support import unwritable_folder
 
 pytestmark = pytest.mark.anyio
-
-
-def unwritable_folder(tmp_path: Path) -> Path:
-    """A folder this process cannot create files in: /sys as root (permission bits do not stop
-    root; /sys refuses new files to root too), else a folder without write permission."""
-    if os.geteuid() == 0:
-        return Path("/sys")
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    folder.chmod(0o555)
-    return folder
 
 
 async def test_images_without_a_manifest_line_are_recorded_saved_without_a_request(
