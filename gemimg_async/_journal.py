@@ -37,6 +37,7 @@ __all__ = ["Journal", "SentJob"]
 log = logging.getLogger("gemimg_async")
 
 _SENT_LOG_NAME = ".manifest-sent.jsonl"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # not on Windows
 
 
 @attrs.frozen(kw_only=True)
@@ -227,15 +228,21 @@ class Journal:
 
 def _open_own(path: Path) -> int:
     """Open (or make) one of the batch's own files for appending, never through a symlink."""
+    if path.is_symlink():  # said plainly here; O_NOFOLLOW closes the race where it exists
+        raise _planted(path)
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | _NOFOLLOW, 0o644)
     except OSError as exc:
-        if exc.errno == errno.ELOOP or path.is_symlink():
-            raise ConfigurationError(
-                f"{path} is a symbolic link: a batch writes only files of its own in its "
-                "folder. Remove the link, or choose another output folder"
-            ) from None
+        if exc.errno == errno.ELOOP:
+            raise _planted(path) from None
         raise ConfigurationError(f"cannot open {path} ({exc.strerror or exc})") from None
+
+
+def _planted(path: Path) -> ConfigurationError:
+    return ConfigurationError(
+        f"{path} is a symbolic link: a batch writes only files of its own in its folder. "
+        "Remove the link, or choose another output folder"
+    )
 
 
 def _reader(fd: int) -> BinaryIO:

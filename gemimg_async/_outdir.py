@@ -52,7 +52,7 @@ def check_folder(folder: Path, *, what: str = "the output folder") -> None:
         raise _refused(folder, what, exc) from None
     probe = folder / f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}.part"
     try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # EXCL: no symlink
     except OSError as exc:
         raise _refused(folder, what, exc) from None
     try:

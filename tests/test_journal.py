@@ -60,3 +60,21 @@ async def test_a_second_batch_on_the_same_folder_is_refused(client, out):
     finally:
         journal.close()
     assert (await run_batch(client, [ImageRequest("x")], out)).ok
+
+
+@pytest.mark.parametrize("name", [MANIFEST_NAME, ".manifest-sent.jsonl"])
+def test_a_symlink_in_place_of_the_manifest_or_send_log_is_refused(tmp_path, out, name):
+    """Journal.open refuses a folder whose manifest or send log is a symlink (even a dangling
+    one), naming it; the file it points to is neither truncated nor written."""
+    victim = tmp_path / "precious.txt"
+    victim.write_bytes(b"precious\n")
+    out.mkdir()
+    (out / name).symlink_to(victim)
+    with pytest.raises(ConfigurationError, match="is a symbolic link") as caught:
+        Journal.open(out)
+    assert name in str(caught.value)
+    assert victim.read_bytes() == b"precious\n"
+    victim.unlink()
+    with pytest.raises(ConfigurationError, match="is a symbolic link"):
+        Journal.open(out)
+    assert not victim.exists()
