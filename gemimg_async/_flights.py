@@ -80,7 +80,7 @@ class Flights:
         run sends them."""
         flights, self._flights = self._flights, {}
         sent = {job_id: f.sent for job_id, f in flights.items() if f.sent is not None}
-        folder = FolderImages.scan(self.journal.folder) if sent else None
+        folder = FolderImages.scan(self.journal.folder, sweep=False) if sent else None
         entries = []
         for job_id, line in sent.items():
             assert folder is not None

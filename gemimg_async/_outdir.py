@@ -85,8 +85,9 @@ class FolderImages:
     by_job: Mapping[str, Mapping[int, str]]
 
     @classmethod
-    def scan(cls, folder: Path) -> FolderImages:
-        """One pass over `folder`; temporary files of dead processes are removed on the way."""
+    def scan(cls, folder: Path, *, sweep: bool = True) -> FolderImages:
+        """One pass over `folder`; with `sweep`, temporary files of dead processes are removed on
+        the way (a batch does so as it starts, holding the folder's lock)."""
         names: set[str] = set()
         by_job: dict[str, dict[int, str]] = {}
         now = time.time()
@@ -94,7 +95,8 @@ class FolderImages:
             for entry in entries:
                 name = entry.name
                 if name.startswith(TEMP_PREFIX) and name.endswith(".part"):
-                    _remove_abandoned(entry, now)
+                    if sweep:
+                        _remove_abandoned(entry, now)
                     continue
                 stem, dot, extension = name.rpartition(".")
                 job_id, underscore, index = stem.rpartition("_")
