@@ -694,7 +694,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _defaults(args: argparse.Namespace) -> None:
     quick = args.quick
-    args.peers = args.peers or ([*LOADERS][:3] + ["naive"] if quick else list(PEERS))
+    args.peers = args.peers or ([*PEERS[:3], "naive"] if quick else list(PEERS))
     args.formats = args.formats or list(FORMATS)
     args.in_flight = args.in_flight or ([4] if quick else [16])
     if args.slope is None:

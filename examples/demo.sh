@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: start the built-in fake relay, run a bulk job of the bundled prompts and one
-# image-to-image generation against it, and list the real PNGs written to ./out/.
+# image-to-image generation (from one of the batch's own images) against it, and list the real
+# images written to ./out/ with their pixel sizes. Run it again: the batch resumes (nothing is
+# sent twice) and the image-to-image step starts from the same batch image.
 set -euo pipefail
 bin=${1:-.venv/bin}
 url_file=$(mktemp)
@@ -17,19 +19,37 @@ echo "fake relay at $GEMIMG_BASE_URL"
 echo "== gemimg-async batch examples/prompts.jsonl --out out"
 "$bin/gemimg-async" batch examples/prompts.jsonl --out out || [ $? -eq 1 ]
 
-echo "== gemimg-async generate ... --image <first image> --model 2k --format b64_json"
-first=$(ls out/*.png | head -n 1)
+# The input of the image-to-image step: the lighthouse job's image, as the manifest records it
+# (never a file of an earlier demo run's own making).
+first=$("$bin/python" - <<'PY'
+import gemimg_async as gi
+
+entry = gi.read_manifest("out/manifest.jsonl")["lighthouse"]
+print(f"out/{entry.paths[0]}")
+PY
+)
+echo "== gemimg-async generate ... --image $first --model 2k --format b64_json"
 "$bin/gemimg-async" generate "the same scene as an oil painting" --image "$first" \
   --model 2k --size 16:9 --format b64_json --out out
 
 echo "== what is in ./out"
 "$bin/python" - <<'PY'
+import struct
 from pathlib import Path
 
-from gemimg_async._media import sniff
+import gemimg_async as gi
 
+
+def png_size(path: Path) -> tuple[int, int]:
+    """A PNG's width and height, from its IHDR chunk (bytes 16 to 24)."""
+    return struct.unpack(">II", path.read_bytes()[16:24])
+
+
+saved = gi.read_manifest("out/manifest.jsonl")
 for path in sorted(Path("out").glob("*.png")):
-    info = sniff(path.read_bytes()[:64])
-    print(f"{path}  {info.width}x{info.height}  {path.stat().st_size:>9,} bytes")
+    width, height = png_size(path)
+    job = path.stem.rpartition("_")[0]
+    origin = f"job {job}" if job in saved else "generate"
+    print(f"{path}  {width}x{height}  {path.stat().st_size:>9,} bytes  ({origin})")
 print(f"manifest: {Path('out/manifest.jsonl').resolve()}")
 PY

@@ -6,7 +6,9 @@ Data flows one way::
         --> OUT/{id}_{i}.{ext} (fsynced, then renamed into place)
         --> one line of OUT/manifest.jsonl (written once the images are in place)
 
-`_jobs` reads job files; `_manifest` keeps the manifest and the send log; this module runs them.
+`_jobs` reads job files; `_resume` decides what each job needs; `_flights` follows the jobs in
+`Client.map` (sent once their first attempt goes out); `_journal` keeps the manifest and the send
+log; this module runs them.
 """
 
 from __future__ import annotations
@@ -15,14 +17,7 @@ import asyncio
 import errno
 import logging
 import os
-import uuid
-from collections.abc import (
-    AsyncIterator,
-    Callable,
-    Coroutine,
-    Iterable,
-    Iterator,
-)
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -33,14 +28,17 @@ import attrs
 from ._client import Client
 from ._clock import Clock
 from ._exceptions import AuthenticationError
-from ._jobs import BadLine, JobDefaults, count_jobs, iterable_jobs, read_jobs
-from ._journal import Journal, SentJob
-from ._manifest import MANIFEST_NAME, STATUSES, ManifestEntry, Status
+from ._flights import Flights
+from ._jobs import BadLine, JobDefaults, iterable_jobs, text_jobs
+from ._jobtext import JobText
+from ._journal import Journal
+from ._manifest import MANIFEST_NAME, ManifestEntry
 from ._models import ImageRequest
 from ._outdir import FolderImages
 from ._progress import Progress
-from ._results import Outcome
-from ._summary import BatchStats, BatchSummary
+from ._results import SaveError
+from ._resume import Step, plan
+from ._summary import BatchStats, BatchSummary, Tally
 
 __all__ = ["BatchRun", "run_batch"]
 
@@ -49,15 +47,19 @@ log = logging.getLogger("gemimg_async")
 _TICK = 0.5
 _SKIP_SLICE = 256
 _UNAUTHORIZED = 401
-_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
 _ABANDONED = "abandoned after it was sent, when the batch was aborted; it may have been billed"
+_STOPPED = "sent just as the batch stopped, then cancelled; it may have been billed"
 _DANGLING = (
     "in flight when an earlier run ended without recording it (killed?); it may have been billed"
 )
 
 
-def _no_jobs() -> dict[Status, int]:
-    return dict.fromkeys(STATUSES, 0)
+def _disk_error(error: BaseException | None) -> BaseException | None:
+    """The disk error behind `error`: itself, or what a SaveError (an image paid for that could
+    not be written) was raised from."""
+    return error.__cause__ if isinstance(error, SaveError) else error
 
 
 @attrs.define
@@ -65,8 +67,9 @@ class BatchRun:
     """One batch: jobs in, images and `OUT/manifest.jsonl` out. Use once: `await run.run(jobs)`.
 
     `stop()` takes no new job and lets the requests already sent finish (they are paid for);
-    `abort()` cancels those too and records each as `outcome_unknown`. Both are safe to call from
-    a signal handler on the event loop.
+    jobs taken but still waiting for their turn (`rpm`) are not sent. `abort()` cancels the
+    requests sent too and records each as `outcome_unknown`, with the attempts made and the
+    request ids the relay gave. Both are safe to call from a signal handler on the event loop.
     """
 
     client: Client
@@ -75,24 +78,22 @@ class BatchRun:
     retry_unknown: bool = False
     """Send again jobs recorded `outcome_unknown`: they may have been billed already."""
     progress: Progress | None = None
+    redo_changed: bool = False
+    """Send again jobs saved (or outcome_unknown) whose prompt or options changed since: each is
+    billed again. Without it they are skipped and counted in `BatchSummary.changed`."""
+    encoding: str | None = None
+    """A job file's encoding when it has no byte-order mark (default UTF-8)."""
     _clock: Clock = attrs.field(init=False)
     """The client's: every time the batch records or shows is read from it."""
     _stopping: bool = attrs.field(init=False, default=False)
     _abort_reason: str | None = attrs.field(init=False, default=None)
     _scope: anyio.CancelScope = attrs.field(init=False, factory=anyio.CancelScope)
-    _in_flight: dict[str, SentJob] = attrs.field(init=False, factory=dict)
-    _counts: dict[Status, int] = attrs.field(init=False, factory=_no_jobs)
-    """The final state of every job met."""
-    _ran: dict[Status, int] = attrs.field(init=False, factory=_no_jobs)
-    """... of the jobs this run sent."""
-    _skipped: int = attrs.field(init=False, default=0)
-    _images: int = attrs.field(init=False, default=0)
+    _flights: Flights | None = attrs.field(init=False, default=None)
+    _tally: Tally = attrs.field(init=False, factory=Tally)
     _bad_lines: list[BadLine] = attrs.field(init=False, factory=list)
     _total: int | None = attrs.field(init=False, default=None)
     _began: float | None = attrs.field(init=False, default=None)
     _halted: str | None = attrs.field(init=False, default=None)
-    _smaller: int = attrs.field(init=False, default=0)
-    _other_shape: int = attrs.field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
         self._clock = self.client.clock
@@ -102,8 +103,15 @@ class BatchRun:
         return self._stopping
 
     def stop(self) -> None:
-        """Take no new job; the requests already sent finish and are recorded."""
+        """Take no new job; the requests already sent finish and are recorded; jobs taken but
+        still waiting for their turn are let go unsent."""
         self._stopping = True
+        if self._in_flight == 0:  # only jobs waiting for their turn, if any: let them go
+            self._scope.cancel()
+
+    @property
+    def _in_flight(self) -> int:
+        return 0 if self._flights is None else self._flights.sent
 
     def abort(self, reason: str = _ABANDONED) -> None:
         """Cancel what is in flight at once; each such job is recorded `outcome_unknown`."""
@@ -115,29 +123,34 @@ class BatchRun:
     def stats(self) -> BatchStats:
         return BatchStats(
             total=self._total,
-            saved=self._ran["saved"],
-            failed=sum(self._ran.values()) - self._ran["saved"],
-            skipped=self._skipped,
+            saved=self._tally.ran["saved"],
+            failed=sum(self._tally.ran.values()) - self._tally.ran["saved"],
+            skipped=self._tally.skipped,
             bad_lines=len(self._bad_lines),
-            in_flight=len(self._in_flight),
-            images=self._images,
+            in_flight=self._in_flight,
+            images=self._tally.images,
             elapsed=0.0 if self._began is None else self._clock.monotonic() - self._began,
             limit=self.client.stats.limit,
             stopping=self._stopping,
         )
 
-    async def run(self, jobs: str | os.PathLike[str] | Iterable[ImageRequest]) -> BatchSummary:
-        """Run every job not done yet; returns the summary. ValidationError for a bad job file."""
+    async def run(
+        self, jobs: str | os.PathLike[str] | Iterable[ImageRequest] | JobText
+    ) -> BatchSummary:
+        """Run every job not done yet; returns the summary. ValidationError for a bad job file
+        (`-`: stdin); ConfigurationError for an output folder that cannot be used."""
         if self._began is not None:
             raise RuntimeError("a BatchRun runs once")
         self._began = self._clock.monotonic()
-        if isinstance(jobs, (str, os.PathLike)):
-            requests = read_jobs(jobs, defaults=self.defaults, on_bad_line=self._bad_line)
-            self._total = count_jobs(jobs)
+        if isinstance(jobs, (str, os.PathLike, JobText)):
+            text = jobs if isinstance(jobs, JobText) else JobText.open(jobs, encoding=self.encoding)
+            requests = text_jobs(text, self.defaults, self._bad_line)
+            self._total = text.total
         else:
             requests = iterable_jobs(jobs, self._bad_line)
             self._total = len(jobs) if isinstance(jobs, (list, tuple)) else None
         journal = Journal.open(self.out_dir)
+        self._flights = Flights(journal, self._clock)
         summary: BatchSummary | None = None
         try:
             if self.progress is not None:
@@ -167,10 +180,7 @@ class BatchRun:
 
     async def _settle_dangling(self, journal: Journal, images: FolderImages) -> None:
         """Record the jobs a dead run sent without recording them."""
-        dangling = journal.dangling()
-        for sent in dangling:
-            names = images.complete(sent.id, sent.n)
-            journal.write(sent.unanswered(names, reason=_DANGLING, finished=self._clock.time()))
+        dangling = journal.settle(images, reason=_DANGLING, now=self._clock.time())
         if dangling:
             unknown = sum(1 for sent in dangling if journal.entries[sent.id].status != "saved")
             log.warning(
@@ -185,83 +195,68 @@ class BatchRun:
         journal.forget_sent()
 
     async def _to_send(
-        self, requests: Iterator[ImageRequest], journal: Journal, images: FolderImages
+        self,
+        requests: Iterator[tuple[ImageRequest, str]],
+        journal: Journal,
+        images: FolderImages,
     ) -> AsyncIterator[ImageRequest]:
-        """The jobs to send, marked sent as `Client.map` takes them (it sends each at once).
+        """The jobs to send, each taken as `Client.map` pulls it (sent once its first attempt
+        goes out).
 
         Reading a line and skipping a done job take microseconds; a resume skips thousands, so
         the loop is let go every `_SKIP_SLICE` of them.
         """
-        for number, request in enumerate(requests, 1):
+        assert self._flights is not None
+        for number, (request, asked) in enumerate(requests, 1):
             if number % _SKIP_SLICE == 0:
                 await anyio.lowlevel.checkpoint()
             if self._stopping:
                 return
             assert request.id is not None
-            prior = journal.entries.get(request.id)
-            if prior is not None and prior.status == "saved":
-                if all(name in images.names for name in prior.paths):
-                    self._skip(prior)
-                    continue
-                log.warning(
-                    "%s: recorded saved, but its images are gone: sending it again", request.id
-                )
-            elif prior is None or prior.status == "outcome_unknown":
-                names = images.complete(request.id, request.n)
-                if names is not None:  # the images landed, the line did not: a crash between
-                    entry = ManifestEntry(
-                        id=request.id,
-                        status="saved",
-                        paths=names,
-                        model=request.model,
-                        size=request.size,
-                        started=self._clock.time(),
-                        finished=self._clock.time(),
-                        prompt=request.prompt,
-                    )
-                    journal.write(entry)
-                    self._skip(entry)
-                    continue
-                if prior is not None and not self.retry_unknown:
-                    self._skip(prior)
-                    continue
-            # a resend of what may have been billed keeps its key: a relay that honours
-            # Idempotency-Key then bills it once
-            known = prior.idempotency_keys if prior and prior.status == "outcome_unknown" else ()
-            keyed = attrs.evolve(request, idempotency_key=(known or _new_key())[-1])
-            self._in_flight[request.id] = journal.mark_sent(keyed, self._clock.time())
-            yield keyed
-
-    def _skip(self, entry: ManifestEntry) -> None:
-        self._skipped += 1
-        self._counts[entry.status] += 1
+            step = plan(
+                request,
+                asked,
+                journal.entries.get(request.id),
+                images,
+                now=self._clock.time(),
+                retry_unknown=self.retry_unknown,
+                redo_changed=self.redo_changed,
+            )
+            if step.step is Step.SEND:
+                assert step.request is not None
+                self._flights.take(step.request, asked)
+                yield step.request
+                continue
+            assert step.entry is not None
+            if step.step is Step.RECORD:
+                journal.write(step.entry)
+            self._tally.skip(step.entry, changed=step.step is Step.CHANGED)
 
     async def _send_all(self, journal: Journal, requests: AsyncIterator[ImageRequest]) -> None:
-        outcomes = self.client.map(requests, save_to=self.out_dir, overwrite=True)
+        assert self._flights is not None
+        flights = self._flights
+        outcomes = self.client.map(
+            requests, save_to=self.out_dir, overwrite=True, on_event=flights.hear
+        )
         try:
             with self._scope:
                 async for outcome in outcomes:
-                    entry = ManifestEntry.from_outcome(outcome)
+                    assert outcome.request.id is not None
+                    flight = flights.end(outcome.request.id)
+                    entry = ManifestEntry.from_outcome(
+                        outcome, fingerprint=flight.fingerprint if flight else None
+                    )
                     journal.write(entry)
-                    del self._in_flight[entry.id]
-                    self._counts[entry.status] += 1
-                    self._ran[entry.status] += 1
-                    self._images += len(entry.paths)
-                    self._judge(outcome)
+                    self._tally.ended(entry, outcome)
                     self._halt_on(outcome.error)
                     await journal.sync()
+                    if self._stopping and self._in_flight == 0:
+                        break  # what is left waits for its turn: not sent, let go
         finally:
             with anyio.CancelScope(shield=True):
                 await outcomes.aclose()
                 self._abandon(journal)
                 await journal.sync()
-
-    def _judge(self, outcome: Outcome) -> None:
-        """Count the images that came back smaller or another shape than asked."""
-        for delivered in outcome.result.delivered if outcome.result else ():
-            if delivered is not None:
-                self._smaller += delivered.smaller
-                self._other_shape += delivered.other_shape
 
     def _halt_on(self, error: Exception | None) -> None:
         """Stop taking jobs when every one would fail: a rejected key (401; a 403 may be one
@@ -270,48 +265,40 @@ class BatchRun:
             return
         if isinstance(error, AuthenticationError) and error.status == _UNAUTHORIZED:
             self._halted = f"the relay rejected the API key: {error}"
-        elif isinstance(error, OSError) and error.errno in _DISK_FULL:
+        elif isinstance(disk := _disk_error(error), OSError) and disk.errno in _DISK_FULL:
             self._halted = f"the output folder takes no more: {error}"
         else:
             return
         log.error("%s; taking no more jobs", self._halted)
-        self.stop()
+        self._stopping = True  # what is in flight finishes; the loop lets the rest go
 
     def _abandon(self, journal: Journal) -> None:
-        """Record the jobs cancelled in flight: sent, so perhaps billed."""
-        if not self._in_flight:
-            return
-        images = FolderImages.scan(self.out_dir)
-        now = self._clock.time()
-        for job_id, sent in list(self._in_flight.items()):
-            entry = sent.unanswered(
-                images.complete(job_id, sent.n),
-                reason=self._abort_reason or _ABANDONED,
-                finished=now,
-            )
+        """Record the jobs cancelled after they were sent: perhaps billed."""
+        assert self._flights is not None
+        reason = self._abort_reason or _STOPPED
+        for entry in self._flights.abandon(reason=reason, now=self._clock.time()):
             journal.write(entry)
-            del self._in_flight[job_id]
-            self._counts[entry.status] += 1
-            self._ran[entry.status] += 1
-            self._images += len(entry.paths)
+            self._tally.ended(entry)
 
     def _summary(self, journal: Journal) -> BatchSummary:
         assert self._began is not None
+        tally = self._tally
         return BatchSummary(
-            saved=self._counts["saved"],
-            refused=self._counts["refused"],
-            failed=self._counts["failed"],
-            outcome_unknown=self._counts["outcome_unknown"],
-            skipped=self._skipped,
-            sent=sum(self._ran.values()),
-            images=self._images,
+            saved=tally.counts["saved"],
+            refused=tally.counts["refused"],
+            failed=tally.counts["failed"],
+            outcome_unknown=tally.counts["outcome_unknown"],
+            skipped=tally.skipped,
+            sent=sum(tally.ran.values()),
+            images=tally.images,
             bad_lines=tuple(self._bad_lines),
             elapsed=self._clock.monotonic() - self._began,
             manifest=journal.folder / MANIFEST_NAME,
             interrupted=self._stopping and self._halted is None,
             halted=self._halted,
-            smaller=self._smaller,
-            other_shape=self._other_shape,
+            smaller=tally.smaller,
+            other_shape=tally.other_shape,
+            changed=tally.changed,
         )
 
 
@@ -322,15 +309,23 @@ async def run_batch(
     *,
     defaults: JobDefaults = JobDefaults(),
     retry_unknown: bool = False,
+    redo_changed: bool = False,
+    encoding: str | None = None,
     progress: Progress | None = None,
     stop: anyio.Event | None = None,
     abort: anyio.Event | None = None,
 ) -> BatchSummary:
-    """Generate every job of `jobs` (a job file, or requests) into `out_dir`, resuming what an
-    earlier run left; see `BatchRun`. Setting `stop` or `abort` does what `BatchRun.stop()` and
-    `BatchRun.abort()` do."""
+    """Generate every job of `jobs` (a job file, `-` for stdin, or requests) into `out_dir`,
+    resuming what an earlier run left; see `BatchRun`. Setting `stop` or `abort` does what
+    `BatchRun.stop()` and `BatchRun.abort()` do."""
     batch = BatchRun(
-        client, out_dir, defaults=defaults, retry_unknown=retry_unknown, progress=progress
+        client,
+        out_dir,
+        defaults=defaults,
+        retry_unknown=retry_unknown,
+        progress=progress,
+        redo_changed=redo_changed,
+        encoding=encoding,
     )
 
     async def on(event: anyio.Event | None, action: Callable[[], None]) -> None:
@@ -340,10 +335,6 @@ async def run_batch(
 
     async with _background(on(stop, batch.stop), on(abort, batch.abort)):
         return await batch.run(jobs)
-
-
-def _new_key() -> tuple[str]:
-    return (str(uuid.uuid4()),)
 
 
 @asynccontextmanager

@@ -19,10 +19,12 @@ import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._exceptions import ClientClosedError
-from ._generation import Engine, Lease
+from ._folders import check_folder
+from ._generation import Engine
+from ._lease import Lease
 from ._models import ImageRequest, Timings
 from ._results import Outcome
-from ._save import Delivery, check_folder
+from ._save import Delivery
 from ._secrets import forget_frames, forgetting
 
 __all__ = ["FanOut"]

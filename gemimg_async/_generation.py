@@ -7,13 +7,14 @@ pool, the retry policy and budget, and the `Saver` that puts paid images in plac
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 import random
-import time
+import re
+import unicodedata
 import uuid
 import weakref
-from typing import Self
 
 import anyio
 import attrs
@@ -33,51 +34,19 @@ from ._events import (
     emit,
 )
 from ._exceptions import APIError, ClientClosedError, EventLoopError, GemimgError
+from ._folders import check_folder
 from ._inputs import encode_images
-from ._limits import Pool, Slot
+from ._lease import Lease
+from ._limits import Pool
 from ._models import ImageRequest, Timings
 from ._results import GenerationResult, SaveError
 from ._retry import Failure, GenerationRetrier, RetryBudget
-from ._save import Delivery, Placed, Saver, check_folder, refuse_taken_names
+from ._save import Delivery, Placed, Saver, refuse_taken_names
 from ._transport import Relay
 
-__all__ = ["Engine", "Lease"]
+__all__ = ["Engine"]
 
 log = logging.getLogger("gemimg_async")
-
-
-@attrs.define
-class Lease:
-    """A request's place in the pool: held while it is sent, given back while it waits."""
-
-    _pool: Pool = attrs.field(alias="pool")
-    slot: Slot | None = None
-
-    async def acquire(self) -> None:
-        self.slot = await self._pool.acquire()
-
-    def release(self) -> None:
-        if self.slot is not None:
-            self._pool.release(self.slot)
-            self.slot = None
-
-    def throttled(self) -> None:
-        """The relay throttled the request sent under this place: shrink the limit."""
-        if self.slot is not None:
-            self._pool.limit.throttled(self.slot)
-
-    async def wait(self, seconds: float, clock: Clock) -> None:
-        """Wait without the place, then queue again under the limit and rate of then."""
-        self.release()
-        await clock.sleep(seconds)
-        await self.acquire()
-
-    async def __aenter__(self) -> Self:
-        await self.acquire()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.release()
 
 
 @attrs.define
@@ -255,15 +224,13 @@ class Engine:
     ) -> Placed:
         """The answer's images in place under their stem; each saved one told to listeners."""
         try:
-            stem = request.id or _default_stem(
-                received.reading.created or self.clock.time(), trace.key
-            )
+            stem = request.id or _default_stem(request.prompt, trace.key)
         except BaseException:
             for found in received.images:
                 if found.sink is not None:
                     found.sink.abort()
             raise
-        placed = await self.saver.place(received.images, stem, delivery, paid=trace.key[:8])
+        placed = await self.saver.place(received.images, stem, delivery, paid=_unique(trace.key))
         for image in placed.images:
             if image.path is not None:
                 saved = ImageSaved(
@@ -283,7 +250,7 @@ class Engine:
     ) -> Received:
         """One POST, its answer streamed into sinks; raises what the answer amounts to."""
         if self.closing:
-            raise ClientClosedError("the client is closing: nothing new is sent")
+            raise ClientClosedError("the client is closed: nothing new is sent")
         self._sending += 1
         try:
             return await self._post(outgoing, request, delivery, trace)
@@ -326,8 +293,26 @@ class Engine:
             raise
 
 
-def _default_stem(created: float, key: str) -> str:
-    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(created))}-{key[:8]}"
+def _default_stem(prompt: str, key: str) -> str:
+    """`a-lighthouse-at-dusk_3f9c12ab`: the prompt's first words in ASCII (accents dropped;
+    `image` when none is left, as for a Chinese prompt) and 8 characters of the generation's key,
+    as its log lines show them (a hash of it, for a key of other characters)."""
+    folded = unicodedata.normalize("NFKD", prompt.casefold()).encode("ascii", "ignore").decode()
+    slug = ""
+    for word in re.findall(r"[a-z0-9]+", folded):
+        if slug and len(slug) + len(word) >= 40:  # noqa: PLR2004 - a name, not the prompt
+            break
+        slug = f"{slug}-{word}" if slug else word[:40]
+    return f"{slug or 'image'}_{_unique(key)}"
+
+
+def _unique(key: str) -> str:
+    """8 characters of a generation's key that can name files: its own (as its log lines show
+    them), or a hash of it for a key of other characters."""
+    unique = key[:8].lower()
+    if not re.fullmatch(r"[0-9a-z]{8}", unique):
+        unique = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return unique
 
 
 def _said(error: BaseException) -> str:

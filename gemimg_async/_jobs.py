@@ -1,34 +1,40 @@
 """Job files: `.jsonl`, `.csv` and `.txt` read lazily into `ImageRequest`s, each with an id.
 
 A bad line is reported with its number and skipped; it never stops the rest. A job that names no
-`id` gets one derived from what it asks for, so a re-run finds it again.
+`id` gets one derived from what it asks for, so a re-run finds it again; every job also gets a
+`fingerprint` of what it asks, so a job changed under its id is noticed. The text itself (its
+encoding, stdin, an empty file) is `_jobtext`'s.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeAlias, cast
+from typing import Any, TypeAlias, cast
 
 import attrs
 
 from ._exceptions import ValidationError
+from ._jobtext import JobText, is_comment
 from ._models import ImageRequest, Model, ResponseFormat, is_file_ref, resolve_model
 
-__all__ = ["BadLine", "JobDefaults", "content_id", "count_jobs", "iterable_jobs", "read_jobs"]
+__all__ = [
+    "BadLine",
+    "JobDefaults",
+    "content_id",
+    "fingerprint",
+    "iterable_jobs",
+    "read_jobs",
+    "text_jobs",
+]
 
-_JOB_KINDS: Mapping[str, Literal["jsonl", "csv", "txt"]] = {
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".csv": "csv",
-    ".txt": "txt",
-}
 _ID_FIELDS = ("prompt", "model", "size", "n", "images", "response_format")
+_ASKED_FIELDS = ("prompt", "model", "size", "n", "images", "extra_body")
+"""What a job asks of the model: how the image travels back (response_format) is not of it."""
 
 
 @attrs.frozen
@@ -71,12 +77,23 @@ class _BadJobError(Exception):
     """One job's line is unusable; the message says why."""
 
 
-def content_id(request: ImageRequest) -> str:
-    """The id of a job that names none: 16 hex digits of a hash of what it asks for."""
-    doc = {name: getattr(request, name) for name in _ID_FIELDS}
+def _digest(request: ImageRequest, fields: tuple[str, ...]) -> str:
+    doc = {name: getattr(request, name) for name in fields}
     doc["images"] = list(request.images)
     canonical = json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def content_id(request: ImageRequest) -> str:
+    """The id of a job that names none: 16 hex digits of a hash of what it asks for."""
+    return _digest(request, _ID_FIELDS)
+
+
+def fingerprint(request: ImageRequest) -> str:
+    """16 hex digits of a hash of what `request` asks of the model (prompt, model, size, n,
+    input images as written, extra_body): a job whose fingerprint changed under its id asks for
+    something else than what was saved."""
+    return _digest(request, _ASKED_FIELDS)
 
 
 def read_jobs(
@@ -84,65 +101,60 @@ def read_jobs(
     *,
     defaults: JobDefaults = JobDefaults(),
     on_bad_line: Callable[[BadLine], None] | None = None,
+    encoding: str | None = None,
 ) -> Iterator[ImageRequest]:
-    """The jobs of a `.jsonl`, `.csv` or `.txt` file as requests, each with an id, read lazily.
+    """The jobs of a `.jsonl`, `.csv` or `.txt` file (`-`: stdin) as requests, each with an id,
+    read lazily.
 
-    A bad line goes to `on_bad_line` (with its number) and is skipped. A job without an `id` gets
-    `content_id`, with `-2`, `-3`... for repeats in file order. Local input images are relative to
-    the file's folder. Raises ValidationError at once for a file that cannot be a job file.
+    The file is read in the encoding its byte-order mark says, else `encoding`, else UTF-8; in
+    a `.txt` file, lines starting with `#` are comments. A bad line goes to `on_bad_line` (with
+    its number) and is skipped. A job without an `id` gets `content_id`, with `-2`, `-3`... for
+    repeats in file order. Local input images are relative to the file's folder. Raises
+    ValidationError at once for a file that cannot be a job file: a wrong suffix, missing, not
+    in its encoding, or holding no job.
     """
-    path = Path(path)
-    kind = _JOB_KINDS.get(path.suffix.lower())
-    if kind is None:
-        raise ValidationError(
-            f"{path}: a job file ends in {', '.join(_JOB_KINDS)}, not {path.suffix or 'nothing'!r}"
-        )
-    if not path.is_file():
-        raise ValidationError(f"{path}: no such job file")
-    if kind == "csv":
-        with _open_text(path) as file:
-            _csv_columns(next(csv.reader(file), []), path)
-    rows = {"jsonl": _jsonl_rows, "csv": _csv_rows, "txt": _txt_rows}[kind](path)
+    jobs = text_jobs(JobText.open(path, encoding=encoding), defaults, on_bad_line)
+    return (request for request, _ in jobs)
+
+
+def text_jobs(
+    text: JobText,
+    defaults: JobDefaults = JobDefaults(),
+    on_bad_line: Callable[[BadLine], None] | None = None,
+) -> Iterator[tuple[ImageRequest, str]]:
+    """`read_jobs` of a checked job file, each request with its `fingerprint`."""
+    if text.kind == "csv":
+        with text.open_text() as file:
+            _csv_columns(next(csv.reader(file), []), text.source)
+    rows = {"jsonl": _jsonl_rows, "csv": _csv_rows, "txt": _txt_rows}[text.kind](text)
     return _assign_ids(
-        _requests(rows, defaults, path.parent), path.name, on_bad_line or _ignore_bad_line
+        _requests(rows, defaults, text.folder), text.source, on_bad_line or _ignore_bad_line
     )
-
-
-def count_jobs(path: str | os.PathLike[str]) -> int:
-    """About how many jobs `path` holds (its non-blank lines), to show progress against."""
-    with Path(path).open("rb") as file:
-        count = sum(1 for line in file if line.strip())
-    return max(count - 1, 0) if Path(path).suffix.lower() == ".csv" else count
 
 
 def _ignore_bad_line(_: BadLine) -> None:
     pass
 
 
-def _open_text(path: Path) -> io.TextIOWrapper:
-    # surrogateescape: a line with bytes that are not UTF-8 becomes one bad line, not a crash
-    return path.open(encoding="utf-8-sig", errors="surrogateescape", newline="")
-
-
-def _check_utf8(*values: str) -> None:
+def _check_decoded(*values: str) -> None:
     for value in values:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise _BadJobError("not valid UTF-8") from None
+            raise _BadJobError("bytes that are not of the file's encoding") from None
 
 
 _Row: TypeAlias = "tuple[int, Mapping[str, Any] | str]"
 """A line number and the job's fields, or the reason the line is bad."""
 
 
-def _jsonl_rows(path: Path) -> Iterator[_Row]:
-    with _open_text(path) as file:
+def _jsonl_rows(text: JobText) -> Iterator[_Row]:
+    with text.open_text() as file:
         for number, line in enumerate(file, 1):
             if not line.strip():
                 continue
             try:
-                _check_utf8(line)
+                _check_decoded(line)
                 doc = json.loads(line.rstrip("\r\n"))
             except _BadJobError as exc:
                 yield number, str(exc)
@@ -156,13 +168,13 @@ def _jsonl_rows(path: Path) -> Iterator[_Row]:
             yield number, doc
 
 
-def _txt_rows(path: Path) -> Iterator[_Row]:
-    with _open_text(path) as file:
+def _txt_rows(text: JobText) -> Iterator[_Row]:
+    with text.open_text() as file:
         for number, line in enumerate(file, 1):
             prompt = line.strip()
-            if prompt:
+            if prompt and not is_comment(prompt):
                 try:
-                    _check_utf8(prompt)
+                    _check_decoded(prompt)
                 except _BadJobError as exc:
                     yield number, str(exc)
                 else:
@@ -172,28 +184,28 @@ def _txt_rows(path: Path) -> Iterator[_Row]:
 _CSV_FIELDS = ("prompt", "id", "model", "size", "n", "images", "image", "response_format")
 
 
-def _csv_columns(header: list[str], path: Path) -> list[str]:
+def _csv_columns(header: list[str], source: str) -> list[str]:
     columns = [name.strip().lower() for name in header]
     unknown = [name for name in columns if name not in _CSV_FIELDS]
     if unknown or "prompt" not in columns:
         problem = f"unknown column(s) {', '.join(map(repr, unknown))}" if unknown else "no prompt"
         raise ValidationError(
-            f"{path}: {problem} in the header row; the columns are {', '.join(_CSV_FIELDS)}"
+            f"{source}: {problem} in the header row; the columns are {', '.join(_CSV_FIELDS)}"
         )
     return columns
 
 
-def _csv_rows(path: Path) -> Iterator[_Row]:
-    with _open_text(path) as file:
+def _csv_rows(text: JobText) -> Iterator[_Row]:
+    with text.open_text() as file:
         reader = csv.reader(file)
-        columns = _csv_columns(next(reader), path)
+        columns = _csv_columns(next(reader), text.source)
         start = reader.line_num + 1
         for row in reader:
             number, start = start, reader.line_num + 1
             if not any(cell.strip() for cell in row):
                 continue
             try:
-                _check_utf8(*row)
+                _check_decoded(*row)
                 yield number, _csv_fields(columns, row)
             except _BadJobError as exc:
                 yield number, str(exc)
@@ -232,38 +244,41 @@ def _csv_images(value: str) -> list[str]:
     return [part.strip() for part in value.split("|") if part.strip()]
 
 
-def _requests(
-    rows: Iterator[_Row], defaults: JobDefaults, folder: Path
-) -> Iterator[tuple[int, ImageRequest | str, str | None]]:
+_Numbered: TypeAlias = "tuple[int, ImageRequest | str, str | None, str]"
+"""A line number; its request, or the reason it is bad; the `content_id` and `fingerprint` of
+the job as written (the id only when it names none)."""
+
+
+def _requests(rows: Iterator[_Row], defaults: JobDefaults, folder: Path) -> Iterator[_Numbered]:
     """Each row as a request (defaults filled, local images found beside the job file), with
-    the `content_id` of the job as written when it names no id; or the reason it is bad."""
+    the `content_id` and `fingerprint` of the job as written; or the reason it is bad."""
     for number, row in rows:
         if isinstance(row, str):
-            yield number, row, None
+            yield number, row, None, ""
             continue
         try:
             request = ImageRequest.from_json(defaults.fill(row))
         except (ValueError, TypeError) as exc:  # ValidationError is a ValueError
-            yield number, str(exc), None
+            yield number, str(exc), None, ""
             continue
         derived = None if request.id is not None else content_id(request)
+        asked = fingerprint(request)
         if any(map(is_file_ref, request.images)):
             located = tuple(
                 str(folder / ref) if is_file_ref(ref) else ref for ref in request.images
             )
             request = attrs.evolve(request, images=located)
-        yield number, request, derived
+        yield number, request, derived, asked
 
 
 def _assign_ids(
-    requests: Iterable[tuple[int, ImageRequest | str, str | None]],
-    source: str,
-    on_bad_line: Callable[[BadLine], None],
-) -> Iterator[ImageRequest]:
-    """Every request with a unique id: its own, or its `content_id` (`-2`, `-3`... for repeats)."""
+    requests: Iterable[_Numbered], source: str, on_bad_line: Callable[[BadLine], None]
+) -> Iterator[tuple[ImageRequest, str]]:
+    """Every request with a unique id: its own, or its `content_id` (`-2`, `-3`... for repeats);
+    and its fingerprint."""
     first_line: dict[str, int] = {}
     repeats: dict[str, int] = {}
-    for number, job, derived in requests:
+    for number, job, derived, asked in requests:
         if isinstance(job, str):
             on_bad_line(BadLine(source, number, job))
             continue
@@ -285,17 +300,19 @@ def _assign_ids(
             continue
         assert request.id is not None
         first_line[request.id] = number
-        yield request
+        yield request, asked
 
 
 def iterable_jobs(
     jobs: Iterable[ImageRequest], on_bad_line: Callable[[BadLine], None]
-) -> Iterator[ImageRequest]:
-    def numbered() -> Iterator[tuple[int, ImageRequest | str, str | None]]:
+) -> Iterator[tuple[ImageRequest, str]]:
+    """Requests given as values, each with a unique id and its fingerprint."""
+
+    def numbered() -> Iterator[_Numbered]:
         for number, job in enumerate(jobs, 1):
             if isinstance(cast("object", job), ImageRequest):
-                yield number, job, None
+                yield number, job, None, fingerprint(job)
             else:
-                yield number, f"expected an ImageRequest, got {job!r:.80}", None
+                yield number, f"expected an ImageRequest, got {job!r:.80}", None, ""
 
     return _assign_ids(numbered(), "<jobs>", on_bad_line)

@@ -1,10 +1,14 @@
 """A batch run's writer: manifest lines and the send log of one output folder, locked.
 
-Before a job is handed to `Client.map` (which sends it at once) its id goes to a send log beside
-the manifest, `OUT/.manifest-sent.jsonl`. A job in the send log with no manifest line after it was
-in flight when a run died: the next run records it `outcome_unknown` (it may have been billed)
-instead of paying for it again, unless its images are on disk, which makes it `saved`. The send log
-is emptied once every job it names has its line.
+Just before a job's first attempt goes out (`RequestSent`, once its place and rate slot are
+taken) its id goes to a send log beside the manifest, `OUT/.manifest-sent.jsonl`. A job in the
+send log with no manifest line after it was in flight when a run died: the next run records it
+`outcome_unknown` (it may have been billed) instead of paying for it again, unless its images are
+on disk, which makes it `saved`. A job still waiting for its turn is not in it: never sent, it is
+sent by the next run. The send log is emptied once every job it names has its line.
+
+Both files are opened with `O_NOFOLLOW`: a symlink planted in their place is refused, never
+written through.
 """
 
 from __future__ import annotations
@@ -15,14 +19,16 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 import attrs
 
 from ._exceptions import ConfigurationError
+from ._folders import BATCH_PROBE_BYTES, check_folder
 from ._manifest import MANIFEST_NAME, ManifestEntry, optional_str, scan
 from ._models import ImageRequest
+from ._outdir import FolderImages
 
 if sys.platform != "win32":
     import fcntl
@@ -32,6 +38,7 @@ __all__ = ["Journal", "SentJob"]
 log = logging.getLogger("gemimg_async")
 
 _SENT_LOG_NAME = ".manifest-sent.jsonl"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # not on Windows
 
 
 @attrs.frozen(kw_only=True)
@@ -47,37 +54,52 @@ class SentJob:
     size: str | None = None
     started: float = 0.0
     prompt: str | None = None
+    fingerprint: str | None = None
 
     @classmethod
-    def of(cls, request: ImageRequest, *, at: int, started: float) -> SentJob:
+    def of(
+        cls, request: ImageRequest, *, started: float, fingerprint: str | None = None
+    ) -> SentJob:
+        """`request`'s line (its place in the manifest is filled in by `Journal.log_sent`)."""
         assert request.id is not None
         return cls(
             id=request.id,
             key=request.idempotency_key,
-            at=at,
+            at=0,
             n=request.n,
             model=request.model,
             size=request.size,
             started=started,
             prompt=request.prompt,
+            fingerprint=fingerprint,
         )
 
     def unanswered(
-        self, names: tuple[str, ...] | None, *, reason: str, finished: float
+        self,
+        names: tuple[str, ...] | None,
+        *,
+        reason: str,
+        finished: float,
+        attempts: int = 1,
+        request_ids: tuple[str, ...] = (),
     ) -> ManifestEntry:
         """This job's manifest entry when no answer was recorded: saved if its images are on
-        disk (`names`), otherwise outcome_unknown for `reason` (it may have been billed)."""
+        disk (`names`), otherwise outcome_unknown for `reason` (it may have been billed).
+        `attempts` and `request_ids` are what was sent and answered (at least one attempt)."""
         return ManifestEntry(
             id=self.id,
             status="saved" if names else "outcome_unknown",
             paths=names or (),
             error=None if names else reason,
+            attempts=attempts,
+            request_ids=request_ids,
             idempotency_keys=(self.key,) if self.key else (),
             model=self.model,
             size=self.size,
             started=self.started,
             finished=finished,
             prompt=self.prompt,
+            fingerprint=self.fingerprint,
         )
 
     def to_line(self) -> bytes:
@@ -102,6 +124,7 @@ class SentJob:
             size=optional_str(doc.get("size")),
             started=float(doc.get("started", 0.0)),
             prompt=optional_str(doc.get("prompt")),
+            fingerprint=optional_str(doc.get("fingerprint")),
         )
 
 
@@ -128,21 +151,23 @@ class Journal:
 
     @classmethod
     def open(cls, folder: Path) -> Journal:
-        """Lock the folder's manifest, read it, and cut a torn last line off."""
-        folder.mkdir(parents=True, exist_ok=True)
+        """Check that `folder` takes files, lock its manifest, read it, and cut a torn last line
+        off. ConfigurationError for a folder that cannot be used (a symlink planted as the
+        manifest or send log, another batch on it, a full disk)."""
+        check_folder(folder, what="the output folder", probe_bytes=BATCH_PROBE_BYTES)
         path = folder / MANIFEST_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = _open_own(path)
         try:
             _lock(fd, folder)
-            found = scan(path)
+            with _reader(fd) as file:
+                found = scan(file, path)
             if found.good_size != found.size:
                 log.warning(
                     "%s: cut off a torn last line (%d bytes)", path, found.size - found.good_size
                 )
                 os.ftruncate(fd, found.good_size)
                 os.fsync(fd)
-            flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
-            sent_fd = os.open(folder / _SENT_LOG_NAME, flags, 0o644)
+            sent_fd = _open_own(folder / _SENT_LOG_NAME)
         except BaseException:
             os.close(fd)
             raise
@@ -150,21 +175,31 @@ class Journal:
 
     def dangling(self) -> list[SentJob]:
         """The jobs a dead run sent and never recorded (from the send log)."""
-        with Path(self.folder / _SENT_LOG_NAME).open("rb") as file:
-            sent = []
+        sent = []
+        with _reader(self._sent_fd) as file:
             for line in file:
                 try:
                     job = SentJob.from_json(json.loads(line))
                 except ValueError:
-                    continue  # a torn line: its job was not handed over yet
+                    continue  # a torn line: its job was not sent yet
                 if self._starts.get(job.id, -1) < job.at:
                     sent.append(job)
         return sent
 
-    def mark_sent(self, request: ImageRequest, started: float) -> SentJob:
-        """Note, before `request` is sent, that it is about to be (no fsync: a kill -9 keeps
-        written data; the next manifest fsync makes it durable)."""
-        sent = SentJob.of(request, at=self._size, started=started)
+    def settle(self, images: FolderImages, *, reason: str, now: float) -> list[SentJob]:
+        """Record each job of `dangling()`: saved if its images are among `images`, otherwise
+        outcome_unknown for `reason`. Returns them; `sync` makes their lines durable."""
+        dangling = self.dangling()
+        for sent in dangling:
+            self.write(
+                sent.unanswered(images.complete(sent.id, sent.n), reason=reason, finished=now)
+            )
+        return dangling
+
+    def log_sent(self, sent: SentJob) -> SentJob:
+        """Note, just before its first attempt goes out, that `sent` is sent (no fsync: a kill
+        -9 keeps written data; the next manifest fsync makes it durable). Returns the line."""
+        sent = attrs.evolve(sent, at=self._size)
         _append(self._sent_fd, sent.to_line())
         return sent
 
@@ -190,6 +225,32 @@ class Journal:
     def close(self) -> None:
         os.close(self._sent_fd)
         os.close(self._fd)  # releases the lock
+
+
+def _open_own(path: Path) -> int:
+    """Open (or make) one of the batch's own files for appending, never through a symlink."""
+    if path.is_symlink():  # said plainly here; O_NOFOLLOW closes the race where it exists
+        raise _planted(path)
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | _NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _planted(path) from None
+        raise ConfigurationError(f"cannot open {path} ({exc.strerror or exc})") from None
+
+
+def _planted(path: Path) -> ConfigurationError:
+    return ConfigurationError(
+        f"{path} is a symbolic link: a batch writes only files of its own in its folder. "
+        "Remove the link, or choose another output folder"
+    )
+
+
+def _reader(fd: int) -> BinaryIO:
+    """`fd`'s content from the start, through a descriptor of its own (the file stays open)."""
+    file = os.fdopen(os.dup(fd), "rb")
+    file.seek(0)
+    return file
 
 
 def _fsync_all(*fds: int) -> None:

@@ -12,18 +12,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, get_args
 
 import attrs
 
-from ._exceptions import (
-    ContentPolicyError,
-    DownloadError,
-    OutcomeUnknownError,
-    RefusalError,
-)
-from ._results import Outcome
+from ._exceptions import ContentPolicyError, DownloadError, GemimgError, RefusalError
+from ._results import Outcome, SaveError
+from ._retry import Failure, classify
 
 __all__ = [
     "MANIFEST_NAME",
@@ -80,9 +77,12 @@ class ManifestEntry:
     """Each image's pixel size and the tier it was judged: `1376x768 (1K, smaller)`."""
     downgraded: bool = False
     """Some image came back at a lower tier or in another shape than asked."""
+    fingerprint: str | None = None
+    """A hash of what was asked (`_jobs.fingerprint`): a job changed under its id since is
+    reported rather than skipped. None in manifests written before it was kept."""
 
     @classmethod
-    def from_outcome(cls, outcome: Outcome) -> ManifestEntry:
+    def from_outcome(cls, outcome: Outcome, *, fingerprint: str | None = None) -> ManifestEntry:
         request, error = outcome.request, outcome.error
         assert request.id is not None
         key = outcome.idempotency_key
@@ -104,6 +104,7 @@ class ManifestEntry:
             if outcome.result
             else (),
             downgraded=outcome.result.downgraded if outcome.result else False,
+            fingerprint=fingerprint,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -123,6 +124,7 @@ class ManifestEntry:
             "asked": self.asked,
             "delivered": list(self.delivered),
             "downgraded": self.downgraded,
+            "fingerprint": self.fingerprint,
         }
 
     def to_line(self) -> bytes:
@@ -157,6 +159,7 @@ class ManifestEntry:
             asked=optional_str(doc.get("asked")),
             delivered=_strings(doc.get("delivered", [])),
             downgraded=doc.get("downgraded") is True,
+            fingerprint=optional_str(doc.get("fingerprint")),
         )
 
 
@@ -166,9 +169,12 @@ def status_of(error: BaseException | None) -> Status:
         return "saved"
     if isinstance(error, (RefusalError, ContentPolicyError)):
         return "refused"
-    if isinstance(error, (OutcomeUnknownError, DownloadError, OSError)):
-        # sent and answered, or perhaps: a lost answer, an image that could not be fetched or
-        # written. A resend could pay twice, so it waits for --retry-unknown.
+    if isinstance(error, (DownloadError, SaveError, OSError)) or (
+        isinstance(error, GemimgError) and classify(error) is Failure.OUTCOME_UNKNOWN
+    ):
+        # perhaps billed: an answer lost or given up on by a proxy (524), as the retry policy
+        # classes it, or an image paid for that could not be fetched or written. A resend could
+        # pay twice, so it waits for --retry-unknown (and keeps its Idempotency-Key).
         return "outcome_unknown"
     return "failed"
 
@@ -184,34 +190,34 @@ class _Scan:
     size: int
 
 
-def scan(path: Path) -> _Scan:
+def scan(file: Iterable[bytes], path: Path) -> _Scan:
+    """What the manifest open as `file` holds (`path` names it in warnings)."""
     entries: dict[str, ManifestEntry] = {}
     starts: dict[str, int] = {}
     offset = good = 0
     bad_at: int | None = None  # the start of the last line, when it is not a valid entry
-    try:
-        file = path.open("rb")
-    except FileNotFoundError:
-        return _Scan(entries, starts, 0, 0)
-    with file:
-        for number, line in enumerate(file, 1):
-            if bad_at is not None:
-                log.warning("%s:%d: not a manifest entry; ignored", path, number - 1)
-                bad_at = None
-            start, offset = offset, offset + len(line)
-            try:
-                if not line.endswith(b"\n"):
-                    raise ValueError("torn")  # noqa: TRY301 - one path for every bad line
-                entry = ManifestEntry.from_json(json.loads(line))
-            except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-                bad_at = start
-                continue
-            entries[entry.id] = entry
-            starts[entry.id] = start
-            good = offset
+    for number, line in enumerate(file, 1):
+        if bad_at is not None:
+            log.warning("%s:%d: not a manifest entry; ignored", path, number - 1)
+            bad_at = None
+        start, offset = offset, offset + len(line)
+        try:
+            if not line.endswith(b"\n"):
+                raise ValueError("torn")  # noqa: TRY301 - one path for every bad line
+            entry = ManifestEntry.from_json(json.loads(line))
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            bad_at = start
+            continue
+        entries[entry.id] = entry
+        starts[entry.id] = start
+        good = offset
     return _Scan(entries, starts, good if bad_at is not None else offset, offset)
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, ManifestEntry]:
     """The latest entry of every id in the manifest at `path` (a torn last line is left out)."""
-    return scan(Path(path)).entries
+    try:
+        with Path(path).open("rb") as file:
+            return scan(file, Path(path)).entries
+    except FileNotFoundError:
+        return {}

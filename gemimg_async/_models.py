@@ -194,6 +194,12 @@ def _labelled_data_uri(uri: str) -> str:
     return f"data:{info.media_type};base64,{uri[match.end() :]}"
 
 
+def _visible(text: str) -> bool:
+    """Whether `text` shows anything: a character that is neither whitespace nor a control or
+    format character (NUL, zero-width space and joiners, word joiner, BOM)."""
+    return any(char.isprintable() and not char.isspace() for char in text)
+
+
 _REPR_MAX = 80
 
 
@@ -228,8 +234,11 @@ class ImageRequest:
     """Fields merged into the request body (objects key by key): what a relay adds of its own."""
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise InvalidPromptError("prompt must be a non-empty string")
+        if not isinstance(self.prompt, str) or not _visible(self.prompt):
+            raise InvalidPromptError(
+                "prompt must hold something visible: it is empty once whitespace, NULs and "
+                f"zero-width characters are left out (got {self.prompt!r:.40})"
+            )
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
             raise InvalidCountError(f"n must be a whole number of at least 1, not {self.n!r}")
         if self.size is not None and self.size not in ASPECT_RATIOS and not self.allow_any_size:

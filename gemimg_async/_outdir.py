@@ -1,4 +1,5 @@
-"""A batch's output folder: the images it holds by job id, and what dead runs left behind."""
+"""A batch's output folder: the images it holds by job id, and what dead runs left behind
+(whether it can take files at all is `_folders.check_folder`)."""
 
 from __future__ import annotations
 
@@ -10,25 +11,27 @@ from pathlib import Path
 import attrs
 
 from ._sinks import TEMP_PREFIX
+from ._tempfiles import remove_if_abandoned
 
 __all__ = ["FolderImages"]
 
 _IMAGE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp", "gif"})
 _STALE_TEMP_SECONDS = 15 * 60
-"""A temporary image file untouched this long belongs to a dead process (downloads time out at
-60 s between chunks)."""
+"""Where a temporary file's lock cannot tell (no locks there), one untouched this long belongs to
+a dead process (downloads time out at 60 s between chunks)."""
 
 
 @attrs.frozen
 class FolderImages:
-    """The images a folder holds, by job id and index: `{id}_{i}.{ext}`."""
+    """The images a folder holds, by job id and index: `{id}_{i}.{ext}` (symlinks are not)."""
 
     names: frozenset[str]
     by_job: Mapping[str, Mapping[int, str]]
 
     @classmethod
-    def scan(cls, folder: Path) -> FolderImages:
-        """One pass over `folder`; stale temporary files of dead runs are removed on the way."""
+    def scan(cls, folder: Path, *, sweep: bool = True) -> FolderImages:
+        """One pass over `folder`; with `sweep`, temporary files of dead processes are removed on
+        the way (a batch does so as it starts, holding the folder's lock)."""
         names: set[str] = set()
         by_job: dict[str, dict[int, str]] = {}
         now = time.time()
@@ -36,13 +39,14 @@ class FolderImages:
             for entry in entries:
                 name = entry.name
                 if name.startswith(TEMP_PREFIX) and name.endswith(".part"):
-                    _remove_stale(entry, now)
+                    if sweep:
+                        _remove_abandoned(entry, now)
                     continue
                 stem, dot, extension = name.rpartition(".")
                 job_id, underscore, index = stem.rpartition("_")
                 if not (dot and underscore and index.isascii() and index.isdigit()):
                     continue
-                if extension.lower() in _IMAGE_EXTENSIONS:
+                if extension.lower() in _IMAGE_EXTENSIONS and not entry.is_symlink():
                     names.add(name)
                     by_job.setdefault(job_id, {})[int(index)] = name
         return cls(frozenset(names), by_job)
@@ -55,9 +59,14 @@ class FolderImages:
         return None
 
 
-def _remove_stale(entry: os.DirEntry[str], now: float) -> None:
+def _remove_abandoned(entry: os.DirEntry[str], now: float) -> None:
+    """Remove a temporary file no live process writes: at once where its lock tells, after
+    `_STALE_TEMP_SECONDS` untouched where it cannot."""
+    path = Path(entry.path)
+    if remove_if_abandoned(path) is not None:
+        return
     try:
-        if now - entry.stat().st_mtime > _STALE_TEMP_SECONDS:
-            Path(entry.path).unlink()
+        if now - entry.stat(follow_symlinks=False).st_mtime > _STALE_TEMP_SECONDS:
+            path.unlink()
     except FileNotFoundError:
         pass

@@ -37,6 +37,7 @@ _STYLES = {
     "outcome_unknown": "magenta",
     "came_back_smaller": "bold red",
     "came_back_another_shape": "bold red",
+    "changed": "yellow",
 }
 
 
@@ -106,6 +107,8 @@ def summary_rows(summary: BatchSummary) -> list[tuple[str, str]]:
         rows.append(("came back smaller", f"{summary.smaller} image(s) at a lower tier than asked"))
     if summary.other_shape:
         rows.append(("came back another shape", f"{summary.other_shape} image(s)"))
+    if summary.changed:
+        rows.append(("changed", f"{summary.changed} job(s) changed since they were saved"))
     if summary.halted:
         rows.append(("halted", summary.halted))
     elif summary.interrupted:

@@ -10,7 +10,6 @@ import errno
 import functools
 import os
 import random
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -21,12 +20,12 @@ from ._answer import BodyImage
 from ._clock import Clock, SystemClock
 from ._config import DEFAULT_MAX_IMAGE_BYTES, RetryPolicy, Timeouts
 from ._events import Listener
-from ._exceptions import DownloadError, InvalidDestinationError
+from ._exceptions import DownloadError
+from ._folders import check_folder
 from ._media import SNIFF_BYTES, sniff
 from ._models import GeneratedImage
 from ._retry import DownloadRetrier, call_with_retries
 from ._sinks import (
-    TEMP_PREFIX,
     WRITE_BLOCK,
     AtomicFile,
     ImageSink,
@@ -36,7 +35,7 @@ from ._sinks import (
 )
 from ._transport import ImageHost
 
-__all__ = ["Delivery", "Placed", "Saver", "check_folder", "refuse_taken_names"]
+__all__ = ["Delivery", "Placed", "Saver", "refuse_taken_names"]
 
 
 @attrs.frozen
@@ -72,30 +71,6 @@ class Placed:
     unsaved: tuple[str, ...] = ()
     failure: OSError | None = None
     """The first disk error, for the SaveError it becomes (a full disk halts a batch)."""
-
-
-def check_folder(folder: Path) -> None:
-    """Make `folder` if need be, and see that it takes files (by making one: as root, or on a
-    read-only mount, permission bits do not tell). InvalidDestinationError otherwise: raised
-    before anything is paid for."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}.part"
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
-        probe.unlink()
-    except FileExistsError:
-        raise InvalidDestinationError(
-            f"save_to={str(folder)!r} is a file, not a folder: name a folder for the images"
-        ) from None
-    except NotADirectoryError:
-        raise InvalidDestinationError(
-            f"save_to={str(folder)!r} lies under a file: name a folder for the images"
-        ) from None
-    except OSError as exc:
-        raise InvalidDestinationError(
-            f"save_to={str(folder)!r} cannot take files ({exc.strerror or exc}): "
-            "name a folder you can write to"
-        ) from None
 
 
 def _kept(number: int, image: BodyImage) -> GeneratedImage:

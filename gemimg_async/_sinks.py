@@ -27,6 +27,7 @@ from aiofiles.threadpool.binary import AsyncFileIO
 
 from ._media import SNIFF_BYTES, MediaInfo, sniff
 from ._models import GeneratedImage, check_stem
+from ._tempfiles import claim
 
 __all__ = [
     "TEMP_PREFIX",
@@ -213,9 +214,14 @@ class AtomicFile:
 
     @classmethod
     def create(cls, folder: Path, *, max_bytes: int) -> AtomicFile:
-        """A temporary file in `folder`, which must exist (`Saver.check_folder` makes it)."""
-        tmp = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}.part"
-        raw = _GuardedFile(tmp)
+        """A temporary file in `folder`, which must exist (`check_folder` makes it), locked
+        (`claim`) until placed: a batch's sweep removes only the dead's."""
+        while True:
+            tmp = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}.part"
+            raw = _GuardedFile(tmp)
+            if claim(raw.fileno(), tmp):
+                break
+            raw.close()
         return cls(folder, max_bytes, tmp, raw, aiofiles.threadpool.wrap(raw))
 
     @property

@@ -7,9 +7,10 @@ from pathlib import Path
 import attrs
 
 from ._jobs import BadLine
-from ._manifest import STATUSES, Status
+from ._manifest import STATUSES, ManifestEntry, Status
+from ._results import Outcome
 
-__all__ = ["BatchStats", "BatchSummary"]
+__all__ = ["BatchStats", "BatchSummary", "Tally"]
 
 
 @attrs.frozen
@@ -76,6 +77,9 @@ class BatchSummary:
     """Images of this run that came back at a lower tier than asked (4K asked, 1K made)."""
     other_shape: int = 0
     """Images of this run that came back in another aspect ratio than asked."""
+    changed: int = 0
+    """Jobs done before whose prompt or options changed since, left as they were: run with
+    `redo_changed` (`--redo-changed`) to generate them anew (each billed again)."""
 
     @property
     def counts(self) -> dict[Status, int]:
@@ -87,10 +91,46 @@ class BatchSummary:
 
     @property
     def ok(self) -> bool:
-        """Every job saved, no bad line, nothing left."""
+        """Every job saved as it is asked now, no bad line, nothing left."""
         return (
             self.saved == self.total
             and not self.bad_lines
             and not self.interrupted
             and self.halted is None
+            and not self.changed
         )
+
+
+def _no_jobs() -> dict[Status, int]:
+    return dict.fromkeys(STATUSES, 0)
+
+
+@attrs.define
+class Tally:
+    """What a running batch has counted: how each job met ended, and of those it sent."""
+
+    counts: dict[Status, int] = attrs.Factory(_no_jobs)
+    """The final state of every job met."""
+    ran: dict[Status, int] = attrs.Factory(_no_jobs)
+    """... of the jobs this run sent."""
+    skipped: int = 0
+    changed: int = 0
+    images: int = 0
+    smaller: int = 0
+    other_shape: int = 0
+
+    def skip(self, entry: ManifestEntry, *, changed: bool = False) -> None:
+        """A job not sent: done before, held back, or changed since it was saved."""
+        self.skipped += 1
+        self.changed += changed
+        self.counts[entry.status] += 1
+
+    def ended(self, entry: ManifestEntry, outcome: Outcome | None = None) -> None:
+        """A job this run sent ended as `entry` (`outcome` says what came back)."""
+        self.counts[entry.status] += 1
+        self.ran[entry.status] += 1
+        self.images += len(entry.paths)
+        for delivered in outcome.result.delivered if outcome and outcome.result else ():
+            if delivered is not None:
+                self.smaller += delivered.smaller
+                self.other_shape += delivered.other_shape

@@ -11,9 +11,11 @@ import pytest
 from gemimg_async import (
     MANIFEST_NAME,
     BatchRun,
+    BatchSummary,
     Client,
     ImageRequest,
     JobDefaults,
+    ManifestEntry,
     content_id,
     run_batch,
 )
@@ -177,22 +179,28 @@ async def test_an_image_paid_for_but_not_fetched_is_not_paid_for_again(
 # --- stopping ----------------------------------------------------------------------------------
 
 
+async def stopped_when(batch: BatchRun, jobs, condition) -> BatchSummary:
+    """`batch.run(jobs)`, stopped once `condition` holds; its summary."""
+    summary = None
+
+    async def run() -> None:
+        nonlocal summary
+        summary = await batch.run(jobs)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await wait_for(condition)
+        batch.stop()
+    assert summary is not None
+    return summary
+
+
 async def test_stop_finishes_what_was_sent_and_sends_nothing_more(tmp_path, out):
     """stop() takes no new job; the requests in flight finish and are recorded, and a re-run
     sends only the rest."""
     jobs = write_jobs(tmp_path, "jobs.txt", [f"job {i}" for i in range(10)])
     async with slow_client(0.3, 2) as (relay, client):
-        batch = BatchRun(client, out)
-        async with anyio.create_task_group() as tg:
-
-            async def run() -> None:
-                nonlocal summary
-                summary = await batch.run(jobs)
-
-            summary = None
-            tg.start_soon(run)
-            await wait_for(lambda: relay.in_flight == 2)
-            batch.stop()
+        summary = await stopped_when(BatchRun(client, out), jobs, lambda: relay.in_flight == 2)
         assert summary.interrupted
         assert (summary.saved, summary.total) == (2, 2)
         first = prompts_sent(relay)
@@ -228,6 +236,7 @@ async def test_abort_records_what_was_in_flight_as_outcome_unknown(tmp_path, out
         assert len(lines) == 3
         assert all(line["status"] == "outcome_unknown" for line in lines)
         assert all("may have been billed" in line["error"] for line in lines)
+        assert all(line["attempts"] == 1 for line in lines)  # what was sent is recorded
         keys = {line["prompt"]: line["idempotency_keys"] for line in lines}
         assert keys == {r.prompt: [r.idempotency_key] for r in relay.requests}
         sent_before = set(prompts_sent(relay))
@@ -283,3 +292,47 @@ async def test_a_full_disk_halts_the_batch(relay, client, tmp_path, out, monkeyp
     assert summary.halted is not None
     assert "takes no more" in summary.halted
     assert len(relay.requests) == 1
+
+
+async def test_a_job_waiting_for_its_rate_slot_at_stop_is_not_sent(relay, tmp_path, out):
+    """With `rpm`, a job taken but still waiting for its start is not sent after stop(), nor
+    recorded: it never reached the relay, and the next run sends it."""
+    jobs = write_jobs(tmp_path, "jobs.txt", ["job 0", "job 1"])
+    async with Client(API_KEY, relay.url, rpm=1, max_concurrency=2) as client:
+        with anyio.fail_after(30):  # far less than the minute job 1 waits for its start
+            summary = await stopped_when(
+                BatchRun(client, out),
+                jobs,
+                lambda: (out / MANIFEST_NAME).exists() and manifest_lines(out),
+            )
+        assert summary.interrupted
+        assert prompts_sent(relay) == ["job 0"]
+        assert [line["prompt"] for line in manifest_lines(out)] == ["job 0"]
+        assert not (out / ".manifest-sent.jsonl").read_bytes()
+    async with Client(API_KEY, relay.url, clock=FakeClock()) as again:
+        rest = await run_batch(again, jobs, out)
+    assert prompts_sent(relay) == ["job 0", "job 1"]
+    assert rest.ok
+
+
+async def test_a_manifest_without_fingerprints_resumes_as_unchanged(relay, client, tmp_path, out):
+    """Jobs saved by a version that kept no fingerprint are skipped as before, never counted
+    changed; a changed job held outcome_unknown is redone with a new key only when asked."""
+    out.mkdir()
+    (out / "fox_0.png").write_bytes(b"png")
+    lines = [
+        ManifestEntry(id="fox", status="saved", paths=("fox_0.png",), prompt="a fox"),
+        ManifestEntry(
+            id="cat", status="outcome_unknown", idempotency_keys=("old-key",), fingerprint="x"
+        ),
+    ]
+    (out / MANIFEST_NAME).write_bytes(b"".join(entry.to_line() for entry in lines))
+    jobs = [ImageRequest("a fox", id="fox", size="16:9"), ImageRequest("a cat", id="cat")]
+    summary = await run_batch(client, jobs, out)
+    assert relay.requests == []
+    assert (summary.skipped, summary.changed) == (2, 1)
+    assert not summary.ok
+    summary = await run_batch(client, jobs, out, redo_changed=True)
+    assert prompts_sent(relay) == ["a cat"]
+    assert relay.requests[0].idempotency_key != "old-key"  # another request: another key
+    assert summary.ok

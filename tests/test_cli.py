@@ -17,6 +17,7 @@ import anyio
 import pytest
 from anyio.abc import ByteReceiveStream
 
+import gemimg_async._cli
 from gemimg_async import MANIFEST_NAME
 from gemimg_async._cli import main
 from gemimg_async.testing import FakeRelay, Fault
@@ -125,6 +126,44 @@ def test_out_is_required():
     with pytest.raises(SystemExit) as exit_info:
         main(["batch", "jobs.txt"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--concurrency", "0"], "--concurrency"),
+        (["--rpm", "-1"], "--rpm"),
+        (["--progress-interval", "nan"], "--progress-interval"),
+        (["--dialect", "soap"], "--dialect"),
+    ],
+)
+def test_a_bad_flag_value_is_one_line_naming_the_flag(capsys, args, flag):
+    """A flag value argparse refuses is one line on stderr naming the flag, exit status 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["batch", "jobs.txt", "--out", "out", *args])
+    assert exit_info.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert flag in line
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_where(monkeypatch, capsys):
+    """An error no one expected is one line asking for --debug, exit status 1; with --debug its
+    traceback comes first."""
+
+    def broken(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(gemimg_async._cli, "generate", broken)
+    assert main(["generate", "a fox"]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (
+        "gemimg-async: unexpected RuntimeError: a bug (run again with --debug to see where; "
+        "please report it)"
+    )
+    assert main(["--debug", "generate", "a fox"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback")
+    assert "in broken" in err
 
 
 # --- batch -------------------------------------------------------------------------------------

@@ -48,8 +48,9 @@ INTERNAL = {
     "_prices.usage_cost",  # ... or prices its usage
     "_provenance.KEYWORDS",  # the PNG keywords of Provenance's fields
     "_provenance.software",  # the library name and version written into files
-    "_jobs.count_jobs",  # a progress estimate for the CLI
+    "_jobs.fingerprint",  # what the manifest keeps of a job, to tell a changed one
     "_jobs.iterable_jobs",  # run_batch takes requests directly; this numbers them
+    "_jobs.text_jobs",  # read_jobs of a checked job file, with fingerprints, for BatchRun
     "_manifest.optional_str",  # a field check shared with the send log's lines
     "_manifest.scan",  # read_manifest, with where each line starts, for the journal
     "_manifest.status_of",  # ManifestEntry.from_outcome applies it
@@ -66,6 +67,7 @@ INTERNAL = {
     "_sizes.base_model",  # how dialects split a tier off a model name
     "_sizes.pixels",  # Google's table, read through Asked.pixels
     "_sizes.tier_of",  # how Asked reads a model name
+    "_summary.Tally",  # how a running batch counts, behind BatchStats and BatchSummary
 }
 # Test helpers: public, but from gemimg_async.testing rather than the package itself.
 TESTING_ONLY = {

@@ -2,9 +2,14 @@
 their bad lines reported.
 """
 
+import io
+import sys
+
+import attrs
 import pytest
 
 from gemimg_async import BadLine, ImageRequest, JobDefaults, ValidationError, content_id, read_jobs
+from gemimg_async._jobs import fingerprint
 from helpers import TIER_2K, TIER_4K, jsonl, write_jobs
 
 
@@ -113,17 +118,114 @@ def test_bad_jsonl_lines_are_reported_with_their_number_and_skipped(tmp_path):
     assert str(bad[0]).startswith("jobs.jsonl:2: not valid JSON")
 
 
-def test_bad_csv_rows_and_bytes_that_are_not_utf8_are_bad_lines(tmp_path):
-    """A CSV row with a bad count, too many cells, or bytes that are not UTF-8 is one bad line."""
+def test_bad_csv_rows_are_bad_lines(tmp_path):
+    """A CSV row with a bad count or too many cells is one bad line."""
     path = tmp_path / "jobs.csv"
-    path.write_bytes(b"prompt,n\na fox,two\na cat,1,extra\ncaf\xe9 au lait,1\na dog,3\n")
+    path.write_bytes(b"prompt,n\na fox,two\na cat,1,extra\na dog,3\n")
     jobs, bad = collect(path)
     assert [job.prompt for job in jobs] == ["a dog"]
     assert [(line.line, line.reason) for line in bad] == [
         (2, "n must be a whole number, not 'two'"),
         (3, "3 cells, but the header names 2 columns"),
-        (4, "not valid UTF-8"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("content", "guess", "line"),
+    [
+        ("一只狐狸\n水彩风格的橘猫\n".encode("gbk"), "gbk", 1),
+        (b"prompt,n\na fox,1\ncaf\xe9 au lait,1\n", "cp1252", 3),
+    ],
+    ids=["gbk", "latin"],
+)
+def test_a_file_not_in_utf8_is_refused_once_with_a_guess(tmp_path, content, guess, line):
+    """A job file that does not decode is a ValidationError before any job is read, naming the
+    first bad line and the encoding it looks like."""
+    path = tmp_path / ("jobs.csv" if b"prompt," in content else "jobs.txt")
+    path.write_bytes(content)
+    with pytest.raises(ValidationError) as caught:
+        read_jobs(path)
+    message = str(caught.value)
+    assert "is not UTF-8" in message
+    assert f"(line {line}:" in message
+    assert message.endswith(f"try --encoding {guess}")
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-32"])
+def test_a_byte_order_mark_says_the_encoding(tmp_path, encoding):
+    """A file that starts with a UTF-8, UTF-16 or UTF-32 byte-order mark is read in that
+    encoding, whatever `encoding` says."""
+    path = tmp_path / "jobs.txt"
+    path.write_bytes("一只狐狸\na fox\n".encode(encoding))
+    jobs, bad = collect(path, encoding="gbk")
+    assert [job.prompt for job in jobs] == ["一只狐狸", "a fox"]
+    assert bad == []
+
+
+def test_encoding_reads_a_file_in_another_encoding(tmp_path):
+    """`encoding=` reads a file without a byte-order mark; an unknown one is a usage error."""
+    path = tmp_path / "jobs.jsonl"
+    path.write_bytes('{"prompt": "水彩风格的橘猫"}\n'.encode("gbk"))
+    jobs, _ = collect(path, encoding="gbk")
+    assert [job.prompt for job in jobs] == ["水彩风格的橘猫"]
+    with pytest.raises(ValidationError, match="unknown encoding 'klingon'"):
+        read_jobs(path, encoding="klingon")
+
+
+def test_txt_lines_starting_with_hash_are_comments(tmp_path):
+    """In a .txt file a line starting with # (after blanks) is a comment; in .jsonl a prompt may
+    start with one."""
+    path = write_jobs(tmp_path, "jobs.txt", "# posters\na fox\n  # more\n")
+    jobs, _ = collect(path)
+    assert [job.prompt for job in jobs] == ["a fox"]
+    path = write_jobs(tmp_path, "jobs.jsonl", jsonl({"prompt": "#1 a fox"}))
+    jobs, _ = collect(path)
+    assert [job.prompt for job in jobs] == ["#1 a fox"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("jobs.txt", ""), ("jobs.txt", "\n# only a comment\n"), ("jobs.csv", "prompt,id\n")],
+)
+def test_a_file_with_no_job_is_a_usage_error(tmp_path, name, content):
+    """A job file that holds no job (empty, blank, comments or a CSV header only) is refused."""
+    path = write_jobs(tmp_path, name, content)
+    with pytest.raises(ValidationError, match="holds no job"):
+        read_jobs(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "prompts"),
+    [
+        ("# jobs\na fox\na cat\n", ["a fox", "a cat"]),
+        ('\n{"prompt": "a fox", "id": "fox"}\n', ["a fox"]),
+    ],
+    ids=["text", "jsonl"],
+)
+def test_dash_reads_stdin(monkeypatch, text, prompts):
+    """`-` reads the jobs from stdin: JSONL when its first line is an object, else one prompt a
+    line."""
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+    jobs, bad = collect("-")
+    assert [job.prompt for job in jobs] == prompts
+    assert bad == []
+
+
+def test_the_fingerprint_is_of_what_is_asked():
+    """A job's fingerprint changes with its prompt, model, size, n, input images and extra_body,
+    not with how the image travels back or its id."""
+    base = ImageRequest("a fox", id="fox")
+    same = [attrs.evolve(base, response_format="b64_json"), attrs.evolve(base, id="other")]
+    changed = [
+        attrs.evolve(base, prompt="a cat"),
+        attrs.evolve(base, model="2k"),
+        attrs.evolve(base, size="16:9"),
+        attrs.evolve(base, n=2),
+        attrs.evolve(base, images=["https://e.com/a.png"]),
+        attrs.evolve(base, extra_body={"seed": 1}),
+    ]
+    assert {fingerprint(request) for request in same} == {fingerprint(base)}
+    assert len({fingerprint(request) for request in [base, *changed]}) == 7
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from gemimg_async import MANIFEST_NAME, ConfigurationError, ImageRequest, ManifestEntry, run_batch
-from gemimg_async._journal import Journal
+from gemimg_async._journal import Journal, SentJob
 from helpers import PNG_END, PNG_SIGNATURE, jsonl, latest, write_jobs
 
 pytestmark = pytest.mark.anyio
@@ -29,8 +29,9 @@ async def test_a_job_a_dead_run_had_in_flight_is_not_paid_for_twice(
     """A job a killed run sent but never recorded ends outcome_unknown (or saved, when its images
     are on disk) without being sent again."""
     jobs = write_jobs(tmp_path, "jobs.jsonl", jsonl({"prompt": "lost", "id": "lost"}))
-    journal = Journal.open(out)  # a run that marks the job sent, then dies
-    journal.mark_sent(ImageRequest("lost", id="lost", idempotency_key="key-1"), time.time())
+    journal = Journal.open(out)  # a run that logs the job sent, then dies
+    request = ImageRequest("lost", id="lost", idempotency_key="key-1")
+    journal.log_sent(SentJob.of(request, started=time.time()))
     journal.close()
     if images_landed:
         (out / "lost_0.png").write_bytes(PNG_SIGNATURE + PNG_END)
@@ -59,3 +60,21 @@ async def test_a_second_batch_on_the_same_folder_is_refused(client, out):
     finally:
         journal.close()
     assert (await run_batch(client, [ImageRequest("x")], out)).ok
+
+
+@pytest.mark.parametrize("name", [MANIFEST_NAME, ".manifest-sent.jsonl"])
+def test_a_symlink_in_place_of_the_manifest_or_send_log_is_refused(tmp_path, out, name):
+    """Journal.open refuses a folder whose manifest or send log is a symlink (even a dangling
+    one), naming it; the file it points to is neither truncated nor written."""
+    victim = tmp_path / "precious.txt"
+    victim.write_bytes(b"precious\n")
+    out.mkdir()
+    (out / name).symlink_to(victim)
+    with pytest.raises(ConfigurationError, match="is a symbolic link") as caught:
+        Journal.open(out)
+    assert name in str(caught.value)
+    assert victim.read_bytes() == b"precious\n"
+    victim.unlink()
+    with pytest.raises(ConfigurationError, match="is a symbolic link"):
+        Journal.open(out)
+    assert not victim.exists()

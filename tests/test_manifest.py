@@ -1,9 +1,23 @@
 """The manifest (`_manifest`): one JSON line per job, read back with the latest line winning."""
 
+import errno
 import json
 import time
 
-from gemimg_async import MANIFEST_NAME, ManifestEntry, read_manifest
+import pytest
+
+from gemimg_async import (
+    MANIFEST_NAME,
+    BadRequestError,
+    ConnectError,
+    DownloadError,
+    ManifestEntry,
+    OutcomeUnknownError,
+    RefusalError,
+    ServerError,
+    read_manifest,
+)
+from gemimg_async._manifest import status_of
 from helpers import MANIFEST_KEYS, STANDARD
 
 
@@ -22,6 +36,7 @@ def test_manifest_entry_round_trips_through_json():
         started=1.5,
         finished=2.25,
         prompt="一只狐狸",
+        fingerprint="0123456789abcdef",
     )
     line = entry.to_line()
     assert line.endswith(b"\n")
@@ -71,3 +86,32 @@ def test_a_manifest_of_10000_jobs_is_read_in_well_under_a_second(tmp_path):
     elapsed = time.perf_counter() - began
     assert len(entries) == 10_000
     assert elapsed < 1.0
+
+
+def test_a_line_without_a_fingerprint_reads_as_none():
+    """A manifest written before fingerprints were kept still reads: its fingerprint is None."""
+    doc = ManifestEntry(id="a", status="saved", paths=("a_0.png",)).to_json()
+    del doc["fingerprint"]
+    assert ManifestEntry.from_json(doc).fingerprint is None
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (None, "saved"),
+        (RefusalError("no image", status=200), "refused"),
+        (ServerError("HTTP 524: a timeout occurred", status=524), "outcome_unknown"),
+        (OutcomeUnknownError("read timeout"), "outcome_unknown"),
+        (DownloadError("HTTP 502", url="https://e.com/a.png", status=502), "outcome_unknown"),
+        (OSError(errno.ENOSPC, "No space left on device"), "outcome_unknown"),
+        (ServerError("HTTP 500: boom", status=500), "failed"),
+        (BadRequestError("HTTP 400: bad", status=400), "failed"),
+        (ConnectError("refused"), "failed"),
+    ],
+    ids=lambda value: type(value).__name__ if not isinstance(value, str) else value,
+)
+def test_the_status_of_an_error_follows_the_retry_policy(error, status):
+    """What the retry policy calls outcome unknown (a 524 too), a paid image not fetched or
+    not written, is outcome_unknown: perhaps billed, so held back; what was surely not billed
+    is failed."""
+    assert status_of(error) == status

@@ -219,9 +219,13 @@ async def test_undocumented_ratio_is_sent_with_allow_any_size(relay):
 # --- ImageRequest: validation ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("prompt", ["", " ", "\n\t ", None, 42, b"a fox"])
+@pytest.mark.parametrize(
+    "prompt",
+    ["", " ", "\n\t ", "\x00\x00", "\u200b\u200c\u200d", " \ufeff\u2060\x1b ", None, 42, b"a fox"],
+)
 def test_bad_prompts_raise(prompt):
-    """An empty, blank or non-string prompt raises InvalidPromptError."""
+    """An empty, blank, invisible (NULs, zero-width and control characters only) or non-string
+    prompt raises InvalidPromptError."""
     with pytest.raises(InvalidPromptError):
         ImageRequest(prompt)
 
@@ -482,7 +486,7 @@ def test_to_json_of_a_bare_request_is_the_prompt():
 
 REQUESTS = st.builds(
     ImageRequest,
-    st.text(min_size=1).filter(str.strip),
+    st.text(min_size=1).filter(lambda text: any(c.isprintable() and not c.isspace() for c in text)),
     model=st.sampled_from([*Model, "2k", "standard", "4K", "custom-model"]),
     size=st.sampled_from([None, *ASPECT_RATIOS, "16x9"]),
     n=st.integers(1, 8),

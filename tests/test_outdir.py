@@ -2,12 +2,13 @@
 behind; through `run_batch` against the fake relay.
 """
 
-import os
-import time
+import fcntl
 
 import pytest
 
 from gemimg_async import MANIFEST_NAME, run_batch
+from gemimg_async._outdir import FolderImages
+from gemimg_async._sinks import AtomicFile
 from helpers import is_complete_png, jsonl, latest, prompts_sent, write_jobs
 
 pytestmark = pytest.mark.anyio
@@ -39,14 +40,37 @@ async def test_an_incomplete_image_set_is_generated_again_in_full(relay, client,
     assert is_complete_png(out / "two_0.png")  # replaced: the batch owns its file names
 
 
-async def test_stale_temporary_files_of_a_dead_run_are_removed(client, out):
-    """Temporary image files untouched for a long while are removed when a batch starts."""
+async def test_temporary_files_no_process_holds_are_removed_however_fresh(client, out):
+    """A batch start removes the temporary image files no live process holds (a killed run's),
+    however fresh; one a writer holds (its flock, as AtomicFile takes) stays."""
     out.mkdir()
-    stale, fresh = out / ".gemimg-dead.part", out / ".gemimg-live.part"
-    stale.write_bytes(b"partial")
-    fresh.write_bytes(b"partial")
-    long_ago = time.time() - 3600
-    os.utime(stale, (long_ago, long_ago))
-    await run_batch(client, [], out)
-    assert not stale.exists()
-    assert fresh.exists()  # another process may still be writing it
+    dead, live = out / ".gemimg-dead.part", out / ".gemimg-live.part"
+    dead.write_bytes(b"partial")
+    with live.open("wb") as writer:
+        fcntl.flock(writer, fcntl.LOCK_EX)
+        await run_batch(client, [], out)
+        assert live.exists()  # another process may still be writing it
+    assert not dead.exists()
+
+
+def test_an_image_streaming_in_is_not_swept(out):
+    """The temporary file of an image being written (AtomicFile) survives a scan of its folder;
+    once aborted it is gone."""
+    out.mkdir()
+    sink = AtomicFile.create(out, max_bytes=1 << 20)
+    FolderImages.scan(out)
+    assert [path.name for path in out.iterdir() if path.name.startswith(".gemimg-")]
+    sink.abort()
+    assert list(out.iterdir()) == []
+
+
+def test_symlinked_images_are_not_images_of_the_folder(out, tmp_path):
+    """An image name that is a symlink does not count as a job's image: a planted link never
+    makes a job look saved."""
+    out.mkdir()
+    (tmp_path / "elsewhere.png").write_bytes(b"png")
+    (out / "fox_0.png").symlink_to(tmp_path / "elsewhere.png")
+    (out / "cat_0.png").write_bytes(b"png")
+    images = FolderImages.scan(out)
+    assert images.complete("fox", 1) is None
+    assert images.complete("cat", 1) == ("cat_0.png",)
