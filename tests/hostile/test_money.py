@@ -325,7 +325,8 @@ async def test_a_resumed_batch_sweeps_the_temp_files_of_a_killed_run(tmp_path):
         async with _batch_process(
             "jobs.jsonl", "--out", "out", "--base-url", relay.url, cwd=tmp_path
         ) as process:
-            await wait_for(lambda: temp_files(out))  # the image is streaming in
+            # the request reached the relay, and its image is streaming in (not the folder's probe)
+            await wait_for(lambda: relay.requests == 1 and temp_files(out))
             await _kill_9(process)
         assert temp_files(out), "the kill left no temp file: nothing to test"
         with anyio.fail_after(10):
