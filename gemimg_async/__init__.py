@@ -69,6 +69,7 @@ from ._exceptions import (
     TransportError,
     ValidationError,
 )
+from ._http import DEFAULT_RETRY_AFTER, ErrorResponse, error_response
 from ._jobs import BadLine, JobDefaults, content_id, read_jobs
 from ._manifest import MANIFEST_NAME, STATUSES, ManifestEntry, Status, read_manifest
 from ._models import (
@@ -98,6 +99,7 @@ __all__ = [
     "DEFAULT_MAX_IMAGE_BYTES",
     "DEFAULT_READ_TIMEOUT",
     "DEFAULT_READ_TIMEOUT_4K",
+    "DEFAULT_RETRY_AFTER",
     "DIALECTS",
     "ENV_API_KEY",
     "ENV_BASE_URL",
@@ -130,6 +132,7 @@ __all__ = [
     "Delivered",
     "Dialect",
     "DownloadError",
+    "ErrorResponse",
     "Event",
     "EventLoopError",
     "GemimgError",
@@ -181,6 +184,7 @@ __all__ = [
     "ValidationError",
     "__version__",
     "content_id",
+    "error_response",
     "read_jobs",
     "read_manifest",
     "resolve_model",

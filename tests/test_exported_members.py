@@ -17,6 +17,7 @@ USER_FACING_MODULES = (
     "_config",
     "_events",
     "_exceptions",
+    "_http",
     "_jobs",
     "_manifest",
     "_models",
