@@ -31,13 +31,13 @@ from ._wire import Aborted, Invalid, framed, hang_up, send, send_error, send_fau
 
 if TYPE_CHECKING:
     from ssl import SSLContext
-    from types import TracebackType
 
 __all__ = ["FakeRelay", "serve"]
 
 _MAX_BODY_BYTES = 256 * 1024 * 1024
 _SHUTDOWN_TIMEOUT = 0.25
 _BACKLOG = 1024
+_SLOT: web.RequestKey[tuple[int, int]] = web.RequestKey("gemimg_fake_slot", tuple)
 
 
 def _keys(value: Iterable[str]) -> frozenset[str]:
@@ -143,12 +143,7 @@ class FakeRelay:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     @property
@@ -215,13 +210,16 @@ class FakeRelay:
 
     # handlers
     async def _stamp_request_id(self, request: web.Request, response: web.StreamResponse) -> None:
-        request_id = request.get(REQUEST_ID) or new_request_id()
-        response.headers.setdefault("x-request-id", request_id)
+        """Stamp the request id; record the status as it goes out, before the client can have
+        read the answer (a relay in another thread is read while its handler still runs)."""
+        response.headers.setdefault("x-request-id", request.get(REQUEST_ID) or new_request_id())
+        slot = request.get(_SLOT)
+        current = self._record_at(*slot) if slot is not None else None
+        if slot is not None and current is not None and current.finished is None:
+            self.requests[slot[1]] = attrs.evolve(current, status=response.status)
 
     def _latency(self, model: str) -> float:
-        if isinstance(self.latency, Mapping):
-            return self.latency.get(model, 0.0)
-        return self.latency
+        return self.latency.get(model, 0.0) if isinstance(self.latency, Mapping) else self.latency
 
     async def _handle_images(self, request: web.Request) -> web.StreamResponse:
         return await self._handle_generation(request, "images", None)
@@ -252,7 +250,7 @@ class FakeRelay:
             idempotency_key=request.headers.get("Idempotency-Key"),
             fault=fault,
         )
-        epoch, index = self._epoch, len(self.requests)
+        epoch, index = request[_SLOT] = self._epoch, len(self.requests)
         self.requests.append(record)
         status: int | None = None
         try:
