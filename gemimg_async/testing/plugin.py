@@ -7,6 +7,8 @@ Fixtures::
                           loop, reset for each test (scripts, records, counters and settings)
     gemimg_client         a Client of fake_relay, made and closed on the test's own event loop
                           (anyio's plugin, or pytest-asyncio in strict or auto mode)
+    fake_relay_server     (session) the same relay, not reset: for fixtures of a wider scope
+                          that need its `url` (an app started once per module, say)
     fake_relay_options    (session) the FakeRelay's options: override it to change them
     gemimg_client_options the Client's options besides key and URL: a FakeClock by default,
                           so retries wait no real time; override it to change them
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "fake_relay",
     "fake_relay_options",
+    "fake_relay_server",
     "gemimg_client",
     "gemimg_client_options",
 ]
@@ -53,6 +56,12 @@ def _gemimg_relay_thread(fake_relay_options: dict[str, Any]) -> Iterator[RelayTh
     thread = RelayThread(FakeRelay(**fake_relay_options))
     with thread:
         yield thread
+
+
+@pytest.fixture(scope="session")
+def fake_relay_server(_gemimg_relay_thread: RelayThread) -> FakeRelay:
+    """The session's fake relay as it is (not reset): for fixtures of a wider scope."""
+    return _gemimg_relay_thread.relay
 
 
 @pytest.fixture
