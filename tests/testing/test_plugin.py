@@ -2,10 +2,12 @@
 run by pytest in a subprocess, under anyio's plugin, pytest-asyncio (strict and auto) and both
 at once, get `fake_relay` (started once, reset per test) and `gemimg_client` (on their loop)."""
 
+import re
 import textwrap
 import urllib.error
 import urllib.request
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +188,12 @@ def test_a_relay_thread_serves_synchronous_code_and_resets_its_settings():
         url = relay.url
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{url}/files/x.png", timeout=5)  # noqa: S310 - our own server
+
+
+def test_the_readme_example_passes(pytester):
+    """The README's plugin example, as written, passes under anyio's plugin."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    [example] = [block for block in blocks if "gemimg_client" in block]
+    result = run(pytester, "-p", "no:asyncio", test_readme=example)
+    result.assert_outcomes(passed=1)
