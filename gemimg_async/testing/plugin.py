@@ -96,8 +96,8 @@ def _client_fixture(request: pytest.FixtureRequest) -> str:
         return f"_gemimg_client_asyncio_{scope}"
     pytest.fail(
         "gemimg_client is for async tests run by anyio's pytest plugin "
-        "(@pytest.mark.anyio) or by pytest-asyncio (@pytest.mark.asyncio, or its auto mode); "
-        "a synchronous test can use fake_relay.url with a client of its own",
+        "(@pytest.mark.anyio) or by pytest-asyncio 0.24 or later (@pytest.mark.asyncio, or its "
+        "auto mode); a synchronous test can use fake_relay.url with a client of its own",
         pytrace=False,
     )
 
@@ -141,11 +141,17 @@ def _asyncio_fixture(loop_scope: str) -> Callable[..., Any]:
     return pytest_asyncio.fixture(fixture, name=name, loop_scope=loop_scope)  # type: ignore[call-overload,no-any-return]
 
 
-# pytest-asyncio runs a fixture on the loop of the scope it was declared with: one per scope,
-# each picked for the tests whose loop has that scope.
-_ASYNCIO_FIXTURES = (
-    {f"_gemimg_client_asyncio_{s}": _asyncio_fixture(s) for s in _LOOP_SCOPES}
-    if importlib.util.find_spec("pytest_asyncio") is not None
-    else {}
-)
+def _asyncio_fixtures() -> dict[str, Callable[..., Any]]:
+    """pytest-asyncio runs a fixture on the loop of the scope it was declared with: one per
+    scope, each picked for the tests whose loop has that scope. None without pytest-asyncio, or
+    with one older than `loop_scope` (0.24): its tests then get no gemimg_client."""
+    if importlib.util.find_spec("pytest_asyncio") is None:
+        return {}
+    try:
+        return {f"_gemimg_client_asyncio_{s}": _asyncio_fixture(s) for s in _LOOP_SCOPES}
+    except TypeError:
+        return {}
+
+
+_ASYNCIO_FIXTURES = _asyncio_fixtures()
 globals().update(_ASYNCIO_FIXTURES)
