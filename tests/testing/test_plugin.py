@@ -91,26 +91,44 @@ def test_the_plugin_is_installed_as_a_pytest11_entry_point():
     assert entry.load() is gemimg_async.testing.plugin
 
 
+def readme_example() -> str:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    [example] = [block for block in blocks if "gemimg_client" in block]
+    return example
+
+
 def test_under_anyio(pytester):
-    """With anyio's plugin (pytest-asyncio off), the fixtures work in async and sync tests; a
-    synchronous test asking for gemimg_client fails with what to do instead."""
+    """With anyio's plugin (pytest-asyncio off), the fixtures work in async and sync tests, and
+    the README's example passes as written; a synchronous test asking for gemimg_client fails
+    with what to do instead."""
     source = TESTS.format(setup=ANYIO_SETUP, mark="@pytest.mark.anyio")
-    result = run(pytester, "-p", "no:asyncio", test_app=source, test_sync=SYNC_TEST)
-    result.assert_outcomes(passed=4, errors=1)
+    sources = {"test_app": source, "test_sync": SYNC_TEST, "test_readme": readme_example()}
+    result = run(pytester, "-p", "no:asyncio", **sources)
+    result.assert_outcomes(passed=5, errors=1)
     result.stdout.fnmatch_lines(["*gemimg_client is for async tests*"])
 
 
-def test_under_pytest_asyncio_strict(pytester):
+def test_under_pytest_asyncio_strict_beside_anyio(pytester):
     """pytest-asyncio in strict mode runs @pytest.mark.asyncio tests with the client on their
-    loop, a module-scoped loop included."""
+    loop (a module-scoped loop included) while anyio's plugin, loaded too, runs its own."""
     source = TESTS.format(setup="", mark="@pytest.mark.asyncio") + textwrap.dedent("""
         @pytest.mark.asyncio(loop_scope="module")
         async def test_on_a_module_loop(gemimg_client, fake_relay):
             await gemimg_client.generate("a fox")
             assert fake_relay.generation_count == 1
+
+        @pytest.fixture
+        def anyio_backend():
+            return "asyncio"
+
+        @pytest.mark.anyio
+        async def test_run_by_anyio(gemimg_client, fake_relay):
+            await gemimg_client.generate("a fox")
+            assert fake_relay.generation_count == 1
     """)
-    result = run(pytester, "-p", "no:anyio", ini=ASYNCIO_INI.format(extra=""), test_app=source)
-    result.assert_outcomes(passed=5)
+    result = run(pytester, ini=ASYNCIO_INI.format(extra=""), test_app=source)
+    result.assert_outcomes(passed=6)
 
 
 def test_under_pytest_asyncio_auto(pytester):
@@ -119,30 +137,6 @@ def test_under_pytest_asyncio_auto(pytester):
     source = TESTS.format(setup="", mark="")
     result = run(pytester, "-p", "no:anyio", ini=ini, test_app=source)
     result.assert_outcomes(passed=4)
-
-
-def test_under_both_plugins_at_once(pytester):
-    """With anyio's plugin and pytest-asyncio (strict) both loaded, each test's client is made
-    on the loop of the plugin that runs it."""
-    source = textwrap.dedent("""
-        import pytest
-
-        @pytest.fixture
-        def anyio_backend():
-            return "asyncio"
-
-        @pytest.mark.anyio
-        async def test_anyio(gemimg_client, fake_relay):
-            await gemimg_client.generate("a fox")
-            assert fake_relay.generation_count == 1
-
-        @pytest.mark.asyncio
-        async def test_asyncio(gemimg_client, fake_relay):
-            await gemimg_client.generate("a fox")
-            assert fake_relay.generation_count == 1
-    """)
-    result = run(pytester, ini=ASYNCIO_INI.format(extra=""), test_app=source)
-    result.assert_outcomes(passed=2)
 
 
 def test_the_options_fixtures_change_the_relay_and_the_client(pytester):
@@ -188,12 +182,3 @@ def test_a_relay_thread_serves_synchronous_code_and_resets_its_settings():
         url = relay.url
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{url}/files/x.png", timeout=5)  # noqa: S310 - our own server
-
-
-def test_the_readme_example_passes(pytester):
-    """The README's plugin example, as written, passes under anyio's plugin."""
-    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
-    [example] = [block for block in blocks if "gemimg_client" in block]
-    result = run(pytester, "-p", "no:asyncio", test_readme=example)
-    result.assert_outcomes(passed=1)
