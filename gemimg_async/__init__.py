@@ -72,6 +72,7 @@ from ._exceptions import (
     ValidationError,
 )
 from ._gallery import GALLERY_NAME, build_gallery
+from ._http import DEFAULT_RETRY_AFTER, ErrorResponse, error_response
 from ._info import ImageInfo, read_info
 from ._jobs import BadLine, JobDefaults, content_id, read_jobs
 from ._manifest import MANIFEST_NAME, STATUSES, ManifestEntry, Status, read_manifest
@@ -106,6 +107,7 @@ __all__ = [
     "DEFAULT_PRICES",
     "DEFAULT_READ_TIMEOUT",
     "DEFAULT_READ_TIMEOUT_4K",
+    "DEFAULT_RETRY_AFTER",
     "DIALECTS",
     "ENV_API_KEY",
     "ENV_BASE_URL",
@@ -140,6 +142,7 @@ __all__ = [
     "Delivered",
     "Dialect",
     "DownloadError",
+    "ErrorResponse",
     "Event",
     "EventLoopError",
     "GemimgError",
@@ -200,6 +203,7 @@ __all__ = [
     "__version__",
     "build_gallery",
     "content_id",
+    "error_response",
     "estimate",
     "read_info",
     "read_jobs",

@@ -6,10 +6,12 @@ Data flows one way: facade -> generation -> dialect -> sink -> file.
 from __future__ import annotations
 
 import os
+import ssl as _ssl
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypedDict, Unpack
 
+import aiohttp
 import anyio
 import attrs
 
@@ -23,6 +25,7 @@ from ._fanout import FanOut
 from ._generation import Engine
 from ._limits import AdaptiveLimit, Pool, RateLimit
 from ._models import ImageInput, ImageRequest, Model, ResponseFormat
+from ._network import Network
 from ._pacing import Pacer
 from ._results import GenerationResult, Outcome
 from ._retry import RetryBudget
@@ -82,6 +85,14 @@ class Client:
     `GeminiDialect(auth="bearer")`. `size_style` is how the size travels ("ratio", "pixels",
     "image_config", "google"; each dialect has its default). `on_event` hears what every call
     does (`RequestSent`, `AnswerReceived`, `AttemptFailed`, `ImageSaved`, `GenerationFinished`).
+
+    Networks: `proxy` sends every request through an http(s) proxy (an https relay through a
+    CONNECT tunnel, which alone carries the key); `trust_env=True` takes the proxy from
+    HTTP_PROXY, HTTPS_PROXY and NO_PROXY instead. `ssl` is an `ssl.SSLContext`, or the path of
+    a CA bundle trusted besides the system's certificates, for the relay and downloads alike.
+    `session` is an `aiohttp.ClientSession` of yours for relay requests (the key goes on each
+    request; the client never closes it); image downloads use a session of the client's own,
+    which never carries the key nor your session's headers.
     """
 
     def __init__(
@@ -99,6 +110,10 @@ class Client:
         size_style: SizeStyle | None = None,
         on_event: Listener | None = None,
         clock: Clock | None = None,
+        proxy: str | None = None,
+        trust_env: bool = False,
+        ssl: _ssl.SSLContext | str | os.PathLike[str] | None = None,
+        session: aiohttp.ClientSession | None = None,
     ) -> None:
         api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
         base_url = base_url if base_url is not None else os.environ.get(ENV_BASE_URL)
@@ -112,18 +127,26 @@ class Client:
                 f"or set {ENV_BASE_URL}"
             )
         base = relay_base(base_url, allow_insecure_http=allow_insecure_http)
+        network = Network.configure(
+            proxy=proxy,
+            trust_env=trust_env,
+            ssl=ssl,
+            session=session,
+            allow_insecure_http=allow_insecure_http,
+        )
+        network.check_relay(base)
         speaks = dialect_for(dialect, size_style)
         clock = clock or SystemClock()
         pacer = Pacer()
         limit = AdaptiveLimit(max_concurrency)
         self._engine = Engine(
-            relay=Relay(speaks.auth_headers(api_key), timeouts, clock, pacer),
+            relay=Relay(speaks.auth_headers(api_key), timeouts, clock, pacer, network),
             base=base,
             dialect=speaks,
             pool=Pool(limit, RateLimit(rpm, clock) if rpm is not None else None),
             retry=retry,
             budget=RetryBudget(retry.budget_tokens, retry.budget_ratio),
-            saver=Saver(max_image_bytes, retry, timeouts, clock, ImageHost(pacer)),
+            saver=Saver(max_image_bytes, retry, timeouts, clock, ImageHost(pacer, network)),
             clock=clock,
             on_event=on_event,
         )

@@ -1,9 +1,11 @@
 """HTTP: the only module that speaks aiohttp (its errors become ours in `_transport_errors`).
 
-Two sessions, never mixed: the `Relay`'s, which carries the key, and the `ImageHost`'s, for image
-downloads, which never does. `map_aiohttp_errors` turns aiohttp's errors into ours around both
-a request and the reading of its body, telling a request never sent from one whose answer was
-lost. Relay answers that are not 2xx become `APIError`s (`_status`).
+Two sessions, never mixed: the `Relay`'s, which carries the key (or the caller's own, given as
+`session=`), and the `ImageHost`'s, for image downloads, which never does. Both go through the
+proxy and trust the certificates that `Network` says. `map_aiohttp_errors` turns aiohttp's
+errors into ours around both a request and the reading of its body, telling a request never
+sent from one whose answer was lost. Relay answers that are not 2xx become `APIError`s
+(`_status`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ._exceptions import (
     DownloadError,
     ImageExpiredError,
 )
+from ._network import Network
 from ._pacing import Pacer
 from ._secrets import Secret
 from ._status import ERROR_BODY_LIMIT, api_error, printable
@@ -88,28 +91,47 @@ class Relay:
     """The session that carries the key, opened lazily on the running loop."""
 
     _auth: Mapping[str, str] = attrs.field(repr=False, alias="auth", converter=_secrets)
-    """The headers that carry the key (as `Secret`s): in this session's headers only."""
+    """The headers that carry the key (as `Secret`s): in this session's headers when no proxy
+    can be used and the session is ours, else on each request (see `_network`)."""
     timeouts: Timeouts
     clock: Clock
     pacer: Pacer
+    network: Network = attrs.Factory(Network)
     _session: aiohttp.ClientSession | None = attrs.field(default=None, repr=False)
     _closed: bool = False
 
     def _open(self) -> aiohttp.ClientSession:
         if self._closed:
             raise ClientClosedError("the client is closed")
+        given = self.network.session
+        if given is not None:
+            if given.closed:
+                raise ClientClosedError("the aiohttp session given as session= was closed")
+            return given
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=_connector(),
-                headers={**_HEADERS, **self._auth},
+                headers={**_HEADERS, **self._auth} if self.network.key_in_session else _HEADERS,
                 trace_configs=[tracing()],
             )
         return self._session
+
+    def _per_request(self, url: yarl.URL) -> tuple[dict[str, str], dict[str, Any]]:
+        """The headers and aiohttp options a request to `url` adds to its session's."""
+        options = self.network.options(url)
+        if self.network.key_in_session:
+            return {}, options
+        self.network.check_relay(url)
+        if self.network.session is not None:  # the caller's: answers are read as ours are
+            options |= {"raise_for_status": False, "auto_decompress": True}
+            return {**_HEADERS, **self._auth}, options
+        return dict(self._auth), options
 
     def is_closed(self) -> bool:
         return self._closed
 
     async def aclose(self) -> None:
+        """Close the session; one given as `session=` is the caller's to close."""
         self._closed = True
         session, self._session = self._session, None
         if session is not None:
@@ -125,10 +147,12 @@ class Relay:
         timeouts: Timeouts | None = None,
     ) -> AsyncIterator[Answer]:
         """POST one generation; yield its 2xx answer, or raise the error it amounts to."""
+        auth, options = self._per_request(outgoing.url)
         headers = {
             "Content-Type": "application/json",
             "Idempotency-Key": idempotency_key,
             **outgoing.headers,
+            **auth,
         }
         timeouts = timeouts or self.timeouts
         timeout = aiohttp.ClientTimeout(
@@ -146,6 +170,7 @@ class Relay:
                 allow_redirects=False,
                 upload_tracker=tracker,
                 trace_request_ctx=attempt,
+                **options,
             ) as response:
                 attempt.answered = True
                 request_id = _request_id(response.headers)
@@ -177,11 +202,18 @@ class ImageHost:
     """
 
     pacer: Pacer = attrs.Factory(Pacer)
+    network: Network = attrs.Factory(Network)
+    """The client's proxy and trust; never its key, nor the caller's `session=`."""
     _session: aiohttp.ClientSession | None = attrs.field(default=None, repr=False)
     _closed: bool = False
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"pacer": Pacer(), "_session": None, "_closed": True}
+        return {
+            "pacer": Pacer(),
+            "network": self.network.portable(),
+            "_session": None,
+            "_closed": True,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
@@ -216,7 +248,8 @@ class ImageHost:
                 session = self._session
             what = f"GET {_safe_url(url)}"
             with map_aiohttp_errors(what, closed=self.is_closed, download_url=url):
-                async with session.get(url, timeout=timeout) as response:
+                options = self.network.options(yarl.URL(url))
+                async with session.get(url, timeout=timeout, **options) as response:
                     log.debug("%s -> %d", what, response.status)
                     _check_download(response, url, max_bytes)
                     yield Answer(

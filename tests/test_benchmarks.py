@@ -105,3 +105,19 @@ def test_the_side_by_side_benchmark_runs_and_reports_every_peer(tmp_path):
     assert {row[0] for row in _rows(done.stdout, "library")} == set(data["imports"])
     if importlib.util.find_spec("matplotlib"):
         assert chart.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux peak RSS")
+def test_the_stream_benchmark_runs_and_hands_on_the_relays_png():
+    """`bench_stream.py --quick` finishes, and each format hands on the relay's PNG, whole."""
+    done = subprocess.run(  # noqa: S603 - our own script, run by our own interpreter
+        [sys.executable, str(BENCHMARKS / "bench_stream.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = _rows(done.stdout, "format")
+    assert {row[0] for row in rows} == {"b64_json", "url"}
+    assert all(row[-1] == "yes" for row in rows)

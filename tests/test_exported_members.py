@@ -20,6 +20,7 @@ USER_FACING_MODULES = (
     "_exceptions",
     "_gallery",
     "_info",
+    "_http",
     "_jobs",
     "_manifest",
     "_models",

@@ -24,7 +24,9 @@ Order of work for a generation request: the next scripted fault is taken when th
 read; ``Fault.reset()`` acts; a missing or wrong key answers 401 and an invalid body 400, at once;
 everything else first waits ``latency`` (plus a ``Fault.delay``), then answers as the fault says.
 
-`FakeClock` (the client's own, re-exported) makes the client's waits instant.
+`FakeClock` (the client's own, re-exported) makes the client's waits instant. `RelayThread` runs
+a relay in a thread of its own (for synchronous code). Installed with the package, the pytest
+plugin `gemimg_async.testing.plugin` gives the fixtures `fake_relay` and `gemimg_client`.
 
 Images are cached per process by (size, style, palette), bounded by bytes; rendering and base64
 encoding run in a worker thread so the event loop does not stall on a 4K image.
@@ -37,6 +39,7 @@ from ._faults import GEMINI_QUIRKS, QUIRKS, Fault, Quirk
 from ._images import MODELS, RATIOS, pixel_size, png
 from ._records import RecordedDownload, RecordedRequest
 from ._relay import FakeRelay, serve
+from ._threaded import RelayThread
 
 __all__ = [
     "GEMINI_QUIRKS",
@@ -49,6 +52,7 @@ __all__ = [
     "Quirk",
     "RecordedDownload",
     "RecordedRequest",
+    "RelayThread",
     "pixel_size",
     "png",
     "serve",

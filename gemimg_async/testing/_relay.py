@@ -30,13 +30,14 @@ from ._records import (
 from ._wire import Aborted, Invalid, framed, hang_up, send, send_error, send_fault
 
 if TYPE_CHECKING:
-    from types import TracebackType
+    from ssl import SSLContext
 
 __all__ = ["FakeRelay", "serve"]
 
 _MAX_BODY_BYTES = 256 * 1024 * 1024
 _SHUTDOWN_TIMEOUT = 0.25
 _BACKLOG = 1024
+_SLOT: web.RequestKey[tuple[int, int]] = web.RequestKey("gemimg_fake_slot", tuple)
 
 
 def _keys(value: Iterable[str]) -> frozenset[str]:
@@ -81,6 +82,8 @@ class FakeRelay:
     `message.content` (new-api), or a list of content parts."""
     chat_urls: bool = False
     """Chat answers link images (http URLs to download) instead of sending data: URLs."""
+    ssl: SSLContext | None = attrs.field(default=None, repr=False)
+    """A server-side TLS context: the relay then speaks https (its file URLs too)."""
 
     requests: list[RecordedRequest] = attrs.field(init=False, factory=list, repr=False)
     _faults: collections.deque[Fault] = attrs.field(
@@ -102,7 +105,6 @@ class FakeRelay:
         return self._files.downloads
 
     # lifecycle
-
     async def start(self) -> None:
         """Bind the socket and start answering."""
         if self._runner is not None:
@@ -118,7 +120,7 @@ class FakeRelay:
         try:
             sock = socket.create_server((self.host, self.port), backlog=_BACKLOG)
             try:
-                await web.SockSite(runner, sock, backlog=_BACKLOG).start()
+                await web.SockSite(runner, sock, backlog=_BACKLOG, ssl_context=self.ssl).start()
             except BaseException:
                 sock.close()
                 raise
@@ -127,7 +129,8 @@ class FakeRelay:
             raise
         host, port = sock.getsockname()[:2]
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
-        self._url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        scheme = "https" if self.ssl is not None else "http"
+        self._url = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
         self._runner = runner
 
     async def aclose(self) -> None:
@@ -140,12 +143,7 @@ class FakeRelay:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     @property
@@ -156,7 +154,6 @@ class FakeRelay:
         return self._url
 
     # scripting
-
     def script(self, *faults: Fault) -> None:
         """Queue *faults* for the next generation requests, one each, in order."""
         for fault in faults:
@@ -181,7 +178,6 @@ class FakeRelay:
         self._max_in_flight = self._in_flight
 
     # observing
-
     @property
     def in_flight(self) -> int:
         """Generation requests being handled right now (latency included)."""
@@ -213,15 +209,17 @@ class FakeRelay:
         return self._files.pending_faults
 
     # handlers
-
     async def _stamp_request_id(self, request: web.Request, response: web.StreamResponse) -> None:
-        request_id = request.get(REQUEST_ID) or new_request_id()
-        response.headers.setdefault("x-request-id", request_id)
+        """Stamp the request id; record the status as it goes out, before the client can have
+        read the answer (a relay in another thread is read while its handler still runs)."""
+        response.headers.setdefault("x-request-id", request.get(REQUEST_ID) or new_request_id())
+        slot = request.get(_SLOT)
+        current = self._record_at(*slot) if slot is not None else None
+        if slot is not None and current is not None and current.finished is None:
+            self.requests[slot[1]] = attrs.evolve(current, status=response.status)
 
     def _latency(self, model: str) -> float:
-        if isinstance(self.latency, Mapping):
-            return self.latency.get(model, 0.0)
-        return self.latency
+        return self.latency.get(model, 0.0) if isinstance(self.latency, Mapping) else self.latency
 
     async def _handle_images(self, request: web.Request) -> web.StreamResponse:
         return await self._handle_generation(request, "images", None)
@@ -252,7 +250,7 @@ class FakeRelay:
             idempotency_key=request.headers.get("Idempotency-Key"),
             fault=fault,
         )
-        epoch, index = self._epoch, len(self.requests)
+        epoch, index = request[_SLOT] = self._epoch, len(self.requests)
         self.requests.append(record)
         status: int | None = None
         try:
