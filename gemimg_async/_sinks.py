@@ -251,8 +251,7 @@ class AtomicFile:
             self._pending = bytearray(view)
         else:
             self._pending = bytearray()
-        finally:
-            view.release()
+        # no view.release(): a write cancelled mid-way may still hold it in its thread
 
     async def settle(
         self, index: int, stem: str, *, overwrite: bool, fallback: str | None = None
