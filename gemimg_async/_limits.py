@@ -58,12 +58,12 @@ class AdaptiveLimit:
     waits: int = 0
     """Acquisitions that found the pool full and had to wait."""
     _limit: int = attrs.field(init=False)
-    _held: set[Slot] = attrs.field(init=False, factory=set)
+    _held: set[Slot] = attrs.field(init=False, factory=set, repr=False)
     """The places given and not given back: counted, never copied."""
     _handed: int = attrs.field(init=False, default=0)
     """Places handed to waiters that have not resumed yet (counted in flight)."""
     _queue: collections.deque[asyncio.Future[None]] = attrs.field(
-        init=False, factory=collections.deque
+        init=False, factory=collections.deque, repr=False
     )
     _waiting: int = attrs.field(init=False, default=0)
     _epoch: int = 0
