@@ -2,11 +2,14 @@
 
 One pooled client session fans requests out, streams every image to disk in bounded memory, and
 retries only what cannot be billed twice. See `Client`.
+
+The batch tools (`run_batch`, job files, the manifest, progress displays) are imported on first
+use, as is `__version__`: `import gemimg_async` loads only what a `Client` needs.
 """
 
-import importlib.metadata
+import importlib
+import typing
 
-from ._bulk import BatchRun, run_batch
 from ._client import ENV_API_KEY, ENV_BASE_URL, Client, ClientStats, GenerateOptions
 from ._clock import Clock, SystemClock
 from ._config import (
@@ -66,8 +69,6 @@ from ._exceptions import (
     TransportError,
     ValidationError,
 )
-from ._jobs import BadLine, JobDefaults, content_id, read_jobs
-from ._manifest import MANIFEST_NAME, STATUSES, ManifestEntry, Status, read_manifest
 from ._models import (
     ASPECT_RATIOS,
     GeneratedImage,
@@ -79,12 +80,28 @@ from ._models import (
     Usage,
     resolve_model,
 )
-from ._progress import PlainProgress, Progress, RichProgress
 from ._results import GenerationResult, Outcome
 from ._sizes import PIXELS_1K, TIERS, Asked, Delivered, Tier
-from ._summary import BatchStats, BatchSummary
 
-__version__ = importlib.metadata.version("gemimg-async")
+if typing.TYPE_CHECKING:
+    from ._bulk import BatchRun, run_batch
+    from ._jobs import BadLine, JobDefaults, content_id, read_jobs
+    from ._manifest import MANIFEST_NAME, STATUSES, ManifestEntry, Status, read_manifest
+    from ._progress import PlainProgress, Progress, RichProgress
+    from ._summary import BatchStats, BatchSummary
+
+    __version__: str
+
+_LAZY = {
+    **dict.fromkeys(("BatchRun", "run_batch"), "_bulk"),
+    **dict.fromkeys(("BadLine", "JobDefaults", "content_id", "read_jobs"), "_jobs"),
+    **dict.fromkeys(
+        ("MANIFEST_NAME", "STATUSES", "ManifestEntry", "Status", "read_manifest"), "_manifest"
+    ),
+    **dict.fromkeys(("PlainProgress", "Progress", "RichProgress"), "_progress"),
+    **dict.fromkeys(("BatchStats", "BatchSummary"), "_summary"),
+}
+"""Exported names imported on first use, and the module of each."""
 
 __all__ = [
     "ASPECT_RATIOS",
@@ -177,3 +194,20 @@ __all__ = [
     "resolve_model",
     "run_batch",
 ]
+
+
+if not typing.TYPE_CHECKING:  # type checkers see the imports above; a misspelt name stays an error
+
+    def __getattr__(name: str) -> object:
+        """The exported names of the batch modules, and `__version__`, on first use."""
+        if name == "__version__":
+            value = importlib.import_module("importlib.metadata").version("gemimg-async")
+        elif name in _LAZY:
+            value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        else:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})
