@@ -139,8 +139,10 @@ def read_raw(path: Path) -> dict[str, list[tuple[list[str], int]]]:
     The main thread's other samples (checking the files, cleaning up) are left out."""
     stacks: dict[str, list[tuple[list[str], int]]] = {"loop": [], "imports": [], "threads": []}
     parsed = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text().split("\n"):  # not splitlines: frames may hold \x1c and such
         stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
         head, *frames = stack.split(";")
         tid = re.match(r"thread \((\w+)\)", head)
         parsed.append((tid[1] if tid else head, "MainThread" in head, frames, int(count)))
