@@ -5,13 +5,18 @@
     python benchmarks/profile_hotpath.py --cases memory-64 --top 40 --keep /tmp/prof
 
 Each case is one `compare.py --worker` process (the same code, requests and relay as the
-benchmark's), run under `py-spy record --format raw --threads` against a fake relay in its own
-process. py-spy samples only threads that are on a CPU, so a function's samples divided by the
-rate and the number of requests is its CPU per request. The tables give, for the event-loop
-thread and for the worker threads, each function's own ("self") and cumulative ("total") ms per
-request, then the same by module. With `--strace`, a second run of the case under `strace -f -c`
-counts system calls per request (strace slows the process down: its figures are counts, not
-times). py-spy is not a dependency: `pip install py-spy`.
+benchmark's), run under `py-spy record --format raw --threads --nonblocking` against a fake
+relay in its own process. py-spy leaves idle threads out, so a function's samples divided by the
+rate and the number of requests is about its CPU per request (a thread blocked in a system call
+can count as busy: read the figures as shares, and the worker's `cpu_ms` as the total). The
+tables give, for the event-loop thread and for the worker threads, each function's own ("self")
+and cumulative ("total") ms per request, then the same by module. With `--strace`, a second run
+of the case under `strace -f -c` counts system calls per request (strace slows the process down:
+its figures are counts, not times). With `--cprofile`, the main thread under cProfile instead:
+exact call counts per request (a coroutine counts once per resumption), but own times inflated
+by the profiler, and a blocking system call's own time is wall time (a directory lock waited for
+on the loop shows there).
+py-spy is not a dependency: `pip install py-spy`.
 
 Cases (compare.py's workloads; the stall probe off, so that its wake-ups are not counted):
   memory-64     2,000 tiny b64_json, 64 in flight, no relay latency, results in memory
