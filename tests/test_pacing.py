@@ -112,6 +112,15 @@ async def test_waiters_are_released_in_the_order_they_came():
     assert order == list(range(64))
 
 
+async def test_a_stream_whose_turn_came_goes_on_while_the_budget_lasts():
+    """A stream given a turn runs the chunks it already has up to the budget, rather than one
+    and back of the queue: fewer answers are half-read at once, each holding its buffers."""
+    work = Work()
+    pacer = Pacer(clock=work.clock)
+    order = await run_streams(pacer, work, streams=3, count=4)
+    assert order == [0] * 4 + [1] * 4 + [2] * 4
+
+
 async def test_a_cancelled_waiter_holds_nobody_up():
     """Cancelling a stream while it waits lets every other stream finish, and leaves no waiter
     counted."""
