@@ -2,12 +2,15 @@
 
 One pooled client session fans requests out, streams every image to disk in bounded memory, and
 retries only what cannot be billed twice. See `Client`.
+
+The batch tools (`run_batch`, job files, the manifest, progress displays, costs quotes, the
+gallery, image info) and `RedisLimiter` are imported on first use, as is `__version__`:
+`import gemimg_async` loads only what a `Client` needs.
 """
 
-import importlib.metadata
+import importlib
+import typing
 
-from ._budget import Quote, QuoteRow
-from ._bulk import BatchRun, run_batch
 from ._client import ENV_API_KEY, ENV_BASE_URL, Client, ClientStats, GenerateOptions
 from ._clock import Clock, SystemClock
 from ._config import (
@@ -71,11 +74,7 @@ from ._exceptions import (
     TransportError,
     ValidationError,
 )
-from ._gallery import GALLERY_NAME, build_gallery
 from ._http import DEFAULT_RETRY_AFTER, ErrorResponse, error_response
-from ._info import ImageInfo, read_info
-from ._jobs import BadLine, JobDefaults, content_id, read_jobs
-from ._manifest import MANIFEST_NAME, STATUSES, ManifestEntry, Status, read_manifest
 from ._models import (
     ASPECT_RATIOS,
     GeneratedImage,
@@ -88,15 +87,38 @@ from ._models import (
     resolve_model,
 )
 from ._prices import DEFAULT_PRICES, Cost, Prices, TokenPrices, estimate
-from ._progress import PlainProgress, Progress, RichProgress
 from ._provenance import Provenance
 from ._results import GenerationResult, Outcome, SaveError
 from ._sizes import PIXELS_1K, TIERS, Asked, Delivered, Tier
 from ._stream import ImageStream
-from ._summary import BatchStats, BatchSummary
-from .redis import RedisLimiter
 
-__version__ = importlib.metadata.version("gemimg-async")
+if typing.TYPE_CHECKING:
+    from ._budget import Quote, QuoteRow
+    from ._bulk import BatchRun, run_batch
+    from ._gallery import GALLERY_NAME, build_gallery
+    from ._info import ImageInfo, read_info
+    from ._jobs import BadLine, JobDefaults, content_id, read_jobs
+    from ._manifest import MANIFEST_NAME, STATUSES, ManifestEntry, Status, read_manifest
+    from ._progress import PlainProgress, Progress, RichProgress
+    from ._summary import BatchStats, BatchSummary
+    from .redis import RedisLimiter
+
+    __version__: str
+
+_LAZY = {
+    **dict.fromkeys(("BatchRun", "run_batch"), "_bulk"),
+    **dict.fromkeys(("BadLine", "JobDefaults", "content_id", "read_jobs"), "_jobs"),
+    **dict.fromkeys(
+        ("MANIFEST_NAME", "STATUSES", "ManifestEntry", "Status", "read_manifest"), "_manifest"
+    ),
+    **dict.fromkeys(("PlainProgress", "Progress", "RichProgress"), "_progress"),
+    **dict.fromkeys(("BatchStats", "BatchSummary"), "_summary"),
+    **dict.fromkeys(("Quote", "QuoteRow"), "_budget"),
+    **dict.fromkeys(("GALLERY_NAME", "build_gallery"), "_gallery"),
+    **dict.fromkeys(("ImageInfo", "read_info"), "_info"),
+    **dict.fromkeys(("RedisLimiter",), "redis"),
+}
+"""Exported names imported on first use, and the module of each."""
 
 __all__ = [
     "ASPECT_RATIOS",
@@ -211,3 +233,20 @@ __all__ = [
     "resolve_model",
     "run_batch",
 ]
+
+
+if not typing.TYPE_CHECKING:  # type checkers see the imports above; a misspelt name stays an error
+
+    def __getattr__(name: str) -> object:
+        """The exported names of the batch modules, and `__version__`, on first use."""
+        if name == "__version__":
+            value = importlib.import_module("importlib.metadata").version("gemimg-async")
+        elif name in _LAZY:
+            value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        else:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import anyio
 import attrs
 
 from ._clock import Clock
@@ -40,8 +41,15 @@ class AdaptiveLimit:
 
     One throttling answer shrinks the limit once per epoch: the requests that were already in
     flight when it shrank are answered by the same overloaded relay, and their 429s say nothing
-    new. The limit is a `CapacityLimiter` whose total may drop below what is borrowed: holders
-    keep their places and newcomers wait.
+    new. The limit may drop below what is in flight: holders keep their places and newcomers
+    wait.
+
+    A place is a counter while there is room (no await, no copy, no system call: `try_acquire`);
+    otherwise the newcomer parks on a future at the back of a FIFO queue and is handed a place,
+    already counted as its own, when one is given back or the limit grows. A waiter cancelled
+    after being handed one passes it on; a cancelled waiter's future stays in the queue, skipped,
+    so a cancellation costs O(1) too. (A `pool_timeout` is a timeout around that wait: a waiter
+    that gives up has sent nothing and holds nothing.)
     """
 
     maximum: int
@@ -49,40 +57,84 @@ class AdaptiveLimit:
     increase_after: int = DEFAULT_INCREASE_AFTER
     waits: int = 0
     """Acquisitions that found the pool full and had to wait."""
-    _limiter: anyio.CapacityLimiter = attrs.field(init=False)
-    _borrowers: dict[Slot, object] = attrs.Factory(dict)
+    _limit: int = attrs.field(init=False)
+    _held: set[Slot] = attrs.field(init=False, factory=set, repr=False)
+    """The places given and not given back: counted, never copied."""
+    _handed: int = attrs.field(init=False, default=0)
+    """Places handed to waiters that have not resumed yet (counted in flight)."""
+    _queue: collections.deque[asyncio.Future[None]] = attrs.field(
+        init=False, factory=collections.deque, repr=False
+    )
+    _waiting: int = attrs.field(init=False, default=0)
     _epoch: int = 0
     _successes: int = 0
 
     def __attrs_post_init__(self) -> None:
         if self.maximum < 1:
             raise ConfigurationError(f"max_concurrency must be at least 1, not {self.maximum}")
-        self._limiter = anyio.CapacityLimiter(self.maximum)
+        self._limit = self.maximum
 
     @property
     def limit(self) -> int:
-        return int(self._limiter.total_tokens)
+        return self._limit
 
     @property
     def in_flight(self) -> int:
-        return self._limiter.borrowed_tokens
+        return len(self._held) + self._handed
 
     @property
     def waiting(self) -> int:
-        return self._limiter.statistics().tasks_waiting
+        return self._waiting
+
+    def try_acquire(self) -> Slot | None:
+        """A place at once if there is room and nobody is queued before us, else None."""
+        if self._waiting or len(self._held) + self._handed >= self._limit:
+            return None
+        slot = Slot(self._epoch)
+        self._held.add(slot)
+        return slot
 
     async def acquire(self) -> Slot:
         """Wait for a place; the Slot returned is the token to give back with `release`."""
-        if self._limiter.available_tokens < 1 or self.waiting:
+        slot = self.try_acquire()
+        if slot is None:
             self.waits += 1
-        borrower = object()
-        await self._limiter.acquire_on_behalf_of(borrower)
-        slot = Slot(self._epoch)
-        self._borrowers[slot] = borrower
+            await self._queued()
+            self._handed -= 1
+            slot = Slot(self._epoch)
+            self._held.add(slot)
         return slot
 
+    async def _queued(self) -> None:
+        """Park at the back of the queue until a place is handed over."""
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(future)
+        self._waiting += 1
+        try:
+            await future
+        except BaseException:
+            if future.done() and not future.cancelled():  # handed one as it was cancelled
+                self._handed -= 1
+                self._hand_on()
+            else:
+                future.cancel()
+                self._waiting -= 1
+            raise
+
+    def _hand_on(self) -> None:
+        """Give the places there is room for to the first waiters in the queue."""
+        queue = self._queue
+        while queue and len(self._held) + self._handed < self._limit:
+            future = queue.popleft()
+            if not future.done():  # a cancelled waiter's is skipped: it counted itself out
+                future.set_result(None)
+                self._waiting -= 1
+                self._handed += 1
+
     def release(self, slot: Slot) -> None:
-        self._limiter.release_on_behalf_of(self._borrowers.pop(slot))
+        self._held.remove(slot)  # KeyError for a place given back twice
+        if self._waiting:
+            self._hand_on()
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[Slot]:
@@ -95,15 +147,17 @@ class AdaptiveLimit:
     def throttled(self, slot: Slot) -> None:
         """The relay throttled a request sent under `slot`: shrink, once per epoch."""
         if slot.epoch == self._epoch:
-            self._limiter.total_tokens = max(1, math.floor(self.limit * self.decrease_factor))
+            self._limit = max(1, math.floor(self._limit * self.decrease_factor))
             self._epoch += 1
             self._successes = 0
 
     def succeeded(self) -> None:
         self._successes += 1
-        if self._successes >= self.increase_after and self.limit < self.maximum:
-            self._limiter.total_tokens = self.limit + 1
+        if self._successes >= self.increase_after and self._limit < self.maximum:
+            self._limit += 1
             self._successes = 0
+            if self._waiting:
+                self._hand_on()
 
 
 @attrs.define
@@ -137,7 +191,7 @@ class Pool:
     rate: RateLimit | None = None
 
     async def acquire(self) -> Slot:
-        slot = await self.limit.acquire()
+        slot = self.limit.try_acquire() or await self.limit.acquire()
         try:
             if self.rate is not None:
                 await self.rate.wait()

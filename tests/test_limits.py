@@ -2,6 +2,7 @@
 no server and no real waits, then end to end against the fake relay.
 """
 
+import asyncio
 import math
 from contextlib import AsyncExitStack
 
@@ -178,6 +179,121 @@ async def test_waits_counts_only_acquisitions_that_found_the_pool_full():
     async with limit.slot():
         pass
     assert limit.waits == 1
+    assert limit.in_flight == 0
+
+
+def test_a_free_place_is_taken_without_a_trip_through_the_event_loop():
+    """With room in the pool, acquire returns at its first step: no await, no wake-up."""
+    limit = AdaptiveLimit(2)
+    step = limit.acquire().__await__()
+    with pytest.raises(StopIteration) as done:
+        step.send(None)
+    assert isinstance(done.value.value, Slot)
+    assert limit.in_flight == 1
+    assert limit.waits == 0
+
+
+async def test_waiters_get_places_in_the_order_they_came():
+    """Requests that found the pool full get their places first come, first served."""
+    limit = AdaptiveLimit(1)
+    order = []
+
+    async def waiter(name):
+        async with limit.slot():
+            order.append(name)
+            await anyio.lowlevel.checkpoint()
+
+    async with AsyncExitStack() as holder:
+        await holder.enter_async_context(limit.slot())
+        async with anyio.create_task_group() as tg:
+            for name in range(6):
+                tg.start_soon(waiter, name)
+                await wait_until(lambda n=name: limit.waiting == n + 1)
+            await holder.aclose()
+    assert order == list(range(6))
+    assert (limit.in_flight, limit.waiting, limit.waits) == (0, 0, 6)
+
+
+async def test_a_newcomer_does_not_jump_the_queue():
+    """A place given back goes to the first waiter, even if a newcomer asks before it resumes."""
+    limit = AdaptiveLimit(1)
+    holder = await limit.acquire()
+    got = []
+
+    async def waiter():
+        got.append(await limit.acquire())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await wait_until(lambda: limit.waiting == 1)
+        limit.release(holder)
+        assert limit.try_acquire() is None  # the place is the waiter's already
+        assert limit.in_flight == 1
+    assert len(got) == 1
+    limit.release(got[0])
+    assert limit.in_flight == 0
+
+
+async def test_a_waiter_cancelled_after_being_handed_a_place_passes_it_on():
+    """Cancellation between the hand-over and the waiter's resumption loses no place."""
+    limit = AdaptiveLimit(1)
+    holder = await limit.acquire()
+    entered = []
+
+    async def waiter(name):
+        async with limit.slot():
+            entered.append(name)
+
+    first = asyncio.create_task(waiter("first"))
+    await wait_until(lambda: limit.waiting == 1)
+    second = asyncio.create_task(waiter("second"))
+    await wait_until(lambda: limit.waiting == 2)
+    limit.release(holder)  # handed to the first waiter, which has not resumed yet
+    first.cancel()
+    await asyncio.gather(first, second, return_exceptions=True)
+    assert first.cancelled()
+    assert entered == ["second"]
+    assert (limit.in_flight, limit.waiting) == (0, 0)
+
+
+async def test_cancelled_waiters_leave_nothing_behind():
+    """Waiters cancelled in the queue are not counted, and hold no place up afterwards."""
+    limit = AdaptiveLimit(1)
+    holder = await limit.acquire()
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(limit.acquire)
+        await wait_until(lambda: limit.waiting == 3)
+        tg.cancel_scope.cancel()
+    assert (limit.in_flight, limit.waiting) == (1, 0)
+    limit.release(holder)
+    slot = limit.try_acquire()
+    assert slot is not None
+    limit.release(slot)
+    assert limit.in_flight == 0
+
+
+async def test_growing_back_lets_a_waiter_in():
+    """A place added by successes goes at once to the first waiter."""
+    limit = AdaptiveLimit(2, increase_after=1)
+    throttle_in_a_fresh_epoch(limit)
+    assert limit.limit == 1
+    holder = await limit.acquire()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(limit.acquire)
+        await wait_until(lambda: limit.waiting == 1)
+        limit.succeeded()
+    assert (limit.limit, limit.in_flight, limit.waiting) == (2, 2, 0)
+    limit.release(holder)
+
+
+async def test_a_place_given_back_twice_is_an_error():
+    """Releasing the same place twice raises rather than letting one more in."""
+    limit = AdaptiveLimit(1)
+    slot = await limit.acquire()
+    limit.release(slot)
+    with pytest.raises(KeyError):
+        limit.release(slot)
     assert limit.in_flight == 0
 
 
