@@ -40,7 +40,7 @@ def _bucket(job_id: str, n: int) -> int:
     return int.from_bytes(digest[:8], "big") % n
 
 
-@attrs.frozen
+@attrs.frozen(order=True)
 class Shard:
     """Shard `k` of `n` (1 <= k <= n): see the module's docstring."""
 
