@@ -39,10 +39,10 @@ import anyio.to_thread
 import attrs
 
 from ._exceptions import ConfigurationError, InvalidDestinationError
-from ._objupload import MovedUpload, S3Upload
+from ._objupload import MovedUpload, S3Upload, temporary_name
 from ._outdir import image_key
 from ._sinks import TEMP_PREFIX
-from ._storage import LocalStore, Store, check_log_name
+from ._storage import LocalStore, Store, check_image_name, check_log_name
 
 __all__ = ["DEFAULT_PART_SIZE", "FsspecStore", "LogClashError", "is_object_url", "open_store"]
 
@@ -147,13 +147,16 @@ class FsspecStore:
 
     # --- images ---------------------------------------------------------------------------
 
-    async def open_image(self, name: str) -> S3Upload | MovedUpload:
-        if not name or "/" in name or name.startswith("."):
-            raise ValueError(f"an image is named like cat_0.png, with no folder in it: {name!r}")
+    def key(self, name: str) -> tuple[str, str]:
+        bucket, key, _ = self.fs.split_path(self.path(name))
+        return bucket, key
+
+    async def open_image(self, name: str | None = None) -> S3Upload | MovedUpload:
+        if name is not None:
+            check_image_name(name)
         if self._is_s3:
-            bucket, key, _ = self.fs.split_path(self.path(name))
-            return S3Upload(self, name, bucket, key)
-        tmp = self.path(f"{TEMP_PREFIX}{uuid.uuid4().hex}.part")
+            return S3Upload(self, name)
+        tmp = self.path(temporary_name())
         file = await self.run(self.fs.open, tmp, "wb")
         return MovedUpload(self, name, tmp, file)
 

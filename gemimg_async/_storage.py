@@ -45,6 +45,7 @@ __all__ = [
     "ImageUpload",
     "LocalStore",
     "Store",
+    "check_image_name",
     "check_log_name",
 ]
 
@@ -58,14 +59,17 @@ class ImageUpload(Protocol):
     """One image on its way to its name: `write` its bytes, then `commit` or `abort`."""
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str | None:
+        """The name given at open; None until `commit` names it."""
+
     @property
     def size(self) -> int:
         """Bytes written so far."""
 
     async def write(self, data: bytes) -> None: ...
-    async def commit(self) -> str:
-        """Put the whole image under its name (replacing what was there); returns the name."""
+    async def commit(self, name: str | None = None) -> str:
+        """Put the whole image under `name` (or the name it was opened with), replacing what
+        was there; returns the name."""
 
     async def abort(self) -> None:
         """Drop what was written: nothing appears under the name. Safe to call twice."""
@@ -78,7 +82,9 @@ class Store(Protocol):
     def url(self) -> str:
         """Where it is, for messages (never with credentials)."""
 
-    async def open_image(self, name: str) -> ImageUpload: ...
+    async def open_image(self, name: str | None = None) -> ImageUpload:
+        """An upload of one image, to be named now or at `commit`."""
+
     async def append(self, log: str, data: bytes) -> None:
         """Append whole lines (`data` ends with a newline) to `log`, durably."""
 
@@ -110,7 +116,8 @@ def check_log_name(name: str) -> str:
     return name
 
 
-def _image_name(name: str) -> str:
+def check_image_name(name: str) -> str:
+    """`name` if it can name an image in a store (one plain name), else ValueError."""
     if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
         raise ValueError(f"an image is named like cat_0.png, with no folder in it, not {name!r}")
     return name
@@ -121,40 +128,42 @@ class _LocalUpload:
     """An image written to a locked temporary file in its folder, renamed into place."""
 
     folder: Path
-    name: str
+    name: str | None
     _tmp: Path
     _fd: int
     _pending: bytearray = attrs.field(factory=bytearray)
     size: int = 0
-    _done: bool = False
+    done: bool = False
 
     async def write(self, data: bytes) -> None:
-        if self._done:
-            raise ValueError(f"the upload of {self.name} is over")
+        if self.done:
+            raise ValueError(f"the upload of {self.name or 'an image'} is over")
         self._pending += data
         self.size += len(data)
         if len(self._pending) >= UPLOAD_HOP:
             block, self._pending = self._pending, bytearray()
             await anyio.to_thread.run_sync(_write_all, self._fd, block)
 
-    async def commit(self) -> str:
-        if self._done:
-            raise ValueError(f"the upload of {self.name} is over")
+    async def commit(self, name: str | None = None) -> str:
+        if self.done:
+            raise ValueError(f"the upload of {self.name or 'an image'} is over")
+        final = name or self.name
+        if final is None:
+            raise ValueError("an upload opened without a name takes one at commit")
+        check_image_name(final)
         try:
             block, self._pending = self._pending, bytearray()
-            await anyio.to_thread.run_sync(
-                _place, self._fd, block, self._tmp, self.folder / self.name
-            )
+            await anyio.to_thread.run_sync(_place, self._fd, block, self._tmp, self.folder / final)
         except BaseException:
             await self.abort()
             raise
-        self._done = True
+        self.done = True
         os.close(self._fd)
-        return self.name
+        return final
 
     async def abort(self) -> None:
-        if not self._done:
-            self._done = True
+        if not self.done:
+            self.done = True
             os.close(self._fd)
             with contextlib.suppress(FileNotFoundError):
                 self._tmp.unlink()
@@ -195,8 +204,9 @@ class LocalStore:
     def url(self) -> str:
         return str(self.folder)
 
-    async def open_image(self, name: str) -> _LocalUpload:
-        _image_name(name)
+    async def open_image(self, name: str | None = None) -> _LocalUpload:
+        if name is not None:
+            check_image_name(name)
         self.folder.mkdir(parents=True, exist_ok=True)
         while True:
             tmp = self.folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}.part"

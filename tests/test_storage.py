@@ -88,6 +88,26 @@ async def test_a_commit_replaces_the_image_there(store):
     assert await read_image(store, "cat_0.png") == b"second"
 
 
+@pytest.mark.parametrize("size", [1000, 12 * MiB])
+async def test_an_image_named_only_at_commit(store, size):
+    """An upload opened without a name takes it at commit (small, or in parts on S3), leaving
+    no temporary file or object behind; without a name at all, commit refuses."""
+    data = os.urandom(size)
+    upload = await store.open_image()
+    for chunk in chunks(data):
+        await upload.write(chunk)
+    assert await store.images() == []
+    assert await upload.commit("late_0.png") == "late_0.png"
+    assert await read_image(store, "late_0.png") == data
+    assert await listing(store) == ["late_0.png"]
+    nameless = await store.open_image()
+    await nameless.write(b"x")
+    with pytest.raises(ValueError, match="takes one at commit"):
+        await nameless.commit()
+    await nameless.abort()
+    assert await listing(store) == ["late_0.png"]
+
+
 async def test_an_upload_is_used_once(store):
     """After commit or abort an upload takes no more bytes and cannot commit again."""
     upload = await store.open_image("cat_0.png")
@@ -194,6 +214,17 @@ async def test_a_large_image_goes_up_in_parts_and_appears_only_at_commit(s3):
     await upload.commit()
     assert await read_image(store, "big_0.png") == data
     assert pending_uploads(s3) == []
+
+
+async def test_an_unnamed_image_aborted_after_its_parts_leaves_nothing(s3):
+    """Parts gone up under a temporary key, then abort: no object, no pending upload."""
+    store = open_store(s3)
+    upload = await store.open_image()
+    for chunk in chunks(os.urandom(11 * MiB)):
+        await upload.write(chunk)
+    assert [u["Key"].split("/")[-1][:8] for u in pending_uploads(s3)] == [".gemimg-"]
+    await upload.abort()
+    assert await listing(store) == []
 
 
 async def test_an_aborted_multipart_upload_leaves_no_parts(s3):
