@@ -122,7 +122,7 @@ class FsspecStore:
         return cls(fs, root, url.split("?", 1)[0], part_size, max_threads)
 
     @property
-    def _is_s3(self) -> bool:
+    def is_s3(self) -> bool:
         protocol = self.fs.protocol
         return bool(_S3.intersection((protocol,) if isinstance(protocol, str) else protocol))
 
@@ -154,7 +154,7 @@ class FsspecStore:
     async def open_image(self, name: str | None = None) -> S3Upload | MovedUpload:
         if name is not None:
             check_image_name(name)
-        if self._is_s3:
+        if self.is_s3:
             return S3Upload(self, name)
         tmp = self.path(temporary_name())
         file = await self.run(self.fs.open, tmp, "wb")
