@@ -4,9 +4,10 @@
     python benchmarks/bench_upload.py --quick    # a smoke run (a 12 MB image, 1 run)
 
 The parent starts moto's S3-compatible server (`moto[server]`) in a process of its own on
-127.0.0.1, then runs each peer in a fresh worker process, which records its RSS after the imports
-and once the image is up, runs a loop-stall probe beside the upload, and prints one JSON line;
-the parent checks the object against the image and prints the table.
+127.0.0.1, then runs each peer in a fresh worker process, which makes the image and its chunks,
+records its RSS and resets its peak (Linux's VmHWM), runs a loop-stall probe beside the upload,
+and prints one JSON line with the peak RSS over that baseline; the parent checks the object
+against the image and prints the table.
 
 Peers (the image arrives as 64 KiB chunks, as a relay's answer does):
   gemimg_async  FsspecStore.open_image(): 5 MiB multipart parts, each sent from a worker thread
@@ -20,7 +21,6 @@ import asyncio
 import hashlib
 import json
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -48,11 +48,17 @@ def image(quick: bool) -> bytes:
     return _images._noise_png(2048, 2048) if quick else _images._noise_png(5504, 3072)  # noqa: SLF001
 
 
-def rss() -> int:
+def status(field: str) -> int:
+    """`VmRSS` (now) or `VmHWM` (the peak since the last reset) of this process, in bytes."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def reset_peak() -> None:
+    """Start VmHWM afresh from the RSS now (Linux): making the image peaked higher."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 async def worker(peer: str, url: str, quick: bool) -> dict:
@@ -66,7 +72,8 @@ async def worker(peer: str, url: str, quick: bool) -> dict:
     chunks = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]  # held by both peers
     store = open_store(url)
     await store.check()  # the filesystem's session made before the baseline
-    base = rss()
+    base = status("VmRSS")
+    reset_peak()
     began = time.perf_counter()
     async with StallProbe() as probe:
         if peer == "gemimg_async":
@@ -84,7 +91,7 @@ async def worker(peer: str, url: str, quick: bool) -> dict:
                 store.fs.pipe_file, f"{store.root}/image_0.png", gathered
             )
     wall = time.perf_counter() - began
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = status("VmHWM")
     return {
         "peer": peer,
         "bytes": len(data),
