@@ -27,10 +27,11 @@ import attrs
 from ._budget import charge_of
 from ._jobs import JobDefaults, read_jobs
 from ._manifest import STATUSES, ManifestEntry, Status, read_manifest, scan
+from ._objstore import is_object_url, open_store
 from ._shards import MANIFEST_PATTERN, manifest_shard
 from ._storage import Store
 
-__all__ = ["MergedStatus", "merge", "read_folder", "read_store"]
+__all__ = ["MergedStatus", "merge", "read_folder", "read_status", "read_store"]
 
 _SENT = "sent"
 _MONEY = Decimal("0.000001")
@@ -233,3 +234,22 @@ async def read_store(
         elif _is_sent_log(name):
             sent |= _sent_ids(await store.read_log(name))
     return merge(manifests, sent=sent, job_ids=_job_ids(jobs, defaults))
+
+
+async def read_status(
+    out: str | os.PathLike[str],
+    *,
+    jobs: str | os.PathLike[str] | None = None,
+    defaults: JobDefaults = JobDefaults(),
+    **storage_options: Any,
+) -> MergedStatus:
+    """The merged status of the batch output `out`: a folder, or an object storage URL
+    (`s3://bucket/prefix`; `storage_options` go to its filesystem). What `gemimg-async status`
+    prints."""
+    if not is_object_url(out):
+        return read_folder(out, jobs=jobs, defaults=defaults)
+    store = open_store(out, **storage_options)
+    try:
+        return await read_store(store, jobs=jobs, defaults=defaults)
+    finally:
+        await store.aclose()

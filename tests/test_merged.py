@@ -9,7 +9,7 @@ import attrs
 import pytest
 
 from gemimg_async import ManifestEntry
-from gemimg_async._merged import merge, read_folder, read_store
+from gemimg_async._merged import merge, read_folder, read_status, read_store
 from gemimg_async._objstore import open_store
 from gemimg_async._prices import Cost
 from gemimg_async._shards import Shard
@@ -189,3 +189,15 @@ async def test_read_store_reads_object_storage_like_a_folder(s3, tmp_path):
     assert from_store.duplicates == (IDS[0],)
     assert (from_store.jobs, from_store.left, from_store.sent_unrecorded) == (13, 1, 1)
     assert attrs.evolve(from_store, sent_unrecorded=0) == from_folder
+
+
+@pytest.mark.anyio
+async def test_read_status_takes_a_folder_or_a_url(s3, tmp_path):
+    """`read_status` reads a folder path or an s3:// URL, whichever `out` is."""
+    store = open_store(s3)
+    await store.append("manifest.1-of-2.jsonl", entry("a").to_line())
+    write_shards(tmp_path / "out", {1: [entry("a")]}, 2)
+    jobs = write_jobs(tmp_path / "jobs.jsonl", ["a", "b"])
+    for out in (s3, tmp_path / "out", str(tmp_path / "out")):
+        status = await read_status(out, jobs=jobs)
+        assert (status.jobs, status.saved, status.left) == (2, 1, 1)

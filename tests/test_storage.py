@@ -370,9 +370,9 @@ async def test_logs_and_images_share_a_prefix_without_mixing(s3):
     assert await store.logs() == ["manifest.1-of-2.jsonl"]
 
 
-def test_a_folder_store_keeps_logs_as_plain_files(tmp_path):
+async def test_a_folder_store_keeps_logs_as_plain_files(tmp_path):
     """A folder's log is one append-only file, the manifest a batch writes itself."""
     store = LocalStore(tmp_path)
-    anyio.run(store.append, "manifest.jsonl", b"{}\n")
+    await store.append("manifest.jsonl", b"{}\n")
     assert (tmp_path / "manifest.jsonl").read_bytes() == b"{}\n"
     assert Path(store.url) == tmp_path
