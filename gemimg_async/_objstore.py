@@ -7,21 +7,21 @@ next bytes wait; `commit` uploads the last part and completes the upload, and on
 object exist under the key. An image smaller than a part is one plain PUT at commit. `abort`
 aborts the multipart upload: S3 drops its parts. Nothing completes an upload but `commit`: an
 upload dropped without either leaves no object (only parts, which S3 bills until a bucket
-lifecycle rule's `AbortIncompleteMultipartUpload` removes them). Elsewhere an image is written
-under a temporary name (`.gemimg-....part`) and moved to its own at commit.
+lifecycle rule's `AbortIncompleteMultipartUpload` removes them). An upload named only at commit
+puts its parts under a temporary key, which S3 copies to the name (`_objupload`). Elsewhere an
+image is written under a temporary name (`.gemimg-....part`) and moved to its own at commit.
 
-Logs. Object storage has no append: each `append` is one object, numbered after the log
-(`manifest.2-of-4.jsonl/000000000001.jsonl`, `.../000000000002.jsonl`, ...: a folder named as the
-log's file would be)
-and created only where nothing is (S3's If-None-Match), so two writers of one log collide rather
-than overwrite each other. `compact` folds them into one object (`000000000001-000000000420
-.jsonl`) before it removes them; a reader takes the widest objects that cover each number, so it
-reads the same lines before, during and after.
+Logs. Object storage has no append: each `append` is one object, numbered, in a folder named as
+the log's file would be (`manifest.2-of-4.jsonl/000000000001.jsonl`, `.../000000000002.jsonl`),
+created only where nothing is (S3's If-None-Match), so two writers of one log collide rather than
+overwrite each other. `compact` folds them into one object (`000000000001-000000000420.jsonl`)
+before it removes them; a reader takes the widest objects that cover each number, so it reads
+the same lines before, during and after.
 
 fsspec and s3fs are blocking (they run their own event loop in a thread): each call here runs in
 a worker thread, at most `max_threads` of this store's at once, so uploads never take the threads
-that the manifest's fsyncs need. A thread hop costs about 150 us: one per MiB written, one per
-part, one per log line.
+that the manifest's fsyncs need. A thread hop costs about 150 us: one per part (5 MiB) of an S3
+upload, one per MiB elsewhere, one per log append.
 """
 
 from __future__ import annotations
@@ -190,13 +190,16 @@ class FsspecStore:
             parts = _parts(await self._names(stem))
             self._next[log] = max((last for _, last, _ in parts), default=0) + 1
         number = self._next[log]
+        path = self.path(f"{stem}/{number:012d}.jsonl")
         try:
-            await self.run(_create, self.fs, self.path(f"{stem}/{number:012d}.jsonl"), data)
+            await self.run(_create, self.fs, path, data)
         except FileExistsError:
-            raise LogClashError(
-                f"another writer appended line object {number} of {log} in {self.url}: is this "
-                "shard running twice? Stop one; the manifest keeps both runs' lines"
-            ) from None
+            # our own write whose answer was lost, retried, is there already: that is fine
+            if await self.run(self.fs.cat_file, path) != data:
+                raise LogClashError(
+                    f"another writer appended line object {number} of {log} in {self.url}: is this "
+                    "shard running twice? Stop one; the manifest keeps both runs' lines"
+                ) from None
         self._next[log] = number + 1
 
     async def read_log(self, log: str) -> bytes:

@@ -336,6 +336,18 @@ async def test_two_writers_of_one_log_collide_rather_than_overwrite(s3):
     assert await first.read_log("manifest.jsonl") == b"a\nb\n"
 
 
+async def test_an_append_found_already_there_with_its_own_line_is_fine(s3):
+    """An append whose object is there with the same line (its answer lost, then retried) is
+    not a clash; the next one goes on after it."""
+    store = open_store(s3)
+    fs, root = s3fs_of(s3)
+    await store.append("manifest.jsonl", b"a\n")
+    fs.pipe_file(f"{root}/manifest.jsonl/000000000002.jsonl", b"b\n")  # as if PUT, answer lost
+    await store.append("manifest.jsonl", b"b\n")
+    await store.append("manifest.jsonl", b"c\n")
+    assert await store.read_log("manifest.jsonl") == b"a\nb\nc\n"
+
+
 async def test_compaction_folds_objects_without_losing_or_reordering_a_line(s3):
     """Folding reads the same lines before, midway (folded object written, parts not yet
     removed) and after; appends go on after it."""
