@@ -265,6 +265,30 @@ async def test_a_failed_completion_aborts_and_raises(s3):
     assert pending_uploads(s3) == []
 
 
+def test_why_not_s3fs_files_a_with_block_that_fails_commits_a_partial_object(s3):
+    """s3fs's own file completes its upload on close, and a `with` block closes it on an error
+    too: a partial image would sit under the final key. `discard()` aborts the parts, but
+    `__del__` closes (commits) any file left open. Hence uploads of our own (`S3Upload`), where
+    nothing but `commit` completes one. (If s3fs changes this, this test says so.)"""
+    fs, root = s3fs_of(s3)
+
+    def write_then_fail() -> None:
+        with fs.open(f"{root}/partial_0.png", "wb") as file:
+            file.write(os.urandom(6 * MiB))  # one part up
+            raise RuntimeError("the relay's answer broke off")
+
+    with pytest.raises(RuntimeError):
+        write_then_fail()
+    assert fs.info(f"{root}/partial_0.png")["size"] == 6 * MiB  # the partial image, in place
+    discarded = fs.open(f"{root}/dropped_0.png", "wb")
+    discarded.write(os.urandom(6 * MiB))
+    assert not fs.exists(f"{root}/dropped_0.png")  # nothing before completion
+    discarded.discard()
+    discarded.closed = True  # else its __del__ would try to complete it
+    assert pending_uploads(s3) == []
+    assert not fs.exists(f"{root}/dropped_0.png")
+
+
 async def test_a_small_image_is_one_put(s3):
     """An image smaller than a part never starts a multipart upload."""
     store = open_store(s3)
