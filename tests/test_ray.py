@@ -19,7 +19,9 @@ from helpers import API_KEY, PNG_SIGNATURE, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.anyio]
 
-RAY_MISSING = "ray is not installed: pip install -e '.[ray]' (or skip these with -m 'not ray')"
+RAY_MISSING = (
+    "ray cannot be imported: pip install -e '.[ray]', or skip these tests with -m 'not ray'"
+)
 # Ray on loopback only: its own "no cluster" switch keeps every address 127.0.0.1 (else it binds
 # the machine's outward address); no usage reports.
 RAY_ENVIRONMENT = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -31,7 +33,7 @@ def ray_instance():
     with pytest.MonkeyPatch.context() as env:
         for name, value in RAY_ENVIRONMENT.items():
             env.setenv(name, value)
-        ray = pytest.importorskip("ray", reason=RAY_MISSING)
+        ray = pytest.importorskip("ray", reason=RAY_MISSING, exc_type=ImportError)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             yield ray
