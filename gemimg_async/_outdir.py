@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import attrs
@@ -13,7 +13,7 @@ import attrs
 from ._sinks import TEMP_PREFIX
 from ._tempfiles import remove_if_abandoned
 
-__all__ = ["FolderImages"]
+__all__ = ["FolderImages", "image_key"]
 
 _IMAGE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp", "gif"})
 _STALE_TEMP_SECONDS = 15 * 60
@@ -32,8 +32,7 @@ class FolderImages:
     def scan(cls, folder: Path, *, sweep: bool = True) -> FolderImages:
         """One pass over `folder`; with `sweep`, temporary files of dead processes are removed on
         the way (a batch does so as it starts, holding the folder's lock)."""
-        names: set[str] = set()
-        by_job: dict[str, dict[int, str]] = {}
+        names: list[str] = []
         now = time.time()
         with os.scandir(folder) as entries:
             for entry in entries:
@@ -42,14 +41,21 @@ class FolderImages:
                     if sweep:
                         _remove_abandoned(entry, now)
                     continue
-                stem, dot, extension = name.rpartition(".")
-                job_id, underscore, index = stem.rpartition("_")
-                if not (dot and underscore and index.isascii() and index.isdigit()):
-                    continue
-                if extension.lower() in _IMAGE_EXTENSIONS and not entry.is_symlink():
-                    names.add(name)
-                    by_job.setdefault(job_id, {})[int(index)] = name
-        return cls(frozenset(names), by_job)
+                if image_key(name) is not None and not entry.is_symlink():
+                    names.append(name)
+        return cls.from_names(names)
+
+    @classmethod
+    def from_names(cls, names: Iterable[str]) -> FolderImages:
+        """The images among `names` (a listing of a folder or an object store's prefix)."""
+        found: set[str] = set()
+        by_job: dict[str, dict[int, str]] = {}
+        for name in names:
+            key = image_key(name)
+            if key is not None:
+                found.add(name)
+                by_job.setdefault(key[0], {})[key[1]] = name
+        return cls(frozenset(found), by_job)
 
     def complete(self, job_id: str, n: int) -> tuple[str, ...] | None:
         """The names of images 0..n-1 of `job_id`, when all are here."""
@@ -57,6 +63,17 @@ class FolderImages:
         if all(index in found for index in range(n)):
             return tuple(found[index] for index in range(n))
         return None
+
+
+def image_key(name: str) -> tuple[str, int] | None:
+    """The job id and index of an image named `{id}_{i}.{ext}`; None for any other name."""
+    stem, dot, extension = name.rpartition(".")
+    job_id, underscore, index = stem.rpartition("_")
+    if not (dot and underscore and index.isascii() and index.isdigit()):
+        return None
+    if extension.lower() not in _IMAGE_EXTENSIONS:
+        return None
+    return job_id, int(index)
 
 
 def _remove_abandoned(entry: os.DirEntry[str], now: float) -> None:

@@ -1,8 +1,11 @@
 """Fixtures only (shared helpers are in helpers.py): one fake relay per test session, on
-127.0.0.1, that each test gets freshly reset; a client of it; folders to write to; redis-server."""
+127.0.0.1, that each test gets freshly reset; a client of it; folders to write to; redis-server;
+an S3-compatible server (moto) and a bucket of each test's own."""
 
+import importlib.util
 import os
 import shutil
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import pytest
 
 from gemimg_async import Client
 from gemimg_async.testing import FakeClock, FakeRelay
-from helpers import API_KEY, REDIS_INSTALL_HINT, RedisServer
+from helpers import API_KEY, REDIS_INSTALL_HINT, S3_INSTALL_HINT, RedisServer, S3Server
 
 
 @pytest.fixture(scope="session")
@@ -96,3 +99,29 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = _redis_server(folder).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One S3-compatible server (moto) for the session; tests keep apart by a bucket each. The
+    test is skipped where moto or s3fs is missing (and fails under CI, whose install has them)."""
+    if any(importlib.util.find_spec(name) is None for name in ("moto", "s3fs")):
+        if os.environ.get("CI") == "true":
+            pytest.fail(S3_INSTALL_HINT)
+        pytest.skip(S3_INSTALL_HINT)
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """`s3://BUCKET/out`, in a new bucket on the local S3 server, with the AWS_* variables that
+    lead there (dummy credentials) set for this test only."""
+    import s3fs  # noqa: PLC0415 - an optional extra: the fixture above skips without it
+
+    for name, value in s3_server.environment.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"test-{uuid.uuid4().hex[:16]}"
+    s3fs.S3FileSystem().mkdir(bucket)
+    return f"s3://{bucket}/out"

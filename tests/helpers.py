@@ -12,6 +12,7 @@ import json
 import socket
 import struct
 import subprocess
+import sys
 import time
 import traceback
 import uuid
@@ -395,3 +396,76 @@ class RedisServer:
                 self.process.kill()
                 self.process.wait()
             self.process = None
+
+
+# --- an S3-compatible server -------------------------------------------------------------------
+
+S3_INSTALL_HINT = "moto[server] and s3fs are not installed: pip install -e '.[dev]'"
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+"""Dummy credentials: the local server takes any."""
+
+
+@attrs.define
+class S3Server:
+    """moto's S3-compatible server (`moto[server]`, from the package index) in a process of its
+    own on 127.0.0.1, so that memory measured in the tests is the client's alone, and Ray
+    workers reach it like any other process."""
+
+    log: Path
+    port: int = 0
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """The variables that point boto (s3fs) at this server, with dummy credentials, and
+        keep it off any real account: no config files, no instance metadata."""
+        return {
+            **S3_CREDENTIALS,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_CONFIG_FILE": "/nonexistent",
+            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def start(self) -> "S3Server":
+        for _ in range(5):  # a free port can be taken between the look and the bind
+            port = free_port()
+            with self.log.open("ab") as log:
+                process = subprocess.Popen(  # noqa: S603 - our own argument list
+                    [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                    stdout=log,
+                    stderr=log,
+                )
+            deadline = time.monotonic() + 30
+            while process.poll() is None and time.monotonic() < deadline:
+                if _answers_http(port):
+                    self.port, self.process = port, process
+                    return self
+                time.sleep(0.05)
+            process.kill()
+            process.wait()
+        raise RuntimeError(f"moto's server did not start: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+
+def _answers_http(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            return sock.recv(12).startswith(b"HTTP/1.")
+    except OSError:
+        return False

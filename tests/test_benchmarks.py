@@ -121,3 +121,21 @@ def test_the_stream_benchmark_runs_and_hands_on_the_relays_png():
     rows = _rows(done.stdout, "format")
     assert {row[0] for row in rows} == {"b64_json", "url"}
     assert all(row[-1] == "yes" for row in rows)
+
+
+@pytest.mark.timeout(300)
+def test_the_upload_benchmark_runs_and_its_objects_are_right():
+    """`bench_upload.py --quick` puts the image up by each peer, checks every object against
+    it, and prints a row per peer."""
+    for name in ("moto", "s3fs"):
+        pytest.importorskip(name, reason="the upload benchmark needs moto[server] and s3fs (dev)")
+    done = subprocess.run(  # noqa: S603 - our own script, run by our own interpreter
+        [sys.executable, str(BENCHMARKS / "bench_upload.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split()[0] for line in done.stdout.splitlines()[2:]]
+    assert rows == ["gemimg_async", "naive"]

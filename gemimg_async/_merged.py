@@ -1,0 +1,255 @@
+"""One status of a batch split into shards: every manifest of its output merged.
+
+A folder (or an object store's prefix) holds `manifest.jsonl` and any `manifest.K-of-N.jsonl`;
+each gives the latest entry of its ids (`read_manifest`). Merged, they say how many jobs are in
+each state, how many images were saved and what was spent, and which ids more than one manifest
+holds (none, when every shard kept to its own). Given the job file, they also say what is left:
+its jobs that no manifest records yet, those in a send log among them (sent, and not recorded:
+in flight, or their shard died).
+
+The counts add up: `saved + refused + failed + outcome_unknown + left == jobs` when the job
+file is given.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ._budget import charge_of
+from ._jobs import JobDefaults, read_jobs
+from ._manifest import STATUSES, ManifestEntry, Status, read_manifest, scan
+from ._objstore import is_object_url, open_store
+from ._shards import MANIFEST_PATTERN, manifest_shard
+from ._storage import Store
+
+__all__ = ["MergedStatus", "merge", "read_folder", "read_status", "read_store"]
+
+_SENT = "sent"
+_MONEY = Decimal("0.000001")
+_SHOWN = 10
+"""Duplicate ids printed; `--json` lists them all."""
+
+
+@attrs.frozen(kw_only=True)
+class MergedStatus:
+    """A batch's state over every manifest of its output."""
+
+    jobs: int
+    """Jobs recorded in any manifest, and those of the job file left to do."""
+    counts: Mapping[Status, int]
+    """Recorded jobs by state (an id in two manifests counts once, as its latest entry)."""
+    images: int
+    cost: Decimal | None
+    """What the jobs recorded cost, as a budget counts it; None when no entry says."""
+    currency: str | None
+    duplicates: tuple[str, ...]
+    """Ids in more than one manifest, sorted: jobs two shards may both have paid for."""
+    left: int | None
+    """Jobs of the job file no manifest records; None when no job file was given."""
+    sent_unrecorded: int
+    """Of the jobs no manifest records, those in a send log (may have been billed)."""
+    manifests: Mapping[str, int]
+    """Each manifest read, by name, with the number of jobs it records."""
+
+    @property
+    def saved(self) -> int:
+        return self.counts["saved"]
+
+    @property
+    def splits(self) -> list[int]:
+        """The shard counts (N) of the manifests: more than one means two splits of the batch."""
+        return sorted({s.n for name in self.manifests if (s := manifest_shard(name)) is not None})
+
+    @property
+    def done(self) -> bool:
+        """Every job of the job file saved, each in one manifest."""
+        return self.left == 0 and self.saved == self.jobs and not self.duplicates
+
+    def to_json(self) -> dict[str, Any]:
+        """For `gemimg-async status --json`: counts, cost, and the duplicates' ids."""
+        return {
+            "jobs": self.jobs,
+            **{status: self.counts[status] for status in STATUSES},
+            "left": self.left,
+            "sent_unrecorded": self.sent_unrecorded,
+            "images": self.images,
+            "cost": None if self.cost is None else float(self.cost.quantize(_MONEY)),
+            "currency": self.currency,
+            "duplicates": list(self.duplicates),
+            "manifests": dict(self.manifests),
+        }
+
+    def lines(self) -> list[str]:
+        """The status as lines to print."""
+        shown = ", ".join(self.manifests) or "none"
+        out = [f"manifests: {shown}", f"jobs: {self.jobs:,}"]
+        notes: dict[str, str] = {
+            "saved": f"({self.images:,} images)",
+            "outcome_unknown": "(may have been billed: sent again only with --retry-unknown)"
+            if self.counts["outcome_unknown"]
+            else "",
+        }
+        out += [
+            f"  {status:<16}{self.counts[status]:>10,}  {notes.get(status, '')}".rstrip()
+            for status in STATUSES
+        ]
+        if self.left is None:
+            out.append(f"  {'left':<16}{'?':>10}  (give the job file to count what is left)")
+        else:
+            sent = (
+                f"({self.sent_unrecorded:,} sent, not recorded yet)" if self.sent_unrecorded else ""
+            )
+            out.append(f"  {'left':<16}{self.left:>10,}  {sent}".rstrip())
+        if self.cost is not None:
+            money = (
+                f"${self.cost:,.4f}"
+                if self.currency == "USD"
+                else f"{self.cost:,.4f} {self.currency}"
+            )
+            out.append(f"cost so far: {money}")
+        if self.duplicates:
+            ids = ", ".join(self.duplicates[:_SHOWN])
+            more = ", ..." if len(self.duplicates) > _SHOWN else ""
+            out.append(f"jobs in more than one manifest: {len(self.duplicates):,} ({ids}{more})")
+        if len(self.splits) > 1:
+            splits = ", ".join(map(str, self.splits))
+            out.append(
+                f"manifests of {len(self.splits)} different splits ({splits} shards): a job may "
+                "be recorded, and paid for, once in each"
+            )
+        return out
+
+
+def merge(
+    manifests: Mapping[str, Mapping[str, ManifestEntry]],
+    *,
+    sent: Iterable[str] = (),
+    job_ids: Iterable[str] | None = None,
+) -> MergedStatus:
+    """Merge the latest entries of each manifest (by name); `sent` are the ids of the send logs,
+    `job_ids` those of the job file."""
+    latest: dict[str, ManifestEntry] = {}
+    seen: Counter[str] = Counter()
+    for entries in manifests.values():
+        for job_id, entry in entries.items():
+            seen[job_id] += 1
+            if job_id not in latest or entry.finished >= latest[job_id].finished:
+                latest[job_id] = entry
+    counts: dict[Status, int] = dict.fromkeys(STATUSES, 0)
+    images = 0
+    cost: Decimal | None = None
+    currency: str | None = None
+    for entry in latest.values():
+        counts[entry.status] += 1
+        images += len(entry.paths) if entry.status == "saved" else 0
+        charge, its_currency = _charge(entry)
+        if charge is not None:
+            cost = (cost or Decimal(0)) + charge
+            currency = currency or its_currency
+    unrecorded = set(sent) - latest.keys()
+    left = None if job_ids is None else len(set(job_ids) - latest.keys())
+    return MergedStatus(
+        jobs=len(latest) + (left or 0),
+        counts=counts,
+        images=images,
+        cost=cost,
+        currency=currency,
+        duplicates=tuple(sorted(job_id for job_id, n in seen.items() if n > 1)),
+        left=left,
+        sent_unrecorded=len(unrecorded),
+        manifests={name: len(entries) for name, entries in sorted(manifests.items())},
+    )
+
+
+def _charge(entry: ManifestEntry) -> tuple[Decimal | None, str | None]:
+    """What `entry` counts for, as a budget counts it, if the entry keeps a cost (manifests
+    written before costs were kept have none)."""
+    cost = getattr(entry, "cost", None)
+    if cost is None:
+        return None, None
+    if isinstance(cost, (int, float, Decimal)) and not isinstance(cost, bool):
+        return Decimal(str(cost)), "USD"
+    return charge_of(entry.status, cost), getattr(cost, "currency", "USD")
+
+
+def _sent_ids(data: bytes) -> set[str]:
+    ids = set()
+    for line in data.splitlines():
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue  # a torn line: its job was not handed over yet
+        if isinstance(doc, dict) and isinstance(doc.get("id"), str):
+            ids.add(doc["id"])
+    return ids
+
+
+def _job_ids(jobs: str | os.PathLike[str] | None, defaults: JobDefaults) -> list[str] | None:
+    if jobs is None:
+        return None
+    return [request.id for request in read_jobs(jobs, defaults=defaults) if request.id]
+
+
+def _is_sent_log(name: str) -> bool:
+    return name.startswith(".manifest-sent") and name.endswith(".jsonl")
+
+
+def read_folder(
+    folder: str | os.PathLike[str],
+    *,
+    jobs: str | os.PathLike[str] | None = None,
+    defaults: JobDefaults = JobDefaults(),
+) -> MergedStatus:
+    """The merged status of the batch output folder `folder`; `jobs` is its job file, read with
+    the batch's `defaults` (job ids derived from them must match), to count what is left."""
+    path = Path(folder)
+    names = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    manifests = {n: read_manifest(path / n) for n in names if MANIFEST_PATTERN.fullmatch(n)}
+    sent = set().union(*(_sent_ids((path / n).read_bytes()) for n in names if _is_sent_log(n)))
+    return merge(manifests, sent=sent, job_ids=_job_ids(jobs, defaults))
+
+
+async def read_store(
+    store: Store,
+    *,
+    jobs: str | os.PathLike[str] | None = None,
+    defaults: JobDefaults = JobDefaults(),
+) -> MergedStatus:
+    """`read_folder` of a `Store` (object storage: `s3://bucket/prefix`)."""
+    manifests: dict[str, dict[str, ManifestEntry]] = {}
+    sent: set[str] = set()
+    for name in await store.logs():
+        if MANIFEST_PATTERN.fullmatch(name):
+            data = await store.read_log(name)
+            manifests[name] = scan(io.BytesIO(data), Path(store.url) / name).entries
+        elif _is_sent_log(name):
+            sent |= _sent_ids(await store.read_log(name))
+    return merge(manifests, sent=sent, job_ids=_job_ids(jobs, defaults))
+
+
+async def read_status(
+    out: str | os.PathLike[str],
+    *,
+    jobs: str | os.PathLike[str] | None = None,
+    defaults: JobDefaults = JobDefaults(),
+    **storage_options: Any,
+) -> MergedStatus:
+    """The merged status of the batch output `out`: a folder, or an object storage URL
+    (`s3://bucket/prefix`; `storage_options` go to its filesystem). What `gemimg-async status`
+    prints."""
+    if not is_object_url(out):
+        return read_folder(out, jobs=jobs, defaults=defaults)
+    store = open_store(out, **storage_options)
+    try:
+        return await read_store(store, jobs=jobs, defaults=defaults)
+    finally:
+        await store.aclose()
