@@ -61,6 +61,7 @@ INTERNAL = {
     "_models.is_file_ref",  # how _inputs and job files tell local files from URLs
     "_models.check_stem",  # the file-name rule behind `id=` and `save(stem=)`, enforced there
     # text formatting for the progress displays and the CLI; users take a Progress class
+    "_progress.cost_rows",
     "_progress.format_duration",
     "_progress.rich_available",
     "_progress.status_line",
