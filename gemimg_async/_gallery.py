@@ -37,6 +37,7 @@ __all__ = [
     "cards_of",
     "make_thumbnail",
     "render",
+    "require_pillow",
 ]
 
 GALLERY_NAME = "index.html"
@@ -121,6 +122,11 @@ def _charged(entry: ManifestEntry) -> Cost | None:
         return None
     cost = charged(entry.status, entry.cost)
     return cost if cost.estimated or cost.reported is not None else None
+
+
+def require_pillow() -> None:
+    """ConfigurationError, saying how to install it, unless Pillow can be imported."""
+    _pillow()
 
 
 def _pillow() -> object:

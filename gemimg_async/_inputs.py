@@ -10,14 +10,15 @@ import base64
 import binascii
 import stat
 from collections.abc import Sequence
+from pathlib import Path
 
 import anyio
 
 from ._config import MAX_INLINE_IMAGE_BYTES
 from ._exceptions import InvalidImageError
-from ._models import image_media_type, is_file_ref
+from ._models import ImageRequest, image_media_type, is_file_ref
 
-__all__ = ["encode_images"]
+__all__ = ["check_files", "encode_images"]
 
 _SLICE = 3 * 256 * 1024
 """Bytes of image per base64 step (a multiple of 3, so the slices' encodings join up)."""
@@ -40,6 +41,26 @@ async def encode_images(refs: Sequence[str]) -> list[str]:
     return encoded
 
 
+def check_files(request: ImageRequest) -> None:
+    """What `encode_images` would find wrong with the request's local input images, without
+    reading them whole (a dry run): InvalidImageError for a missing file, one too big to send
+    inline, or one that is no image."""
+    for name in filter(is_file_ref, request.images):
+        try:
+            path = Path(name)
+            info = path.stat()
+            if not stat.S_ISREG(info.st_mode):
+                raise InvalidImageError(f"input image {name!r} is not a file")
+            if info.st_size > MAX_INLINE_IMAGE_BYTES:
+                raise _too_big(name, info.st_size)
+            with path.open("rb") as file:
+                image_media_type(file.read(64), source=f"input image {name!r}")
+        except FileNotFoundError:
+            raise InvalidImageError(f"input image {name!r} does not exist") from None
+        except OSError as exc:
+            raise InvalidImageError(f"cannot read input image {name!r}: {exc.strerror}") from None
+
+
 async def _check_base64(uri: str) -> None:
     payload = uri.partition(",")[2]
     try:
@@ -59,10 +80,7 @@ async def _encode_file(name: str) -> str:
         if not stat.S_ISREG(info.st_mode):
             raise InvalidImageError(f"input image {name!r} is not a file")
         if info.st_size > MAX_INLINE_IMAGE_BYTES:
-            raise InvalidImageError(
-                f"input image {name!r} is {info.st_size / 1e6:.1f} MB; the model takes inline "
-                f"images up to {MAX_INLINE_IMAGE_BYTES / 1e6:.1f} MB: shrink it or pass a URL"
-            )
+            raise _too_big(name, info.st_size)
         data = await path.read_bytes()
     except FileNotFoundError as exc:
         raise InvalidImageError(f"input image {name!r} does not exist") from exc
@@ -73,3 +91,10 @@ async def _encode_file(name: str) -> str:
         parts.append(base64.b64encode(data[start : start + _SLICE]).decode("ascii"))
         await anyio.lowlevel.checkpoint()
     return "".join(parts)
+
+
+def _too_big(name: str, size: int) -> InvalidImageError:
+    return InvalidImageError(
+        f"input image {name!r} is {size / 1e6:.1f} MB; the model takes inline images up to "
+        f"{MAX_INLINE_IMAGE_BYTES / 1e6:.1f} MB: shrink it or pass a URL"
+    )

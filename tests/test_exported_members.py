@@ -39,6 +39,7 @@ INTERNAL = {
     "_gallery.cards_of",  # build_gallery's reading of the manifest
     "_gallery.make_thumbnail",  # build_gallery makes them
     "_gallery.render",  # build_gallery's page, without the files
+    "_gallery.require_pillow",  # `batch --gallery` checks before paying
     "_info.describe",  # the sinks call it once an image is placed: its sidecar, or none
     "_info.sidecar_bytes",  # what write_sidecar writes
     "_info.sidecar_path",  # where the sinks put a sidecar: {image}.json; read_info finds it

@@ -7,9 +7,12 @@ estimate ($0.134 per standard image), so `generation_count * 0.134 <= cap` is th
 """
 
 import json
+import signal
+import subprocess
 from decimal import Decimal
 from pathlib import Path
 
+import anyio
 import pytest
 
 from gemimg_async import (
@@ -25,7 +28,8 @@ from gemimg_async import (
 from gemimg_async._ledger import Ledger, charged
 from gemimg_async._manifest import ManifestEntry
 from gemimg_async.testing import FakeClock, FakeRelay, Fault
-from helpers import API_KEY, TIER_4K, latest, manifest_lines
+from helpers import API_KEY, TIER_4K, latest, manifest_lines, wait_for
+from hostile.support import child_env, command
 
 pytestmark = pytest.mark.anyio
 
@@ -226,3 +230,53 @@ def test_the_ledger_adds_every_line_by_tier_and_leaves_out_another_currency(capl
     assert ledger.total.total == Decimal("0.48")
     assert dict(ledger.by_tier()) == {"4K": Cost.of(Decimal("0.48")), "other": Cost()}
     assert "EUR" in caplog.text
+
+
+# --- across a kill -9 --------------------------------------------------------------------------
+
+
+async def test_the_cap_holds_across_a_kill_9_and_a_resume(relay, tmp_path):
+    """A real `gemimg-async batch --max-cost` killed with -9 mid-run, then run again with the
+    same cap: the relay never answers more than the cap allows (jobs in flight at the kill count
+    as outcome_unknown); a higher cap then finishes the batch."""
+    relay.latency = 0.2
+    try:
+        (tmp_path / "jobs.txt").write_text("".join(f"prompt number {i}\n" for i in range(60)))
+        cap = 20 * PRICE
+        args = ["batch", "jobs.txt", "--out", "out", "--base-url", relay.url]
+        args += ["--concurrency", "8", "--max-cost", str(cap)]
+        process = await anyio.open_process(
+            command(*args),
+            cwd=tmp_path,
+            env=child_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        async with process:
+            manifest = tmp_path / "out" / "manifest.jsonl"
+            await wait_for(lambda: manifest.exists() and manifest.read_bytes().count(b"\n") >= 5)
+            process.kill()
+            await process.wait()
+        assert process.returncode == -signal.SIGKILL
+        killed_at = relay.generation_count
+        assert killed_at <= 20
+        with anyio.fail_after(60):
+            resumed = await anyio.run_process(
+                command(*args), cwd=tmp_path, env=child_env(), check=False
+            )
+        assert resumed.returncode == 1, resumed.stderr.decode()
+        assert "higher --max-cost" in resumed.stderr.decode()
+        # every request the relay saw is charged (a job logged sent may not have arrived)
+        assert PRICE * relay.generation_count <= charges(tmp_path / "out") <= cap
+
+        args[-1] = str(70 * PRICE)
+        args.append("--retry-unknown")
+        with anyio.fail_after(60):
+            final = await anyio.run_process(
+                command(*args), cwd=tmp_path, env=child_env(), check=False
+            )
+        assert final.returncode == 0, final.stderr.decode()
+        assert {line["status"] for line in latest(tmp_path / "out").values()} == {"saved"}
+        assert PRICE * relay.generation_count <= charges(tmp_path / "out") <= 70 * PRICE
+    finally:
+        relay.latency = 0.0
