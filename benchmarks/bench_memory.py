@@ -215,9 +215,35 @@ def _vm_hwm_kib() -> int | None:
     return None
 
 
+PROVENANCE_KEYWORDS = frozenset(
+    word.replace(b"_", b" ")
+    for word in b"Description Model Size_Asked Size_Delivered Job_Id Request_Id Idempotency_Key "
+    b"Creation_Time Software".split()
+)
+"""The keywords of gemimg_async's provenance chunks (`gemimg_async._provenance.KEYWORDS`),
+written here so that a worker imports nothing but its peer."""
+
+
 def _sha256(path: Path) -> str:
+    """The file's sha256, as the relay sent it: a PNG's provenance `iTXt` chunks (which
+    gemimg_async writes after `IHDR`) are left out, every other byte counts."""
     digest = hashlib.sha256()
     with path.open("rb") as file:
+        head = file.read(8)
+        digest.update(head)
+        while head == b"\x89PNG\r\n\x1a\n" and len(header := file.read(8)) == 8:
+            length, kind = int.from_bytes(header[:4], "big"), header[4:]
+            if kind == b"iTXt" and length < HASH_BLOCK:
+                data = file.read(length + 4)
+                if data.partition(b"\x00")[0] in PROVENANCE_KEYWORDS:
+                    continue
+                digest.update(header + data)
+                continue
+            digest.update(header)
+            left = length + 4
+            while left and (block := file.read(min(left, HASH_BLOCK))):
+                digest.update(block)
+                left -= len(block)
         while block := file.read(HASH_BLOCK):
             digest.update(block)
     return digest.hexdigest()

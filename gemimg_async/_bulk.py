@@ -7,8 +7,8 @@ Data flows one way::
         --> one line of OUT/manifest.jsonl (written once the images are in place)
 
 `_jobs` reads job files; `_resume` decides what each job needs; `_flights` follows the jobs in
-`Client.map` (sent once their first attempt goes out); `_journal` keeps the manifest and the send
-log; this module runs them.
+`Client.map` (sent once their first attempt goes out); `_spending` reserves each one's estimate
+against `max_cost`; `_journal` keeps the manifest and the send log; this module runs them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from ._outdir import FolderImages
 from ._progress import Progress
 from ._results import SaveError
 from ._resume import Step, plan
+from ._spending import Spending
 from ._summary import BatchStats, BatchSummary, Tally
 
 __all__ = ["BatchRun", "run_batch"]
@@ -83,6 +85,9 @@ class BatchRun:
     billed again. Without it they are skipped and counted in `BatchSummary.changed`."""
     encoding: str | None = None
     """A job file's encoding when it has no byte-order mark (default UTF-8)."""
+    max_cost: Decimal | float | str | None = None
+    """No job starts that could take what the folder's batch has spent (every run, by its
+    manifest), with the jobs in flight, past this amount in the prices' currency."""
     _clock: Clock = attrs.field(init=False)
     """The client's: every time the batch records or shows is read from it."""
     _stopping: bool = attrs.field(init=False, default=False)
@@ -94,9 +99,11 @@ class BatchRun:
     _total: int | None = attrs.field(init=False, default=None)
     _began: float | None = attrs.field(init=False, default=None)
     _halted: str | None = attrs.field(init=False, default=None)
+    _spending: Spending = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._clock = self.client.clock
+        self._spending = Spending.of(self.client.prices, self.max_cost)  # a bad cap: raised now
 
     @property
     def stopping(self) -> bool:
@@ -157,6 +164,7 @@ class BatchRun:
                 self.progress.start(self.stats)
             images = FolderImages.scan(self.out_dir)
             await self._settle_dangling(journal, images)
+            self._spending.resume(journal.ledger)
             async with _background(self._tick() if self.progress is not None else None):
                 await self._send_all(journal, self._to_send(requests, journal, images))
             journal.forget_sent()  # every job sent has its line now, synced
@@ -179,18 +187,8 @@ class BatchRun:
             self.progress.update(self.stats)
 
     async def _settle_dangling(self, journal: Journal, images: FolderImages) -> None:
-        """Record the jobs a dead run sent without recording them."""
-        dangling = journal.settle(images, reason=_DANGLING, now=self._clock.time())
-        if dangling:
-            unknown = sum(1 for sent in dangling if journal.entries[sent.id].status != "saved")
-            log.warning(
-                "%d job(s) were in flight when an earlier run ended without recording them: "
-                "%d have their images on disk (saved), %d are outcome_unknown (may have been "
-                "billed; sent again only with --retry-unknown)",
-                len(dangling),
-                len(dangling) - unknown,
-                unknown,
-            )
+        """Record the jobs a dead run sent without recording them (at their estimates)."""
+        journal.settle(images, reason=_DANGLING, now=self._clock.time())
         await journal.sync()
         journal.forget_sent()
 
@@ -224,7 +222,11 @@ class BatchRun:
             )
             if step.step is Step.SEND:
                 assert step.request is not None
-                self._flights.take(step.request, asked)
+                cost = self._spending.reserve(step.request)
+                if cost is None:  # it would take the total past the cap: stop here
+                    self._halt(self._spending.refused or "max_cost")
+                    return
+                self._flights.take(step.request, asked, cost)
                 yield step.request
                 continue
             assert step.entry is not None
@@ -248,6 +250,7 @@ class BatchRun:
                     )
                     journal.write(entry)
                     self._tally.ended(entry, outcome)
+                    self._spending.settle(flight.cost if flight else None, entry)
                     self._halt_on(outcome.error)
                     await journal.sync()
                     if self._stopping and self._in_flight == 0:
@@ -261,44 +264,37 @@ class BatchRun:
     def _halt_on(self, error: Exception | None) -> None:
         """Stop taking jobs when every one would fail: a rejected key (401; a 403 may be one
         model's), or a disk that takes no more (each job would be paid for, then lost)."""
-        if self._halted is not None:
-            return
         if isinstance(error, AuthenticationError) and error.status == _UNAUTHORIZED:
-            self._halted = f"the relay rejected the API key: {error}"
+            self._halt(f"the relay rejected the API key: {error}")
         elif isinstance(disk := _disk_error(error), OSError) and disk.errno in _DISK_FULL:
-            self._halted = f"the output folder takes no more: {error}"
-        else:
-            return
-        log.error("%s; taking no more jobs", self._halted)
-        self._stopping = True  # what is in flight finishes; the loop lets the rest go
+            self._halt(f"the output folder takes no more: {error}")
+
+    def _halt(self, reason: str) -> None:
+        """Take no more jobs, for `reason`; what is in flight finishes, the rest is let go."""
+        if self._halted is None:
+            self._halted = reason
+            log.error("%s; taking no more jobs", reason)
+        self._stopping = True
 
     def _abandon(self, journal: Journal) -> None:
         """Record the jobs cancelled after they were sent: perhaps billed."""
         assert self._flights is not None
         reason = self._abort_reason or _STOPPED
-        for entry in self._flights.abandon(reason=reason, now=self._clock.time()):
+        for entry, reserved in self._flights.abandon(reason=reason, now=self._clock.time()):
             journal.write(entry)
             self._tally.ended(entry)
+            self._spending.settle(reserved, entry)
 
     def _summary(self, journal: Journal) -> BatchSummary:
         assert self._began is not None
-        tally = self._tally
-        return BatchSummary(
-            saved=tally.counts["saved"],
-            refused=tally.counts["refused"],
-            failed=tally.counts["failed"],
-            outcome_unknown=tally.counts["outcome_unknown"],
-            skipped=tally.skipped,
-            sent=sum(tally.ran.values()),
-            images=tally.images,
+        return self._tally.summary(
             bad_lines=tuple(self._bad_lines),
             elapsed=self._clock.monotonic() - self._began,
             manifest=journal.folder / MANIFEST_NAME,
             interrupted=self._stopping and self._halted is None,
             halted=self._halted,
-            smaller=tally.smaller,
-            other_shape=tally.other_shape,
-            changed=tally.changed,
+            capped=self._spending.refused is not None,
+            ledger=journal.ledger,
         )
 
 
@@ -311,6 +307,7 @@ async def run_batch(
     retry_unknown: bool = False,
     redo_changed: bool = False,
     encoding: str | None = None,
+    max_cost: Decimal | float | str | None = None,
     progress: Progress | None = None,
     stop: anyio.Event | None = None,
     abort: anyio.Event | None = None,
@@ -326,6 +323,7 @@ async def run_batch(
         progress=progress,
         redo_changed=redo_changed,
         encoding=encoding,
+        max_cost=max_cost,
     )
 
     async def on(event: anyio.Event | None, action: Callable[[], None]) -> None:

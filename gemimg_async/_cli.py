@@ -1,4 +1,4 @@
-"""The `gemimg-async` command: `generate`, `batch` and `fake-server`.
+"""The `gemimg-async` command: `generate`, `batch`, `info`, `gallery` and `fake-server`.
 
 This module reads the command line and turns every error into one line on stderr and an exit
 status: 2 for a usage mistake (a flag, a job file, an output folder), 1 for a failure, 130 for an
@@ -14,6 +14,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import NoReturn
 
@@ -23,7 +24,9 @@ from ._commands import (
     EXIT_USAGE,
     batch,
     fake_server,
+    gallery,
     generate,
+    info,
 )
 from ._config import DEFAULT_MAX_CONCURRENCY
 from ._dialects import DIALECTS, SIZE_STYLES
@@ -125,6 +128,18 @@ def _above_zero(text: str) -> float:
     return value
 
 
+def _amount(text: str) -> Decimal:
+    try:
+        value = Decimal(text.strip().removeprefix("$"))
+    except InvalidOperation:
+        value = Decimal(-1)
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be an amount of at least 0, such as 5.00, not {text!r}"
+        )
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gemimg-async",
@@ -151,6 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     one.add_argument("--out", type=Path, default=Path("out"), help="folder (default ./out)")
     _add_connection_options(one)
+    _add_metadata_option(one)
     one.set_defaults(run=generate)
 
     many = commands.add_parser(
@@ -200,7 +216,54 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds between status lines when stdout is no terminal (default 10)",
     )
+    many.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check every job and print what the batch would cost, sending nothing (exit 0 when "
+        "every job is valid, 2 when a line is bad); with a manifest in DIR, what the next run "
+        "would send",
+    )
+    many.add_argument(
+        "--prices",
+        type=Path,
+        metavar="FILE",
+        help="the relay's prices, a .toml or .json table (default Google's list prices: $0.134 "
+        "per 1K or 2K image, $0.24 per 4K image)",
+    )
+    many.add_argument(
+        "--max-cost",
+        type=_amount,
+        metavar="AMOUNT",
+        help="start no request that could take what DIR's batch has cost (every run, requests "
+        "in flight and outcome_unknown ones counted) past AMOUNT; run again with a higher cap "
+        "to go on",
+    )
+    many.add_argument(
+        "--gallery",
+        action="store_true",
+        help="write DIR/index.html when the batch ends (the gallery extra: Pillow)",
+    )
+    _add_metadata_option(many)
     many.set_defaults(run=batch)
+
+    show = commands.add_parser(
+        "info",
+        help="print where images came from",
+        description="Print what each image says of itself: type, size, and the prompt, model, "
+        "sizes, ids and time written into it (or into its .json sidecar).",
+    )
+    show.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    show.set_defaults(run=info)
+
+    grid = commands.add_parser(
+        "gallery",
+        help="write a batch folder's index.html",
+        description="Write DIR/index.html from DIR/manifest.jsonl: a grid of thumbnails (made "
+        "once into DIR/.thumbs) with each prompt, model, size, status and cost; open it in a "
+        "browser. Needs Pillow: pip install 'gemimg-async[gallery]'.",
+    )
+    grid.add_argument("folder", type=Path, metavar="DIR")
+    grid.set_defaults(run=gallery)
 
     fake = commands.add_parser(
         "fake-server", help="run the built-in fake relay, for demos and offline tests"
@@ -222,9 +285,28 @@ def _parser() -> argparse.ArgumentParser:
         default="images",
         help="where chat answers put images (default images: message.images)",
     )
+    fake.add_argument(
+        "--c2pa", action="store_true", help="mark images with a C2PA manifest, as Google does"
+    )
+    fake.add_argument(
+        "--response-cost",
+        type=float,
+        metavar="DOLLARS",
+        help="send LiteLLM's x-litellm-response-cost header: this much per image",
+    )
     fake.add_argument("--url-file", type=Path, help="write the relay's URL here once it listens")
     fake.set_defaults(run=fake_server)
     return parser
+
+
+def _add_metadata_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-metadata",
+        dest="metadata",
+        action="store_false",
+        help="save images exactly as the relay sent them: no prompt, model or ids written into "
+        "PNGs, no .json sidecars",
+    )
 
 
 def _add_request_options(parser: argparse.ArgumentParser) -> None:

@@ -27,6 +27,7 @@ from ._limits import AdaptiveLimit, Pool, RateLimit
 from ._models import ImageInput, ImageRequest, Model, ResponseFormat
 from ._network import Network
 from ._pacing import Pacer
+from ._prices import DEFAULT_PRICES, Prices
 from ._results import GenerationResult, Outcome
 from ._retry import RetryBudget
 from ._save import Delivery, Saver
@@ -93,6 +94,10 @@ class Client:
     `session` is an `aiohttp.ClientSession` of yours for relay requests (the key goes on each
     request; the client never closes it); image downloads use a session of the client's own,
     which never carries the key nor your session's headers.
+
+    `prices` is the table each result's `cost` is estimated by (Google's list prices unless the
+    relay's own are given). Saved images say where they came from (PNG text chunks, or a JSON
+    sidecar beside a C2PA-signed PNG, a JPEG or a WEBP); `metadata=False` keeps the relay's bytes.
     """
 
     def __init__(
@@ -114,6 +119,8 @@ class Client:
         trust_env: bool = False,
         ssl: _ssl.SSLContext | str | os.PathLike[str] | None = None,
         session: aiohttp.ClientSession | None = None,
+        prices: Prices = DEFAULT_PRICES,
+        metadata: bool = True,
     ) -> None:
         api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
         base_url = base_url if base_url is not None else os.environ.get(ENV_BASE_URL)
@@ -125,6 +132,10 @@ class Client:
             raise ConfigurationError(
                 "no relay: pass base_url= (such as 'https://api.example.com') "
                 f"or set {ENV_BASE_URL}"
+            )
+        if not isinstance(prices, Prices):
+            raise ConfigurationError(
+                f"prices= takes a gi.Prices (Prices.from_file reads a table), not {prices!r:.40}"
             )
         base = relay_base(base_url, allow_insecure_http=allow_insecure_http)
         network = Network.configure(
@@ -146,9 +157,12 @@ class Client:
             pool=Pool(limit, RateLimit(rpm, clock) if rpm is not None else None),
             retry=retry,
             budget=RetryBudget(retry.budget_tokens, retry.budget_ratio),
-            saver=Saver(max_image_bytes, retry, timeouts, clock, ImageHost(pacer, network)),
+            saver=Saver(
+                max_image_bytes, retry, timeouts, clock, ImageHost(pacer, network), metadata
+            ),
             clock=clock,
             on_event=on_event,
+            prices=prices,
         )
         self._fanout = FanOut(self._engine)
 
@@ -191,6 +205,11 @@ class Client:
     def clock(self) -> Clock:
         """Where the client reads time and waits (a `FakeClock` in tests)."""
         return self._engine.clock
+
+    @property
+    def prices(self) -> Prices:
+        """The price table results are estimated by (and a batch's cap counts with)."""
+        return self._engine.prices
 
     @property
     def stats(self) -> ClientStats:

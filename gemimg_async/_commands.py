@@ -18,10 +18,14 @@ import anyio
 from ._bulk import BatchRun
 from ._client import ENV_API_KEY, ENV_BASE_URL, Client
 from ._dialects import base_url
+from ._dryrun import dry_run
 from ._exceptions import ConfigurationError
 from ._folders import BATCH_PROBE_BYTES, check_folder
+from ._gallery import build_gallery, require_pillow
+from ._info import read_info
 from ._jobs import JobDefaults
 from ._jobtext import JobText
+from ._prices import DEFAULT_PRICES, Prices
 from ._progress import PlainProgress, Progress, RichProgress, rich_available
 from ._summary import BatchSummary
 
@@ -32,7 +36,9 @@ __all__ = [
     "EXIT_USAGE",
     "batch",
     "fake_server",
+    "gallery",
     "generate",
+    "info",
 ]
 
 EXIT_OK = 0
@@ -41,7 +47,9 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def _client(args: argparse.Namespace, *, rpm: float | None = None) -> Client:
+def _client(
+    args: argparse.Namespace, *, rpm: float | None = None, prices: Prices = DEFAULT_PRICES
+) -> Client:
     """The relay's client, its key and URL checked first with the flags' names."""
     key = args.api_key if args.api_key is not None else os.environ.get(ENV_API_KEY)
     if args.api_key is not None and not args.api_key.strip():
@@ -78,6 +86,8 @@ def _client(args: argparse.Namespace, *, rpm: float | None = None) -> Client:
         allow_insecure_http=args.allow_insecure_http,
         dialect=args.dialect,
         size_style=args.size_style,
+        prices=prices,
+        metadata=args.metadata,
     )
 
 
@@ -106,8 +116,23 @@ def generate(args: argparse.Namespace) -> int:
 def batch(args: argparse.Namespace) -> int:
     defaults = JobDefaults(model=args.model, size=args.size, response_format=args.response_format)
     jobs = JobText.open(args.jobs, encoding=args.encoding)
+    prices = Prices.from_file(args.prices) if args.prices is not None else DEFAULT_PRICES
+    if args.dry_run:
+        found = dry_run(
+            jobs,
+            args.out,
+            defaults=defaults,
+            prices=prices,
+            max_cost=args.max_cost,
+            retry_unknown=args.retry_unknown,
+            redo_changed=args.redo_changed,
+        )
+        print("\n".join(found.lines()))  # noqa: T201
+        return EXIT_OK if found.ok else EXIT_USAGE
+    if args.gallery:
+        require_pillow()  # said before anything is paid for
     check_folder(args.out, what="--out", probe_bytes=BATCH_PROBE_BYTES)
-    client = _client(args, rpm=args.rpm)
+    client = _client(args, rpm=args.rpm, prices=prices)
     progress: Progress = (
         RichProgress()
         if sys.stdout.isatty() and rich_available()
@@ -124,11 +149,14 @@ def batch(args: argparse.Namespace) -> int:
                 progress=progress,
                 redo_changed=args.redo_changed,
                 encoding=args.encoding,
+                max_cost=args.max_cost,
             )
             with _CtrlC(run, progress):
                 return await run.run(jobs)
 
     summary = anyio.run(run)
+    if args.gallery:
+        _gallery_after(args.out)
     if summary.interrupted:
         return EXIT_INTERRUPTED
     if not summary.ok:
@@ -164,6 +192,8 @@ def _hint(summary: BatchSummary) -> None:
         lines.append(
             f"{len(summary.bad_lines)} bad line(s) of the job file were skipped (listed above)"
         )
+    if summary.capped:
+        lines.append("the cost cap stopped the batch: run it again with a higher --max-cost")
     for line in lines:
         print(f"gemimg-async: {line}", file=sys.stderr)  # noqa: T201
 
@@ -211,6 +241,40 @@ class _CtrlC:
         self.__exit__()  # a third Ctrl-C is Python's own KeyboardInterrupt
 
 
+def _gallery_after(out: Path) -> None:
+    """The gallery of a batch that ran: a failure to write it is said, and is not the batch's."""
+    try:
+        page = build_gallery(out)
+    except (OSError, ConfigurationError) as exc:
+        _say(f"gemimg-async: the gallery could not be written: {exc}")
+    else:
+        _say(f"gallery: {page}")
+
+
+def info(args: argparse.Namespace) -> int:
+    """What each file says of itself; a file that cannot be read is one line on stderr (2)."""
+    failed = False
+    for path in args.files:
+        try:
+            found = read_info(path)
+        except (OSError, ValueError) as exc:
+            said = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            print(f"gemimg-async: {path}: {said}", file=sys.stderr)  # noqa: T201
+            failed = True
+            continue
+        print("\n".join(found.lines()))  # noqa: T201
+    return EXIT_USAGE if failed else EXIT_OK
+
+
+def gallery(args: argparse.Namespace) -> int:
+    try:
+        page = build_gallery(args.folder)
+    except FileNotFoundError as exc:  # no manifest: a folder that holds no batch
+        raise ConfigurationError(str(exc)) from None
+    print(page)  # noqa: T201
+    return EXIT_OK
+
+
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)  # noqa: T201
 
@@ -231,6 +295,8 @@ def fake_server(args: argparse.Namespace) -> int:
         image_style=args.style,
         sizes=args.sizes,
         chat_style=args.chat_style,
+        c2pa=args.c2pa,
+        response_cost=args.response_cost,
     )
     anyio.run(lambda: serve(relay, ready=ready))
     return EXIT_OK

@@ -34,10 +34,13 @@ Every error is a `GemimgError`; catch that to catch them all::
         └── ImageExpiredError       the URL is past its ~24 h life (403/404/410)
 
 Errors from a request carry `request_id` (the relay's, when it sent one), `request_ids` (one per
-attempt that got one), `idempotency_key` and `attempts`. The API key never appears in any of them.
+attempt that got one), `idempotency_key`, `attempts` and `reported_cost`. The API key never
+appears in any of them.
 """
 
 from __future__ import annotations
+
+from decimal import Decimal
 
 __all__ = [
     "APIError",
@@ -79,6 +82,9 @@ class GemimgError(Exception):
     """The relay's id of every attempt that got one, oldest first."""
     idempotency_key: str | None = None
     attempts: int = 0
+    reported_cost: Decimal | None = None
+    """What the relay said the answered call cost (LiteLLM's `x-litellm-response-cost`, or its
+    `usage` priced): a refusal may be billed. None when it said nothing."""
     hint: str | None = None
     """What to try, when the library can tell (another dialect, say)."""
 

@@ -23,6 +23,7 @@ from ._folders import check_folder
 from ._generation import Engine
 from ._lease import Lease
 from ._models import ImageRequest, Timings
+from ._prices import estimate
 from ._results import Outcome
 from ._save import Delivery
 from ._secrets import forget_frames, forgetting
@@ -134,6 +135,7 @@ class FanOut:
             result = await self.engine.run(request, lease, queued=queued, delivery=delivery)
         except Exception as error:  # noqa: BLE001 - one request's failure is its outcome
             forget_frames(error)
+            cost = estimate(request, self.engine.prices)
             return Outcome(
                 index,
                 request,
@@ -142,6 +144,7 @@ class FanOut:
                 timings=Timings(queued=queued),
                 started=started,
                 finished=clock.time(),
+                cost=cost.with_reported(getattr(error, "reported_cost", None)),
             )
         return Outcome(
             index,
@@ -151,6 +154,7 @@ class FanOut:
             timings=result.timings,
             started=started,
             finished=clock.time(),
+            cost=result.cost,
         )
 
 

@@ -19,6 +19,7 @@ from ._journal import Journal, SentJob
 from ._manifest import ManifestEntry
 from ._models import ImageRequest
 from ._outdir import FolderImages
+from ._prices import Cost
 
 __all__ = ["Flight", "Flights"]
 
@@ -31,6 +32,8 @@ class Flight:
 
     request: ImageRequest
     fingerprint: str
+    cost: Cost | None = None
+    """Its estimate, reserved against the batch's cap when it was taken."""
     sent: SentJob | None = None
     """Its send-log line, once its first attempt went out."""
     attempts: int = 0
@@ -50,9 +53,9 @@ class Flights:
         """Jobs sent and not ended: in flight."""
         return sum(1 for flight in self._flights.values() if flight.sent is not None)
 
-    def take(self, request: ImageRequest, fingerprint: str) -> None:
+    def take(self, request: ImageRequest, fingerprint: str, cost: Cost | None = None) -> None:
         assert request.id is not None
-        self._flights[request.id] = Flight(request, fingerprint)
+        self._flights[request.id] = Flight(request, fingerprint, cost)
 
     def hear(self, event: Event) -> None:
         """Note an attempt going out (the first one logs the job sent) or answered."""
@@ -64,7 +67,10 @@ class Flights:
             flight.attempts = event.attempt
             if flight.sent is None:
                 flight.sent = SentJob.of(  # in flight even if its line cannot be written
-                    flight.request, started=self.clock.time(), fingerprint=flight.fingerprint
+                    flight.request,
+                    started=self.clock.time(),
+                    fingerprint=flight.fingerprint,
+                    cost=flight.cost,
                 )
                 flight.sent = self.journal.log_sent(flight.sent)
         elif isinstance(event, AnswerReceived) and event.request_id:
@@ -74,10 +80,10 @@ class Flights:
         """The job ended (its outcome came): it is in flight no more."""
         return self._flights.pop(job_id, None)
 
-    def abandon(self, *, reason: str, now: float) -> list[ManifestEntry]:
+    def abandon(self, *, reason: str, now: float) -> list[tuple[ManifestEntry, Cost | None]]:
         """The entries of the jobs cancelled after they were sent (saved, when their images are
-        on disk; otherwise outcome_unknown for `reason`). Jobs never sent are let go: the next
-        run sends them."""
+        on disk; otherwise outcome_unknown for `reason`), each with what it reserved. Jobs never
+        sent are let go: the next run sends them."""
         flights, self._flights = self._flights, {}
         sent = {job_id: f.sent for job_id, f in flights.items() if f.sent is not None}
         folder = FolderImages.scan(self.journal.folder, sweep=False) if sent else None
@@ -86,13 +92,12 @@ class Flights:
             assert folder is not None
             flight = flights[job_id]
             names = folder.complete(job_id, line.n)
-            entries.append(
-                line.unanswered(
-                    names,
-                    reason=reason,
-                    finished=now,
-                    attempts=max(flight.attempts, 1),
-                    request_ids=tuple(flight.request_ids),
-                )
+            entry = line.unanswered(
+                names,
+                reason=reason,
+                finished=now,
+                attempts=max(flight.attempts, 1),
+                request_ids=tuple(flight.request_ids),
             )
+            entries.append((entry, flight.cost))
         return entries

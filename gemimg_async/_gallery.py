@@ -24,6 +24,7 @@ import attrs
 
 from ._exceptions import ConfigurationError
 from ._gallery_page import PAGE, SCRIPT, STYLE
+from ._ledger import charged
 from ._manifest import MANIFEST_NAME, STATUSES, ManifestEntry, Status, read_manifest
 from ._prices import Cost
 
@@ -36,6 +37,7 @@ __all__ = [
     "cards_of",
     "make_thumbnail",
     "render",
+    "require_pillow",
 ]
 
 GALLERY_NAME = "index.html"
@@ -110,9 +112,21 @@ def _plain_name(name: str) -> bool:
 
 
 def cards_of(entries: Iterable[ManifestEntry]) -> list[Card]:
-    """Every entry's cards, in manifest order."""
-    # phase 2: ManifestEntry gains `cost`; pass `entry.cost` here
-    return [card for entry in entries for card in Card.from_entry(entry)]
+    """Every entry's cards, in manifest order, each with what its job charged (a refused or
+    failed job only what the relay reported)."""
+    return [card for entry in entries for card in Card.from_entry(entry, _charged(entry))]
+
+
+def _charged(entry: ManifestEntry) -> Cost | None:
+    if entry.cost is None:
+        return None
+    cost = charged(entry.status, entry.cost)
+    return cost if cost.estimated or cost.reported is not None else None
+
+
+def require_pillow() -> None:
+    """ConfigurationError, saying how to install it, unless Pillow can be imported."""
+    _pillow()
 
 
 def _pillow() -> object:

@@ -1,7 +1,8 @@
 """One generation, start to end: lease -> retry loop -> dialect request -> answer -> placed images.
 
 `Engine` is what every generation of a client runs through: the relay session, the dialect, the
-pool, the retry policy and budget, and the `Saver` that puts paid images in place.
+pool, the retry policy and budget, the `Saver` that puts paid images in place, and the price
+table a result's `cost` is estimated by.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 import unicodedata
 import uuid
 import weakref
+from decimal import Decimal
 
 import anyio
 import attrs
@@ -39,9 +41,10 @@ from ._inputs import encode_images
 from ._lease import Lease
 from ._limits import Pool
 from ._models import ImageRequest, Timings
+from ._prices import DEFAULT_PRICES, Prices, estimate, header_cost, reported_cost
 from ._results import GenerationResult, SaveError
 from ._retry import Failure, GenerationRetrier, RetryBudget
-from ._save import Delivery, Placed, Saver, refuse_taken_names
+from ._save import Delivery, Placed, Saver, Tagging, refuse_taken_names, tagging_of
 from ._transport import Relay
 
 __all__ = ["Engine"]
@@ -57,6 +60,10 @@ class _Trace:
     """The Idempotency-Key of every attempt."""
     request_ids: list[str] = attrs.Factory(list)
     attempts: int = 0
+    reported: Decimal | None = None
+    """What the relay said the last answer cost (a header, or its usage priced)."""
+    tagging: Tagging | None = None
+    """The provenance of the last answer's images, for the files they go to."""
 
     def saw(self, request_id: str | None) -> None:
         if request_id:
@@ -67,6 +74,7 @@ class _Trace:
         error.request_ids = tuple(self.request_ids)
         error.request_id = error.request_id or (self.request_ids[-1] if self.request_ids else None)
         error.attempts = self.attempts
+        error.reported_cost = self.reported
 
 
 @attrs.define
@@ -83,6 +91,7 @@ class Engine:
     clock: Clock
     on_event: Listener | None = None
     """The client's listener: every call's events."""
+    prices: Prices = DEFAULT_PRICES
     rng: random.Random = attrs.Factory(random.Random)
     _loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
     closing: bool = False
@@ -161,6 +170,7 @@ class Engine:
         self.budget.succeeded()
         generated = self.clock.monotonic()
         placed = await self._place(request, received, trace, delivery)
+        cost = estimate(request, self.prices).with_reported(trace.reported)
         result = GenerationResult(
             request=request,
             images=placed.images,
@@ -173,6 +183,7 @@ class Engine:
             usage=received.reading.usage,
             text=received.reading.text,
             saver=self.saver,
+            cost=cost,
         )
         _report(result)
         if placed.unsaved:
@@ -230,7 +241,9 @@ class Engine:
                 if found.sink is not None:
                     found.sink.abort()
             raise
-        placed = await self.saver.place(received.images, stem, delivery, paid=_unique(trace.key))
+        placed = await self.saver.place(
+            received.images, stem, delivery, paid=_unique(trace.key), tagging=trace.tagging
+        )
         for image in placed.images:
             if image.path is not None:
                 saved = ImageSaved(
@@ -266,6 +279,7 @@ class Engine:
         answered = False
         listeners = (self.on_event, delivery.on_event)
         sent = self.clock.monotonic()
+        trace.reported = trace.tagging = None
         emit(listeners, RequestSent(request, trace.attempts, trace.key, sent))
         try:
             async with self.relay.post(
@@ -273,18 +287,24 @@ class Engine:
             ) as answer:
                 answered = True
                 trace.saw(answer.request_id)
+                trace.reported = header_cost(answer.headers)  # a refusal may be billed too
+                trace.tagging = tagging_of(
+                    request, request_id=answer.request_id, key=trace.key, now=self.clock.time()
+                )
                 took = self.clock.monotonic() - sent
                 got = AnswerReceived(
                     request, trace.attempts, answer.status, answer.request_id, took
                 )
                 emit(listeners, got)
-                return await receive(
+                received = await receive(
                     answer.chunks,
                     self.dialect,
                     request,
-                    self.saver.sink_opener(delivery),
+                    self.saver.sink_opener(delivery, trace.tagging),
                     request_id=answer.request_id,
                 )
+                trace.reported = reported_cost(answer.headers, received.reading.usage, self.prices)
+                return received
         except GemimgError as error:
             if not answered:
                 trace.saw(error.request_id)

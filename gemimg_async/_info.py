@@ -8,7 +8,9 @@ provenance fields. It is written for JPEG and WEBP images and for PNGs that carr
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import struct
 import uuid
@@ -19,10 +21,19 @@ from typing import Any, BinaryIO
 import attrs
 
 from ._media import SNIFF_BYTES, sniff
-from ._pngmeta import scan_png
+from ._pngmeta import PngTagger, scan_png
 from ._provenance import KEYWORDS, Provenance
 
-__all__ = ["ImageInfo", "read_info", "sidecar_bytes", "sidecar_path", "write_sidecar"]
+__all__ = [
+    "ImageInfo",
+    "describe",
+    "read_info",
+    "sidecar_bytes",
+    "sidecar_path",
+    "write_sidecar",
+]
+
+log = logging.getLogger("gemimg_async")
 
 _TEMP_PREFIX = ".gemimg-"  # the sinks' prefix: one pattern of leftovers to clean
 _MAX_SIDECAR = 4 * 1024 * 1024
@@ -63,6 +74,24 @@ def write_sidecar(image: str | os.PathLike[str], provenance: Provenance) -> Path
         tmp.unlink(missing_ok=True)
         raise
     return final
+
+
+def describe(image: Path, tagger: PngTagger) -> None:
+    """After `image` was placed from what `tagger` gave: its sidecar when its bytes were left
+    as they came (a C2PA manifest, a JPEG or WEBP, a late `caBX`), else any older sidecar of its
+    name removed, for its own chunks speak for it now. A sidecar that cannot be written is
+    logged, not raised: the image is in place."""
+    if not (tagger.needs_sidecar or tagger.tainted):
+        with contextlib.suppress(OSError):
+            sidecar_path(image).unlink(missing_ok=True)
+        return
+    provenance = tagger.provenance
+    if tagger.width and tagger.height:
+        provenance = provenance.with_size(tagger.width, tagger.height, tagger.asked)
+    try:
+        write_sidecar(image, provenance)
+    except OSError as exc:
+        log.warning("%s: saved, but its sidecar could not be written: %s", image, exc)
 
 
 @attrs.frozen

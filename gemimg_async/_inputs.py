@@ -16,9 +16,9 @@ from pathlib import Path
 
 from ._config import MAX_INLINE_IMAGE_BYTES
 from ._exceptions import InvalidImageError
-from ._models import image_media_type, is_file_ref
+from ._models import ImageRequest, image_media_type, is_file_ref
 
-__all__ = ["encode_images"]
+__all__ = ["check_files", "encode_images"]
 
 _SLICE = 3 * 256 * 1024
 """Bytes of image per base64 step (a multiple of 3, so the slices' encodings join up)."""
@@ -39,6 +39,26 @@ async def encode_images(refs: Sequence[str]) -> list[str]:
             ref = await _encode_file(ref)  # noqa: PLW2901 - the file, as the URI that replaces it
         encoded.append(ref)
     return encoded
+
+
+def check_files(request: ImageRequest) -> None:
+    """What `encode_images` would find wrong with the request's local input images, without
+    reading them whole (a dry run): InvalidImageError for a missing file, one too big to send
+    inline, or one that is no image."""
+    for name in filter(is_file_ref, request.images):
+        try:
+            path = Path(name)
+            info = path.stat()
+            if not stat.S_ISREG(info.st_mode):
+                raise InvalidImageError(f"input image {name!r} is not a file")
+            if info.st_size > MAX_INLINE_IMAGE_BYTES:
+                raise _too_big(name, info.st_size)
+            with path.open("rb") as file:
+                image_media_type(file.read(64), source=f"input image {name!r}")
+        except FileNotFoundError:
+            raise InvalidImageError(f"input image {name!r} does not exist") from None
+        except OSError as exc:
+            raise InvalidImageError(f"cannot read input image {name!r}: {exc.strerror}") from None
 
 
 async def _check_base64(uri: str) -> None:
@@ -70,12 +90,16 @@ def _read_file(name: str) -> bytes:
         if not stat.S_ISREG(info.st_mode):  # never opened: a FIFO would block the open
             raise InvalidImageError(f"input image {name!r} is not a file")
         if info.st_size > MAX_INLINE_IMAGE_BYTES:
-            raise InvalidImageError(
-                f"input image {name!r} is {info.st_size / 1e6:.1f} MB; the model takes inline "
-                f"images up to {MAX_INLINE_IMAGE_BYTES / 1e6:.1f} MB: shrink it or pass a URL"
-            )
+            raise _too_big(name, info.st_size)
         return path.read_bytes()
     except FileNotFoundError as exc:
         raise InvalidImageError(f"input image {name!r} does not exist") from exc
     except OSError as exc:
         raise InvalidImageError(f"cannot read input image {name!r}: {exc.strerror}") from exc
+
+
+def _too_big(name: str, size: int) -> InvalidImageError:
+    return InvalidImageError(
+        f"input image {name!r} is {size / 1e6:.1f} MB; the model takes inline images up to "
+        f"{MAX_INLINE_IMAGE_BYTES / 1e6:.1f} MB: shrink it or pass a URL"
+    )

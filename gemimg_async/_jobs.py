@@ -121,14 +121,16 @@ def text_jobs(
     text: JobText,
     defaults: JobDefaults = JobDefaults(),
     on_bad_line: Callable[[BadLine], None] | None = None,
+    check: Callable[[ImageRequest], None] | None = None,
 ) -> Iterator[tuple[ImageRequest, str]]:
-    """`read_jobs` of a checked job file, each request with its `fingerprint`."""
+    """`read_jobs` of a checked job file, each request with its `fingerprint`; `check` may
+    find more wrong with a request (a ValueError: its line is bad)."""
     if text.kind == "csv":
         with text.open_text() as file:
             _csv_columns(next(csv.reader(file), []), text.source)
     rows = {"jsonl": _jsonl_rows, "csv": _csv_rows, "txt": _txt_rows}[text.kind](text)
     return _assign_ids(
-        _requests(rows, defaults, text.folder), text.source, on_bad_line or _ignore_bad_line
+        _requests(rows, defaults, text.folder, check), text.source, on_bad_line or _ignore_bad_line
     )
 
 
@@ -249,7 +251,12 @@ _Numbered: TypeAlias = "tuple[int, ImageRequest | str, str | None, str]"
 the job as written (the id only when it names none)."""
 
 
-def _requests(rows: Iterator[_Row], defaults: JobDefaults, folder: Path) -> Iterator[_Numbered]:
+def _requests(
+    rows: Iterator[_Row],
+    defaults: JobDefaults,
+    folder: Path,
+    check: Callable[[ImageRequest], None] | None = None,
+) -> Iterator[_Numbered]:
     """Each row as a request (defaults filled, local images found beside the job file), with
     the `content_id` and `fingerprint` of the job as written; or the reason it is bad."""
     for number, row in rows:
@@ -268,6 +275,12 @@ def _requests(rows: Iterator[_Row], defaults: JobDefaults, folder: Path) -> Iter
                 str(folder / ref) if is_file_ref(ref) else ref for ref in request.images
             )
             request = attrs.evolve(request, images=located)
+        try:
+            if check is not None:
+                check(request)
+        except ValueError as exc:  # ValidationError is a ValueError
+            yield number, str(exc), None, ""
+            continue
         yield number, request, derived, asked
 
 

@@ -26,9 +26,11 @@ import attrs
 
 from ._exceptions import ConfigurationError
 from ._folders import BATCH_PROBE_BYTES, check_folder
+from ._ledger import Ledger
 from ._manifest import MANIFEST_NAME, ManifestEntry, optional_str, scan
 from ._models import ImageRequest
 from ._outdir import FolderImages
+from ._prices import Cost
 
 if sys.platform != "win32":
     import fcntl
@@ -55,10 +57,17 @@ class SentJob:
     started: float = 0.0
     prompt: str | None = None
     fingerprint: str | None = None
+    cost: Cost | None = None
+    """Its estimate: what it counts against a cap if it never gets a line of its own."""
 
     @classmethod
     def of(
-        cls, request: ImageRequest, *, started: float, fingerprint: str | None = None
+        cls,
+        request: ImageRequest,
+        *,
+        started: float,
+        fingerprint: str | None = None,
+        cost: Cost | None = None,
     ) -> SentJob:
         """`request`'s line (its place in the manifest is filled in by `Journal.log_sent`)."""
         assert request.id is not None
@@ -72,6 +81,7 @@ class SentJob:
             started=started,
             prompt=request.prompt,
             fingerprint=fingerprint,
+            cost=cost,
         )
 
     def unanswered(
@@ -100,11 +110,13 @@ class SentJob:
             finished=finished,
             prompt=self.prompt,
             fingerprint=self.fingerprint,
+            cost=self.cost,
         )
 
     def to_line(self) -> bytes:
-        doc = attrs.asdict(self)
+        doc = attrs.asdict(self, recurse=False)
         doc["started"] = round(self.started, 3)
+        doc["cost"] = None if self.cost is None else self.cost.to_json()
         return json.dumps(doc, ensure_ascii=False).encode("utf-8", "replace") + b"\n"
 
     @classmethod
@@ -125,6 +137,7 @@ class SentJob:
             started=float(doc.get("started", 0.0)),
             prompt=optional_str(doc.get("prompt")),
             fingerprint=optional_str(doc.get("fingerprint")),
+            cost=None if doc.get("cost") is None else Cost.from_json(doc["cost"]),
         )
 
 
@@ -147,6 +160,8 @@ class Journal:
     _starts: dict[str, int]
     """Where the latest line of each id starts in the manifest."""
     _size: int
+    ledger: Ledger = attrs.Factory(Ledger)
+    """Every line's charge: what the folder's batch has spent, over all its runs."""
     _unsynced: bool = False
 
     @classmethod
@@ -157,10 +172,11 @@ class Journal:
         check_folder(folder, what="the output folder", probe_bytes=BATCH_PROBE_BYTES)
         path = folder / MANIFEST_NAME
         fd = _open_own(path)
+        ledger = Ledger()
         try:
             _lock(fd, folder)
             with _reader(fd) as file:
-                found = scan(file, path)
+                found = scan(file, path, ledger.add)
             if found.good_size != found.size:
                 log.warning(
                     "%s: cut off a torn last line (%d bytes)", path, found.size - found.good_size
@@ -171,7 +187,7 @@ class Journal:
         except BaseException:
             os.close(fd)
             raise
-        return cls(folder, found.entries, fd, sent_fd, found.starts, found.good_size)
+        return cls(folder, found.entries, fd, sent_fd, found.starts, found.good_size, ledger)
 
     def dangling(self) -> list[SentJob]:
         """The jobs a dead run sent and never recorded (from the send log)."""
@@ -188,11 +204,22 @@ class Journal:
 
     def settle(self, images: FolderImages, *, reason: str, now: float) -> list[SentJob]:
         """Record each job of `dangling()`: saved if its images are among `images`, otherwise
-        outcome_unknown for `reason`. Returns them; `sync` makes their lines durable."""
+        outcome_unknown for `reason` (each at its estimate, as a cap counts it); say so in a
+        warning. Returns them; `sync` makes their lines durable."""
         dangling = self.dangling()
+        unknown = 0
         for sent in dangling:
-            self.write(
-                sent.unanswered(images.complete(sent.id, sent.n), reason=reason, finished=now)
+            entry = sent.unanswered(images.complete(sent.id, sent.n), reason=reason, finished=now)
+            self.write(entry)
+            unknown += entry.status == "outcome_unknown"
+        if dangling:
+            log.warning(
+                "%d job(s) were in flight when an earlier run ended without recording them: "
+                "%d have their images on disk (saved), %d are outcome_unknown (may have been "
+                "billed; sent again only with --retry-unknown)",
+                len(dangling),
+                len(dangling) - unknown,
+                unknown,
             )
         return dangling
 
@@ -210,6 +237,7 @@ class Journal:
         self._starts[entry.id] = self._size
         self._size += len(line)
         self.entries[entry.id] = entry
+        self.ledger.add(entry)
         self._unsynced = True
 
     async def sync(self) -> None:

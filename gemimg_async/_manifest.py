@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, get_args
 
 import attrs
 
 from ._exceptions import ContentPolicyError, DownloadError, GemimgError, RefusalError
+from ._prices import Cost
 from ._results import Outcome, SaveError
 from ._retry import Failure, classify
 
@@ -80,6 +81,9 @@ class ManifestEntry:
     fingerprint: str | None = None
     """A hash of what was asked (`_jobs.fingerprint`): a job changed under its id since is
     reported rather than skipped. None in manifests written before it was kept."""
+    cost: Cost | None = None
+    """What this sending of the job cost: the estimate, and the figure the relay reported where
+    it did. None in manifests written before costs were kept."""
 
     @classmethod
     def from_outcome(cls, outcome: Outcome, *, fingerprint: str | None = None) -> ManifestEntry:
@@ -105,6 +109,7 @@ class ManifestEntry:
             else (),
             downgraded=outcome.result.downgraded if outcome.result else False,
             fingerprint=fingerprint,
+            cost=outcome.cost,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -125,6 +130,7 @@ class ManifestEntry:
             "delivered": list(self.delivered),
             "downgraded": self.downgraded,
             "fingerprint": self.fingerprint,
+            "cost": None if self.cost is None else self.cost.to_json(),
         }
 
     def to_line(self) -> bytes:
@@ -160,6 +166,7 @@ class ManifestEntry:
             delivered=_strings(doc.get("delivered", [])),
             downgraded=doc.get("downgraded") is True,
             fingerprint=optional_str(doc.get("fingerprint")),
+            cost=None if doc.get("cost") is None else Cost.from_json(doc["cost"]),
         )
 
 
@@ -190,8 +197,11 @@ class _Scan:
     size: int
 
 
-def scan(file: Iterable[bytes], path: Path) -> _Scan:
-    """What the manifest open as `file` holds (`path` names it in warnings)."""
+def scan(
+    file: Iterable[bytes], path: Path, each: Callable[[ManifestEntry], None] | None = None
+) -> _Scan:
+    """What the manifest open as `file` holds (`path` names it in warnings); `each` is told
+    every valid line's entry, in order (the ledger counts them all)."""
     entries: dict[str, ManifestEntry] = {}
     starts: dict[str, int] = {}
     offset = good = 0
@@ -211,6 +221,8 @@ def scan(file: Iterable[bytes], path: Path) -> _Scan:
         entries[entry.id] = entry
         starts[entry.id] = start
         good = offset
+        if each is not None:
+            each(entry)
     return _Scan(entries, starts, good if bad_at is not None else offset, offset)
 
 

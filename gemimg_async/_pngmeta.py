@@ -9,7 +9,7 @@ or it is longer than that, every byte passes unchanged and `needs_sidecar` says 
 I/O and never re-encodes pixels; after its decision it hands each piece back as it came, no copy.
 
 C2PA recommends `caBX` before `IDAT` but does not require it. A `caBX` found after the image data,
-when the chunks were already inserted, sets `tainted`: `remove_span(fd, *tagger.inserted)` then
+when the chunks were already inserted, sets `tainted`: `tagger.untaint(fd)` (`remove_span`) then
 takes the inserted bytes out of the written file again, restoring the relay's bytes exactly.
 """
 
@@ -101,6 +101,25 @@ class PngTagger:
         if self.needs_sidecar is False and not self.tainted:
             self._watch(data)
         return data
+
+    @property
+    def added(self) -> int:
+        """How many bytes the output has beyond the input: the chunks, unless taken out again."""
+        return self.inserted[1] if self.inserted is not None else 0
+
+    def untaint(self, fd: int) -> None:
+        """Take the inserted chunks out of the written output (the open file `fd`) again when
+        `tainted`: the relay's bytes exactly. Then nothing is `inserted`."""
+        if self.tainted and self.inserted is not None:
+            remove_span(fd, *self.inserted)
+            self.inserted = None
+
+    def original(self, output: bytes) -> bytes:
+        """The bytes fed, from the whole output: without the inserted chunks."""
+        if self.inserted is None:
+            return output
+        at, length = self.inserted
+        return output[:at] + output[at + length :]
 
     def close(self) -> bytes:
         """The bytes still held: the end of a stream too short to decide on passes unchanged."""

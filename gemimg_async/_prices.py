@@ -46,6 +46,7 @@ __all__ = [
     "TokenPrices",
     "estimate",
     "header_cost",
+    "money",
     "reported_cost",
     "usage_cost",
 ]
@@ -265,6 +266,14 @@ class Cost:
             return self
         return NotImplemented
 
+    def __str__(self) -> str:
+        """`$0.2680 (estimated)`, or `$0.2000 (estimated $0.2680, reported $0.2000)`."""
+        total, currency = money(self.total, self.currency), self.currency
+        if self.reported is None:
+            return f"{total} (estimated)"
+        said = money(self.reported, currency)
+        return f"{total} (estimated {money(self.estimated, currency)}, reported {said})"
+
     def to_json(self) -> dict[str, Any]:
         """As a manifest line holds it: amounts as JSON numbers, rounded to a millionth."""
         return {
@@ -291,6 +300,11 @@ class Cost:
         if total is None:
             return cls.of(estimated, reported, currency)
         return cls(estimated, reported, total, currency)
+
+
+def money(amount: Decimal, currency: str = "USD") -> str:
+    """`$1,234.5678`, or `1,234.5678 EUR`."""
+    return f"${amount:,.4f}" if currency == "USD" else f"{amount:,.4f} {currency}"
 
 
 def _number(amount: Decimal) -> float | int:

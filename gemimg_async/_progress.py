@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol, TextIO
 import attrs
 
 from ._manifest import STATUSES
+from ._prices import money
 from ._summary import BatchStats, BatchSummary
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ __all__ = [
     "PlainProgress",
     "Progress",
     "RichProgress",
+    "cost_rows",
     "format_duration",
     "rich_available",
     "status_line",
@@ -35,6 +37,7 @@ _STYLES = {
     "refused": "yellow",
     "failed": "red",
     "outcome_unknown": "magenta",
+    "possibly_billed": "magenta",
     "came_back_smaller": "bold red",
     "came_back_another_shape": "bold red",
     "changed": "yellow",
@@ -109,10 +112,27 @@ def summary_rows(summary: BatchSummary) -> list[tuple[str, str]]:
         rows.append(("came back another shape", f"{summary.other_shape} image(s)"))
     if summary.changed:
         rows.append(("changed", f"{summary.changed} job(s) changed since they were saved"))
+    rows += cost_rows(summary)
     if summary.halted:
         rows.append(("halted", summary.halted))
     elif summary.interrupted:
         rows.append(("stopped", "early: run it again to go on"))
+    return rows
+
+
+def cost_rows(summary: BatchSummary) -> list[tuple[str, str]]:
+    """What the folder's batch cost (every run's manifest lines), per tier when it used more
+    than one, this run's share, and what may have been billed without an image."""
+    cost = summary.cost
+    if not cost.estimated and cost.reported is None:
+        return []
+    tiers = summary.cost_by_tier
+    rows = [(f"cost {tier}", f"{part}") for tier, part in tiers.items()] if len(tiers) > 1 else []
+    run = money(summary.run_cost.total, cost.currency)
+    rows.append(("cost", f"{cost}; this run {run}" if summary.run_cost != cost else f"{cost}"))
+    if summary.possibly_billed:
+        billed = money(summary.possibly_billed, cost.currency)
+        rows.append(("possibly billed", f"{billed} of it without an image (outcome_unknown)"))
     return rows
 
 

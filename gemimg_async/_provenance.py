@@ -8,6 +8,7 @@ any language, which PNG's `iTXt` chunks carry as UTF-8.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import importlib.metadata
 from collections.abc import Mapping
 from typing import Any
@@ -33,8 +34,11 @@ KEYWORDS: Mapping[str, str] = {
 _FIELDS = {keyword: name for name, keyword in KEYWORDS.items()}
 
 
+@functools.cache
 def software() -> str:
-    """`gemimg-async {version}`: the library that wrote a file."""
+    """`gemimg-async {version}`: the library that wrote a file (read once: reading a package's
+    metadata scans the path, half a millisecond that every answer would otherwise cost the
+    loop)."""
     try:
         return f"gemimg-async {importlib.metadata.version('gemimg-async')}"
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout

@@ -10,7 +10,8 @@ import attrs
 
 from ._exceptions import GemimgError
 from ._models import GeneratedImage, ImageRequest, Timings, Usage, check_stem
-from ._save import Saver
+from ._prices import Cost, estimate
+from ._save import Saver, tagging_of
 from ._sizes import Asked, Delivered
 
 __all__ = ["GenerationResult", "Outcome", "SaveError"]
@@ -47,6 +48,11 @@ class GenerationResult:
     """What the model said beside the image, where the dialect carries it."""
     saver: Saver = attrs.field(factory=Saver, eq=False, repr=False)
     """How `save` writes and downloads (the client's limits); never the client itself."""
+    cost: Cost = attrs.field(
+        default=attrs.Factory(lambda self: estimate(self.request), takes_self=True)
+    )
+    """What it cost: the estimate by the client's price table, and the figure the relay
+    reported, where it did (`cost.total` prefers that)."""
 
     @property
     def request_id(self) -> str | None:
@@ -84,10 +90,20 @@ class GenerationResult:
 
         URL images are downloaded now. An existing file is never replaced unless `overwrite`:
         FileExistsError instead. The folder is made if need be; InvalidDestinationError when it
-        cannot take files.
+        cannot take files. Each file says where it came from, as `Client(metadata=)` says.
         """
+        tagging = tagging_of(
+            self.request,
+            request_id=self.request_id,
+            key=self.idempotency_key,
+            now=self.saver.clock.time(),
+        )
         saved = await self.saver.save(
-            self.images, Path(folder), check_stem(stem or self.stem), overwrite=overwrite
+            self.images,
+            Path(folder),
+            check_stem(stem or self.stem),
+            overwrite=overwrite,
+            tagging=tagging,
         )
         return attrs.evolve(self, images=saved)
 
@@ -118,6 +134,9 @@ class Outcome:
     started: float = 0.0
     """Wall-clock (Unix) time the request got its place in the pool."""
     finished: float = 0.0
+    cost: Cost | None = None
+    """The result's cost; for an error, the estimate and what the relay reported, if it did
+    (a refusal may be billed). None where nothing was estimated."""
 
     @property
     def ok(self) -> bool:
@@ -152,4 +171,5 @@ class Outcome:
             "idempotency_key": self.idempotency_key,
             "started": self.started,
             "finished": self.finished,
+            "cost": None if self.cost is None else self.cost.to_json(),
         }

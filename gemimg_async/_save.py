@@ -2,6 +2,9 @@
 
 A `Saver` is a frozen value: a `GenerationResult` carries one, so `result.save()` needs no client
 (and a pickled result saves in another process, through a one-off download session).
+
+Files it writes say where they came from (`metadata`): each gets a `PngTagger` from the `Tagging`
+it is given, which puts the provenance into a PNG as it streams, or into a sidecar.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeAlias
 
 import aiofiles
 import attrs
@@ -23,7 +27,9 @@ from ._events import Listener
 from ._exceptions import DownloadError
 from ._folders import check_folder
 from ._media import SNIFF_BYTES, sniff
-from ._models import GeneratedImage
+from ._models import GeneratedImage, ImageRequest
+from ._pngmeta import PngTagger
+from ._provenance import Provenance
 from ._retry import DownloadRetrier, call_with_retries
 from ._sinks import (
     WRITE_BLOCK,
@@ -33,9 +39,28 @@ from ._sinks import (
     NotAnImageError,
     TooLargeError,
 )
+from ._sizes import Asked
 from ._transport import ImageHost
 
-__all__ = ["Delivery", "Placed", "Saver", "refuse_taken_names"]
+__all__ = ["Delivery", "Placed", "Saver", "Tagging", "refuse_taken_names", "tagging_of"]
+
+Tagging: TypeAlias = Callable[[], PngTagger]
+"""A new tagger for each image of a generation (its provenance, and what it asked)."""
+
+
+def tagging_of(request: ImageRequest, *, request_id: str | None, key: str, now: float) -> Tagging:
+    """What the images of one answer to `request` say of themselves, once saved."""
+    asked = Asked.of(request.model, request.size)
+    provenance = Provenance.of(
+        prompt=request.prompt,
+        model=request.model,
+        asked=asked,
+        job_id=request.id,
+        request_id=request_id,
+        idempotency_key=key,
+        created=now,
+    )
+    return functools.partial(PngTagger, provenance, asked)
 
 
 @attrs.frozen
@@ -99,11 +124,20 @@ class Saver:
     clock: Clock = SystemClock()
     host: ImageHost = attrs.field(factory=ImageHost, eq=False, repr=False)
     """The key-less download session; closed (one-off sessions) once its client is."""
+    metadata: bool = True
+    """Files say where they came from (PNG text chunks, or a sidecar); False: the relay's bytes,
+    as they came."""
 
-    def sink_opener(self, delivery: Delivery) -> Callable[[], ImageSink]:
+    def _file(self, folder: Path, tagging: Tagging | None) -> AtomicFile:
+        tagger = tagging() if tagging is not None and self.metadata else None
+        return AtomicFile.create(folder, max_bytes=self.max_image_bytes, tagger=tagger)
+
+    def sink_opener(
+        self, delivery: Delivery, tagging: Tagging | None = None
+    ) -> Callable[[], ImageSink]:
         """Where an answer's inline images stream to: the delivery's own opener, memory, or
         temporary files in its folder (memory standing in for a file that cannot be made: the
-        image is paid for)."""
+        image is paid for), tagged by `tagging`."""
         if delivery.opener is not None:
             return delivery.opener
         folder = delivery.folder
@@ -112,14 +146,20 @@ class Saver:
 
         def open_file() -> ImageSink:
             try:
-                return AtomicFile.create(folder, max_bytes=self.max_image_bytes)
+                return self._file(folder, tagging)
             except OSError as exc:
                 return MemoryImage(self.max_image_bytes, failure=exc)
 
         return open_file
 
     async def place(
-        self, found: Sequence[BodyImage], stem: str, delivery: Delivery, *, paid: str
+        self,
+        found: Sequence[BodyImage],
+        stem: str,
+        delivery: Delivery,
+        *,
+        paid: str,
+        tagging: Tagging | None = None,
     ) -> Placed:
         """The found images as results: committed to files, downloaded, or kept in memory.
 
@@ -132,7 +172,9 @@ class Saver:
         try:
             for number, image in enumerate(found):
                 try:
-                    placed.append(await self._place(number, image, stem, delivery, paid))
+                    placed.append(
+                        await self._place(number, image, stem, delivery, paid=paid, tagging=tagging)
+                    )
                 except OSError as exc:
                     placed.append(_kept(number, image))
                     unsaved.append(f"image {number}: {exc.strerror or exc}")
@@ -145,7 +187,14 @@ class Saver:
         return Placed(tuple(placed), stem, tuple(unsaved), failure)
 
     async def _place(
-        self, number: int, image: BodyImage, stem: str, delivery: Delivery, paid: str
+        self,
+        number: int,
+        image: BodyImage,
+        stem: str,
+        delivery: Delivery,
+        *,
+        paid: str,
+        tagging: Tagging | None,
     ) -> GeneratedImage:
         if image.sink is not None:
             return await image.sink.settle(
@@ -155,7 +204,7 @@ class Saver:
         if delivery.folder is None:
             return GeneratedImage(number, url=image.url)
         return await self.download(
-            image.url, number, stem, delivery.folder, delivery, fallback=paid
+            image.url, number, stem, delivery.folder, delivery, fallback=paid, tagging=tagging
         )
 
     async def download(
@@ -167,12 +216,13 @@ class Saver:
         delivery: Delivery,
         *,
         fallback: str | None = None,
+        tagging: Tagging | None = None,
     ) -> GeneratedImage:
         """Stream `url` into `folder/{stem}_{index}.{ext}`, retrying what may succeed later."""
         timeouts = delivery.timeouts or self.timeouts
 
         async def attempt(_: int) -> GeneratedImage:
-            sink = AtomicFile.create(folder, max_bytes=self.max_image_bytes)
+            sink = self._file(folder, tagging)
             try:
                 async with self.host.download(
                     url, timeouts, max_bytes=self.max_image_bytes
@@ -206,8 +256,10 @@ class Saver:
         stem: str,
         *,
         overwrite: bool,
+        tagging: Tagging | None = None,
     ) -> tuple[GeneratedImage, ...]:
-        """`GenerationResult.save`: each image from its bytes, its file, or its URL."""
+        """`GenerationResult.save`: each image from its bytes, its file (copied as it is: it
+        says where it came from already), or its URL; tagged by `tagging`."""
         check_folder(folder)
         saved = []
         for image in images:
@@ -215,11 +267,16 @@ class Saver:
                 assert image.url is not None
                 saved.append(
                     await self.download(
-                        image.url, image.index, stem, folder, Delivery(folder, overwrite)
+                        image.url,
+                        image.index,
+                        stem,
+                        folder,
+                        Delivery(folder, overwrite),
+                        tagging=tagging,
                     )
                 )
                 continue
-            sink = AtomicFile.create(folder, max_bytes=self.max_image_bytes)
+            sink = self._file(folder, tagging if image.data is not None else None)
             try:
                 for block in _blocks(image.data) if image.data is not None else ():
                     await sink.write(block)

@@ -6,6 +6,10 @@ temporary file is removed. The final name never holds a partial image.
 
 Relay answers are decoded while they stream in (`_answer`), so a 40 MB `b64_json` body costs a
 few hundred kilobytes of memory, not three copies of itself.
+
+A file may be given a `PngTagger` (`_pngmeta`): what is written is then the bytes it gives back
+(a PNG with its provenance chunks), while the size cap and the checks see the relay's bytes; an
+image whose bytes must stay as they came gets a sidecar once placed (`_info.describe`).
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ import anyio
 import attrs
 from aiofiles.threadpool.binary import AsyncFileIO
 
-from ._media import SNIFF_BYTES, MediaInfo, sniff
+from ._head import Head, NotAnImageError, TooLargeError
+from ._info import describe
 from ._models import GeneratedImage, check_stem
+from ._pngmeta import PngTagger
 from ._tempfiles import claim
 
 __all__ = [
@@ -46,15 +52,6 @@ WRITE_BLOCK = 512 * 1024
 """Bytes gathered before a file write: each aiofiles call is a thread hop (~150 us), and each
 request in flight holds up to two blocks."""
 TEMP_PREFIX = ".gemimg-"
-_PNG_END = b"IEND\xaeB`\x82"
-
-
-class NotAnImageError(ValueError):
-    """The bytes are not a PNG, JPEG, WEBP or GIF image."""
-
-
-class TooLargeError(ValueError):
-    """More bytes than the image size cap."""
 
 
 class ImageSink(Protocol):
@@ -73,56 +70,6 @@ class ImageSink(Protocol):
     async def settle(
         self, index: int, stem: str, *, overwrite: bool, fallback: str | None = None
     ) -> GeneratedImage: ...
-
-
-@attrs.define
-class Head:
-    """The first and last bytes of an image: enough to check it is one, and whole, and to read
-    its size."""
-
-    max_bytes: int
-    size: int = 0
-    _head: bytearray = attrs.Factory(bytearray)
-    _tail: bytes = b""
-    _sniffed: bool = False
-
-    def take(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > self.max_bytes:
-            raise TooLargeError(f"the image is larger than the {self.max_bytes}-byte cap")
-        self._tail = (self._tail + data[-len(_PNG_END) :])[-len(_PNG_END) :]
-        if len(self._head) < SNIFF_BYTES:
-            self._head += data[: SNIFF_BYTES - len(self._head)]
-            if not self._sniffed and len(self._head) >= 16:  # noqa: PLR2004 - every magic fits
-                self._sniffed = True
-                if sniff(bytes(self._head)) is None:
-                    raise NotAnImageError(_describe_non_image(bytes(self._head)))
-
-    def info(self) -> MediaInfo:
-        """What the image is; NotAnImageError when it is none, or a PNG cut short."""
-        info = sniff(bytes(self._head))
-        if info is None:
-            raise NotAnImageError(_describe_non_image(bytes(self._head)))
-        if info.extension == "png" and self._tail != _PNG_END:
-            raise NotAnImageError(f"the PNG is cut short after {self.size} bytes (no IEND chunk)")
-        return info
-
-    def image(self, index: int, **where: Any) -> GeneratedImage:
-        info = self.info()
-        return GeneratedImage(
-            index,
-            media_type=info.media_type,
-            width=info.width,
-            height=info.height,
-            byte_size=self.size,
-            **where,
-        )
-
-
-def _describe_non_image(head: bytes) -> str:
-    text = head[:64].decode("utf-8", "replace").strip()
-    kind = "an HTML page" if text.lstrip().startswith("<") else f"{len(head)} bytes"
-    return f"expected a PNG, JPEG, WEBP or GIF image, got {kind} starting {text[:40]!r}"
 
 
 @attrs.define
@@ -203,6 +150,8 @@ class AtomicFile:
     _tmp: Path
     _raw: _GuardedFile
     _file: AsyncFileIO
+    tagger: PngTagger | None = None
+    """Turns the relay's bytes into what is written (provenance chunks in a PNG)."""
     _head: Head = attrs.field(init=False)
     _pending: bytearray = attrs.Factory(bytearray)
     _written: int = 0
@@ -213,7 +162,7 @@ class AtomicFile:
         self._head = Head(self.max_bytes)
 
     @classmethod
-    def create(cls, folder: Path, *, max_bytes: int) -> AtomicFile:
+    def create(cls, folder: Path, *, max_bytes: int, tagger: PngTagger | None = None) -> AtomicFile:
         """A temporary file in `folder`, which must exist (`check_folder` makes it), locked
         (`claim`) until placed: a batch's sweep removes only the dead's."""
         while True:
@@ -222,7 +171,7 @@ class AtomicFile:
             if claim(raw.fileno(), tmp):
                 break
             raw.close()
-        return cls(folder, max_bytes, tmp, raw, aiofiles.threadpool.wrap(raw))
+        return cls(folder, max_bytes, tmp, raw, aiofiles.threadpool.wrap(raw), tagger)
 
     @property
     def size(self) -> int:
@@ -234,7 +183,7 @@ class AtomicFile:
 
     async def write(self, data: bytes) -> None:
         self._head.take(data)
-        self._pending += data
+        self._pending += data if self.tagger is None else self.tagger.feed(data)
         if len(self._pending) >= WRITE_BLOCK and self._failure is None:
             await self._flush()
 
@@ -263,8 +212,12 @@ class AtomicFile:
         for, which must not be lost to a name taken meanwhile).
         """
         try:
-            extension = self._head.info().extension
-            final = self.folder / f"{check_stem(stem)}_{index}.{extension}"
+            info = self._head.info()
+            final = self.folder / f"{check_stem(stem)}_{index}.{info.extension}"
+            if self.tagger is not None:
+                self._pending += self.tagger.close()
+                if self.tagger.width is None:  # not a PNG: the sidecar takes the sniffed size
+                    self.tagger.width, self.tagger.height = info.width, info.height
             if self._pending and self._failure is None:
                 await self._flush()
         except BaseException:
@@ -275,7 +228,7 @@ class AtomicFile:
         spare = None if fallback is None else final.with_stem(f"{final.stem}-{fallback}")
         try:
             path = await anyio.to_thread.run_sync(
-                _sync_and_place, self._raw.fileno(), self._tmp, final, overwrite, spare
+                _sync_and_place, self._raw.fileno(), self._tmp, final, overwrite, spare, self.tagger
             )
         except OSError:
             raise  # the temporary file stays for `salvage`: the caller salvages or aborts
@@ -283,15 +236,25 @@ class AtomicFile:
             self.abort()
             raise
         self.abort()  # closes the file; the temporary name went with the placing
-        return self._head.image(index, path=path)
+        image = self._head.image(index, path=path)
+        return image if self.tagger is None else attrs.evolve(image, byte_size=self.size_on_disk)
+
+    @property
+    def size_on_disk(self) -> int:
+        """The image's bytes and the chunks the tagger put in (and left in)."""
+        return self._head.size + (0 if self.tagger is None else self.tagger.added)
 
     def salvage(self) -> bytes | None:
         """The whole image, read back from the temporary file and what it did not take; None
         when the file cannot be read. The temporary file goes either way."""
         try:
-            return os.pread(self._raw.fileno(), self._written, 0) + bytes(self._pending)
+            data = os.pread(self._raw.fileno(), self._written, 0) + bytes(self._pending)
+            if self.tagger is not None:  # kept in memory: the relay's bytes, as memory keeps
+                data = self.tagger.original(data)
         except (OSError, ValueError):
             return None
+        else:
+            return data
         finally:
             self.abort()
 
@@ -303,8 +266,18 @@ class AtomicFile:
                 self._tmp.unlink()
 
 
-def _sync_and_place(fd: int, tmp: Path, final: Path, overwrite: bool, spare: Path | None) -> Path:
-    """fsync, then give `tmp` its final name atomically (or `spare`, when `final` is taken)."""
+def _sync_and_place(  # noqa: PLR0917 - positional, for to_thread.run_sync
+    fd: int,
+    tmp: Path,
+    final: Path,
+    overwrite: bool,
+    spare: Path | None,
+    tagger: PngTagger | None,
+) -> Path:
+    """fsync, then give `tmp` its final name atomically (or `spare`, when `final` is taken);
+    a tagged image's chunks taken out again if a late caBX turned up, its sidecar written."""
+    if tagger is not None:
+        tagger.untaint(fd)
     os.fsync(fd)
     if overwrite:
         tmp.replace(final)  # replaces a symlink at `final`; never writes through it
@@ -317,6 +290,8 @@ def _sync_and_place(fd: int, tmp: Path, final: Path, overwrite: bool, spare: Pat
             log.warning("%s exists: saving the paid-for image as %s instead", final, spare.name)
             _place_new(tmp, spare)
             final = spare
+    if tagger is not None:
+        describe(final, tagger)
     dir_fd = os.open(final.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 
 import attrs
 
 from ._jobs import BadLine
+from ._ledger import Ledger
 from ._manifest import STATUSES, ManifestEntry, Status
+from ._prices import Cost
 from ._results import Outcome
 
 __all__ = ["BatchStats", "BatchSummary", "Tally"]
@@ -72,7 +76,10 @@ class BatchSummary:
     interrupted: bool
     """Stopped or aborted before every job was read: run again to go on."""
     halted: str | None = None
-    """Why the batch stopped taking jobs on its own (the relay rejected the key)."""
+    """Why the batch stopped taking jobs on its own (the relay rejected the key, the disk is
+    full, the next job would pass `max_cost`)."""
+    capped: bool = False
+    """`max_cost` stopped it (`halted` says how): run again with a higher cap to go on."""
     smaller: int = 0
     """Images of this run that came back at a lower tier than asked (4K asked, 1K made)."""
     other_shape: int = 0
@@ -80,6 +87,16 @@ class BatchSummary:
     changed: int = 0
     """Jobs done before whose prompt or options changed since, left as they were: run with
     `redo_changed` (`--redo-changed`) to generate them anew (each billed again)."""
+    cost: Cost = attrs.Factory(Cost)
+    """What the folder's batch has cost, this run and every run before (every manifest line's
+    charge: a saved or outcome_unknown job's cost, a refused or failed one's reported figure):
+    `estimated`, `reported` where relays said, and `total`, which prefers their figures."""
+    cost_by_tier: Mapping[str, Cost] = attrs.field(factory=dict)
+    """`cost` per tier (`1K`, `2K`, `4K`; `other` for models of unknown tier)."""
+    run_cost: Cost = attrs.Factory(Cost)
+    """What this run cost (of `cost`)."""
+    possibly_billed: Decimal = Decimal(0)
+    """Of `cost.total`: jobs that ended outcome_unknown, perhaps billed without an image."""
 
     @property
     def counts(self) -> dict[Status, int]:
@@ -118,6 +135,8 @@ class Tally:
     images: int = 0
     smaller: int = 0
     other_shape: int = 0
+    ledger: Ledger = attrs.Factory(Ledger)
+    """The charges of the lines this run wrote."""
 
     def skip(self, entry: ManifestEntry, *, changed: bool = False) -> None:
         """A job not sent: done before, held back, or changed since it was saved."""
@@ -130,7 +149,43 @@ class Tally:
         self.counts[entry.status] += 1
         self.ran[entry.status] += 1
         self.images += len(entry.paths)
+        self.ledger.add(entry)
         for delivered in outcome.result.delivered if outcome and outcome.result else ():
             if delivered is not None:
                 self.smaller += delivered.smaller
                 self.other_shape += delivered.other_shape
+
+    def summary(
+        self,
+        *,
+        bad_lines: tuple[BadLine, ...],
+        elapsed: float,
+        manifest: Path,
+        interrupted: bool,
+        halted: str | None,
+        capped: bool,
+        ledger: Ledger,
+    ) -> BatchSummary:
+        """The summary of a batch that counted this, its manifest's lines in `ledger`."""
+        return BatchSummary(
+            saved=self.counts["saved"],
+            refused=self.counts["refused"],
+            failed=self.counts["failed"],
+            outcome_unknown=self.counts["outcome_unknown"],
+            skipped=self.skipped,
+            sent=sum(self.ran.values()),
+            images=self.images,
+            bad_lines=bad_lines,
+            elapsed=elapsed,
+            manifest=manifest,
+            interrupted=interrupted,
+            halted=halted,
+            capped=capped,
+            smaller=self.smaller,
+            other_shape=self.other_shape,
+            changed=self.changed,
+            cost=ledger.total,
+            cost_by_tier=ledger.by_tier(),
+            run_cost=self.ledger.total,
+            possibly_billed=ledger.possibly_billed,
+        )

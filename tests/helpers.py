@@ -24,6 +24,7 @@ import anyio
 import attrs
 
 from gemimg_async import MANIFEST_NAME, Client, RetryPolicy
+from gemimg_async._provenance import KEYWORDS
 from gemimg_async.testing import FakeClock, FakeRelay, _images
 
 API_KEY = "sk-test"  # what the shared relays (conftest) accept
@@ -145,6 +146,24 @@ def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
     return chunks
 
 
+def untagged(data: bytes | Path) -> bytes:
+    """A PNG (its bytes, or its file) without the `iTXt` chunks of our provenance: the relay's
+    bytes, when tagging changed nothing else."""
+    data = data.read_bytes() if isinstance(data, Path) else data
+    if not data.startswith(PNG_SIGNATURE):
+        return data
+    ours = {keyword.encode("latin-1") for keyword in KEYWORDS.values()}
+    kept, offset = [data[:8]], 8
+    while offset < len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind, end = data[offset + 4 : offset + 8], offset + 12 + length
+        keyword = data[offset + 8 : end].partition(b"\x00")[0]
+        if not (kind == b"iTXt" and keyword in ours):
+            kept.append(data[offset:end])
+        offset = end
+    return b"".join(kept)
+
+
 def png_pixels_intact(path: Path) -> bool:
     """Whether every chunk's CRC holds and the image data inflates to width x height pixels."""
     data = path.read_bytes()
@@ -217,9 +236,11 @@ def prompts_sent(relay: FakeRelay) -> list[str]:
     return [request.prompt for request in relay.requests]
 
 
-async def served_pngs(relay, prompt, *, n=1, model=STANDARD) -> list[bytes]:
+async def served_pngs(relay, prompt, *, n=1, model=STANDARD, size=None) -> list[bytes]:
     """The PNGs the relay serves for `prompt`, decoded by hand from a plain b64_json answer."""
     payload = {"model": model, "prompt": prompt, "n": n, "response_format": "b64_json"}
+    if size is not None:
+        payload["size"] = size
     async with (
         aiohttp.ClientSession() as session,
         session.post(
@@ -233,9 +254,9 @@ async def served_pngs(relay, prompt, *, n=1, model=STANDARD) -> list[bytes]:
     return [base64.b64decode(item["b64_json"]) for item in doc["data"]]
 
 
-async def reference(relay, prompt, *, n=1, model=STANDARD) -> list[bytes]:
+async def reference(relay, prompt, *, n=1, model=STANDARD, size=None) -> list[bytes]:
     """`served_pngs`, then the relay's records wiped so the test counts only the client."""
-    pngs = await served_pngs(relay, prompt, n=n, model=model)
+    pngs = await served_pngs(relay, prompt, n=n, model=model, size=size)
     relay.reset()
     return pngs
 

@@ -139,3 +139,24 @@ def test_the_upload_benchmark_runs_and_its_objects_are_right():
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line.split()[0] for line in done.stdout.splitlines()[2:]]
     assert rows == ["gemimg_async", "naive"]
+
+
+def test_the_benchmarks_file_check_leaves_out_exactly_our_provenance_chunks(tmp_path):
+    """The benchmarks check files against the relay's PNG without gemimg_async's provenance
+    chunks: their keywords are the library's, and any other chunk still counts."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_memory  # noqa: PLC0415 - a script beside the tests, not a package
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from gemimg_async._pngmeta import itxt  # noqa: PLC0415
+    from gemimg_async._provenance import KEYWORDS  # noqa: PLC0415
+    from gemimg_async.testing import png  # noqa: PLC0415
+
+    assert {k.encode() for k in KEYWORDS.values()} == bench_memory.PROVENANCE_KEYWORDS
+    plain = png(5, 4)
+    (tmp_path / "plain.png").write_bytes(plain)
+    (tmp_path / "ours.png").write_bytes(plain[:33] + itxt("Model", "m") + plain[33:])
+    (tmp_path / "other.png").write_bytes(plain[:33] + itxt("Author", "a") + plain[33:])
+    digests = {path.stem: bench_memory._sha256(path) for path in tmp_path.iterdir()}
+    assert digests["ours"] == digests["plain"] != digests["other"]

@@ -20,8 +20,8 @@ from anyio.abc import ByteReceiveStream
 import gemimg_async._cli
 from gemimg_async import MANIFEST_NAME
 from gemimg_async._cli import main
-from gemimg_async.testing import FakeRelay, Fault
-from helpers import API_KEY, is_complete_png, latest, manifest_lines, wait_for
+from gemimg_async.testing import FakeRelay, Fault, png
+from helpers import API_KEY, is_complete_png, latest, manifest_lines, reference, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -135,6 +135,9 @@ def test_out_is_required():
         (["--rpm", "-1"], "--rpm"),
         (["--progress-interval", "nan"], "--progress-interval"),
         (["--dialect", "soap"], "--dialect"),
+        (["--max-cost", "-1"], "--max-cost"),
+        (["--max-cost", "a lot"], "--max-cost"),
+        (["--max-cost", "nan"], "--max-cost"),
     ],
 )
 def test_a_bad_flag_value_is_one_line_naming_the_flag(capsys, args, flag):
@@ -362,6 +365,179 @@ async def test_a_second_ctrl_c_abandons_what_is_in_flight_at_once(tmp_path):
             "abandoned by a second Ctrl-C after it was sent; it may have been billed"
         )
     assert {line["prompt"] for line in lines} == {r.prompt for r in relay.requests}
+
+
+# --- cost: dry run, prices, cap ---------------------------------------------------------------
+
+
+async def test_a_dry_run_reports_every_bad_line_and_the_cost_and_sends_nothing(
+    relay, tmp_path, monkeypatch, capsys
+):
+    """--dry-run prints each bad line with its number (a missing input image too), then jobs,
+    images and the estimated cost per tier and in total; it sends nothing, makes no folder,
+    needs no key, and exits 2 because a line is bad."""
+    monkeypatch.delenv("GEMIMG_API_KEY", raising=False)
+    (tmp_path / "cat.png").write_bytes(png())
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(
+        '{"prompt": "a fox", "n": 2}\n'
+        '{"prompt": "a cat", "images": ["cat.png", "dog.png"]}\n'
+        "not json\n"
+        '{"prompt": "a map", "model": "4k", "images": ["cat.png"]}\n'
+        '{"prompt": "a tree", "model": "2k", "n": 0}\n'
+    )
+    out = tmp_path / "out"
+    code = await main_in_thread("batch", str(jobs), "--out", str(out), "--dry-run")
+    assert code == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == [
+        "jobs.jsonl:2: input image '" + str(tmp_path / "dog.png") + "' does not exist",
+        "jobs.jsonl:3: not valid JSON: Expecting value (column 1)",
+        "jobs.jsonl:5: n must be a whole number of at least 1, not 0",
+    ]
+    assert lines[3] == "jobs.jsonl: 2 valid jobs, 3 bad lines; nothing was sent"
+    assert lines[4].split() == ["tier", "jobs", "images", "inputs", "estimated"]
+    assert lines[5].split() == ["1K", "1", "2", "0", "$0.2680"]
+    assert lines[6].split() == ["4K", "1", "1", "1", "$0.2411"]
+    assert lines[7].split() == ["total", "2", "3", "1", "$0.5091"]
+    assert relay.generation_count == 0
+    assert not out.exists()
+
+
+async def test_a_dry_run_of_a_folder_quotes_what_the_next_run_sends(relay, tmp_path, capsys):
+    """With a manifest in --out, a dry run also says what the batch has cost so far and quotes
+    only the jobs the next run would send; with --max-cost, whether they fit. All valid: 0."""
+    write_prompts(tmp_path, 5)
+    args = ("batch", "jobs.txt", "--out", "out", "--base-url", relay.url, "--concurrency", "1")
+    relay.script(*[Fault.delay(0)] * 3, *[Fault.status(400)] * 2)
+    await run_cli(*args, cwd=tmp_path)
+    prices = tmp_path / "prices.toml"
+    prices.write_text('"1K" = 0.1\n')
+    code = await main_in_thread(
+        "batch",
+        str(tmp_path / "jobs.txt"),
+        "--out",
+        str(tmp_path / "out"),
+        "--dry-run",
+        "--prices",
+        str(prices),
+        "--max-cost",
+        "0.45",
+    )
+    assert code == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "jobs.txt: 5 valid jobs; nothing was sent"
+    assert out[2].split() == ["1K", "5", "5", "0", "$0.5000"]
+    assert out[4] == (
+        "the output folder's batch has cost $0.4020 (estimated) so far; the next run sends "
+        "2 jobs (the others are done or held back):"
+    )
+    assert out[6].split() == ["1K", "2", "2", "0", "$0.2000"]
+    assert out[8] == (
+        "cap $0.4500: $0.0480 left for about $0.2000: the run stops once the next job would "
+        "not fit; a higher cap goes on"
+    )
+    assert relay.generation_count == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("[tokens]\ninput = 1\n", "needs an input and an output"), ('"5K" = 1\n', "unknown key")],
+)
+async def test_a_bad_prices_file_is_one_line_and_exit_2(tmp_path, capsys, text, message):
+    """--prices with a table that is no price table: one line naming the file, exit 2."""
+    write_prompts(tmp_path, 1)
+    (tmp_path / "prices.toml").write_text(text)
+    code = await main_in_thread(
+        "batch",
+        str(tmp_path / "jobs.txt"),
+        "--out",
+        str(tmp_path / "out"),
+        "--dry-run",
+        "--prices",
+        str(tmp_path / "prices.toml"),
+    )
+    assert code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"gemimg-async: {tmp_path / 'prices.toml'}: ")
+    assert message in line
+
+
+async def test_max_cost_stops_the_batch_and_says_how_to_go_on(relay, tmp_path, monkeypatch, capsys):
+    """--max-cost: the summary shows the cost and the cap that stopped it, stderr how to go on,
+    exit 1; the same command with a higher cap finishes."""
+    monkeypatch.setenv("GEMIMG_API_KEY", API_KEY)
+    write_prompts(tmp_path, 4)
+    args = ["batch", str(tmp_path / "jobs.txt"), "--out", str(tmp_path / "out")]
+    args += ["--base-url", relay.url, "--concurrency", "1", "--max-cost", "0.3"]
+    assert await main_in_thread(*args) == 1
+    captured = capsys.readouterr()
+    assert "cost             $0.2680 (estimated)" in captured.out
+    assert "the next request (about $0.1340) would take the total past the $0.3000 cap" in (
+        captured.out
+    )
+    assert "run it again with a higher --max-cost" in captured.err
+    assert relay.generation_count == 2
+    args[-1] = "$0.60"
+    assert await main_in_thread(*args) == 0
+    assert relay.generation_count == 4
+    assert "$0.5360 (estimated); this run $0.2680" in capsys.readouterr().out
+
+
+# --- gallery and info --------------------------------------------------------------------------
+
+
+async def test_batch_gallery_writes_the_page_at_the_end(relay, tmp_path):
+    """--gallery: OUT/index.html with a thumbnail per image, said on stderr."""
+    pytest.importorskip(
+        "PIL", reason="the gallery needs Pillow: pip install 'gemimg-async[gallery]'"
+    )
+    write_prompts(tmp_path, 2)
+    done = await run_cli(
+        "batch", "jobs.txt", "--out", "out", "--base-url", relay.url, "--gallery", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert "gallery: out/index.html" in done.stderr.decode()
+    page = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+    assert page.count('class="thumb"') == 2
+    assert "$0.1340 (estimated)" in page
+    assert len(list((tmp_path / "out" / ".thumbs").iterdir())) == 2
+
+
+async def test_the_gallery_command_writes_a_folders_page_or_says_why_not(relay, tmp_path):
+    """`gemimg-async gallery OUT` prints the page's path; a folder with no batch is one line
+    and exit 2."""
+    pytest.importorskip(
+        "PIL", reason="the gallery needs Pillow: pip install 'gemimg-async[gallery]'"
+    )
+    write_prompts(tmp_path, 1)
+    await run_cli("batch", "jobs.txt", "--out", "out", "--base-url", relay.url, cwd=tmp_path)
+    done = await run_cli("gallery", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().strip() == "out/index.html"
+    empty = await run_cli("gallery", "nowhere", cwd=tmp_path)
+    assert empty.returncode == 2
+    assert empty.stderr.decode() == (
+        "gemimg-async: nowhere/manifest.jsonl: no manifest, so no batch to show\n"
+    )
+
+
+async def test_no_metadata_saves_the_relays_bytes(relay, tmp_path):
+    """`generate --no-metadata` writes the PNG exactly as the relay served it."""
+    (served,) = await reference(relay, "a plain fox")
+    done = await run_cli(
+        "generate",
+        "a plain fox",
+        "--base-url",
+        relay.url,
+        "--format",
+        "b64_json",
+        "--no-metadata",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    (path,) = done.stdout.decode().split()
+    assert (tmp_path / path).read_bytes() == served
 
 
 # --- the other commands ------------------------------------------------------------------------

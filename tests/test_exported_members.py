@@ -40,11 +40,14 @@ INTERNAL = {
     "_gallery.cards_of",  # build_gallery's reading of the manifest
     "_gallery.make_thumbnail",  # build_gallery makes them
     "_gallery.render",  # build_gallery's page, without the files
+    "_gallery.require_pillow",  # `batch --gallery` checks before paying
+    "_info.describe",  # the sinks call it once an image is placed: its sidecar, or none
     "_info.sidecar_bytes",  # what write_sidecar writes
     "_info.sidecar_path",  # where the sinks put a sidecar: {image}.json; read_info finds it
     "_info.write_sidecar",  # the sinks write sidecars
     "_prices.COST_HEADER",  # LiteLLM's header name, read by reported_cost
     "_prices.header_cost",  # the client reads each answer's reported cost
+    "_prices.money",  # how amounts are shown: $0.1340
     "_prices.reported_cost",  # ... through this
     "_prices.usage_cost",  # ... or prices its usage
     "_provenance.KEYWORDS",  # the PNG keywords of Provenance's fields
@@ -60,6 +63,7 @@ INTERNAL = {
     "_models.is_file_ref",  # how _inputs and job files tell local files from URLs
     "_models.check_stem",  # the file-name rule behind `id=` and `save(stem=)`, enforced there
     # text formatting for the progress displays and the CLI; users take a Progress class
+    "_progress.cost_rows",
     "_progress.format_duration",
     "_progress.rich_available",
     "_progress.status_line",

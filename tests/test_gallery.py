@@ -188,3 +188,20 @@ def test_cards_follow_the_manifest():
         ("f", None, None, 0),
     ]
     assert cards[2].error == "BadRequestError: no"
+
+
+def test_cards_show_what_each_job_charged():
+    """A card shows its job's cost from the manifest; a failed job shows only a cost the relay
+    reported, and nothing when it reported none."""
+    cards = cards_of(
+        [
+            entry("a", cost=Cost.of(Decimal("0.134"), Decimal("0.1"))),
+            entry("f", "failed", cost=Cost.of(Decimal("0.134"))),
+            entry("r", "refused", cost=Cost.of(Decimal("0.134"), Decimal("0.01"))),
+        ]
+    )
+    assert [card.cost for card in cards] == [
+        Cost.of(Decimal("0.134"), Decimal("0.1")),
+        None,
+        Cost.of(Decimal(0), Decimal("0.01")),
+    ]

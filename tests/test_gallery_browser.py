@@ -110,6 +110,9 @@ async def test_the_gallery_works_in_a_real_browser(relay, out, tmp_path, executa
             text = await page.evaluate("document.querySelector('main').textContent")
             assert "<script>window.pwned = 1</script>" in text
             assert "RefusalError" in text
+            assert "$0.1340 (estimated)" in text  # each job's cost, from its manifest line
+            header = await page.evaluate("document.querySelector('header').textContent")
+            assert "cost $0.9380, of which $0.1340 possibly billed without an image" in header
             assert await page.evaluate("typeof window.pwned") == "undefined"
             assert page.errors() == []
 

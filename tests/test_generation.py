@@ -5,11 +5,20 @@ checks of what came back, and cancellation; end to end against the fake relay.
 import functools
 import gc
 import logging
+from decimal import Decimal
 
 import anyio
 import pytest
 
-from gemimg_async import Client, ImageRequest, ServerError
+from gemimg_async import (
+    Client,
+    ConfigurationError,
+    Cost,
+    ImageRequest,
+    Prices,
+    RefusalError,
+    ServerError,
+)
 from gemimg_async._generation import _default_stem
 from gemimg_async._models import check_stem
 from gemimg_async._sinks import AtomicFile, MemoryImage
@@ -216,3 +225,72 @@ def test_a_one_off_stem_is_a_slug_of_the_prompt_and_a_unique_part(prompt, key, s
     else:
         assert made.startswith("a-fox_")
         assert len(made) == len("a-fox_") + 8
+
+
+# --- what a generation cost --------------------------------------------------------------------
+
+
+async def test_a_result_carries_its_estimate_by_the_clients_prices(relay, clock):
+    """result.cost is the estimate by the client's table (the relay said nothing of cost)."""
+    prices = Prices.from_json({"4K": "0.30"})
+    async with Client(API_KEY, relay.url, clock=clock, prices=prices) as client:
+        one = await client.generate("a fox", n=2)
+        big = await client.generate_4k("a fox")
+    assert one.cost == Cost.of(Decimal("0.268"))
+    assert big.cost == Cost.of(Decimal("0.30"))
+    assert client.prices is prices
+
+
+async def test_a_reported_cost_is_kept_beside_the_estimate(clock):
+    """LiteLLM's x-litellm-response-cost is the result's reported cost; totals prefer it."""
+    async with (
+        FakeRelay(api_keys=API_KEY, response_cost=0.05) as relay,
+        Client(API_KEY, relay.url, clock=clock) as client,
+    ):
+        result = await client.generate("a fox", n=2)
+        assert relay.requests[0].status == 200
+    assert result.cost == Cost.of(Decimal("0.268"), Decimal("0.1"))
+    assert result.cost.total == Decimal("0.1")
+
+
+async def test_usage_is_priced_where_the_table_has_token_prices(relay, clock):
+    """A chat answer's usage (tokens) is priced by the table's [tokens] when no header says."""
+    prices = Prices.from_json({"tokens": {"input": 2, "output": 12, "image": 120}})
+    async with Client(API_KEY, relay.url, clock=clock, prices=prices, dialect="chat") as client:
+        result = await client.generate("a fox")
+    usage = result.usage
+    assert usage is not None
+    assert usage.image_tokens == 1120
+    expected = (usage.input_tokens * 2 + 10 * 12 + 1120 * 120) / Decimal(1_000_000)
+    assert result.cost.reported == expected
+    assert result.cost.estimated == Decimal("0.134")
+
+
+async def test_a_refusal_keeps_what_the_relay_said_it_cost(clock):
+    """A refusal's error carries the relay's reported cost; map's outcome puts it beside the
+    estimate (a refused job charges only what the relay reported)."""
+    async with (
+        FakeRelay(api_keys=API_KEY, response_cost=0.01) as relay,
+        Client(API_KEY, relay.url, clock=clock) as client,
+    ):
+        relay.script(Fault.refusal(), Fault.status(400))
+        outcomes = [o async for o in client.map([ImageRequest("a"), ImageRequest("b")])]
+    refused, failed = sorted(outcomes, key=lambda outcome: outcome.index)
+    assert isinstance(refused.error, RefusalError)
+    assert refused.error.reported_cost == Decimal("0.0")
+    assert refused.cost == Cost.of(Decimal("0.134"), Decimal("0.0"))
+    assert failed.error is not None
+    assert failed.error.reported_cost is None  # an error status: no answer to read
+    assert failed.cost == Cost.of(Decimal("0.134"))
+    assert refused.to_json()["cost"] == {
+        "estimated": 0.134,
+        "reported": 0,
+        "total": 0,
+        "currency": "USD",
+    }
+
+
+def test_prices_must_be_a_price_table():
+    """Client(prices=) takes a Prices value; a path is a ConfigurationError saying so."""
+    with pytest.raises(ConfigurationError, match=r"Prices\.from_file"):
+        Client(API_KEY, "http://127.0.0.1:9", prices="prices.toml")

@@ -9,9 +9,9 @@ import pytest
 
 import gemimg_async as gi
 from gemimg_async import ImageRequest, InvalidImageError
-from gemimg_async._inputs import encode_images
+from gemimg_async._inputs import check_files, encode_images
 from gemimg_async.testing import png
-from helpers import bytes_id, gif, jpeg, webp_lossless
+from helpers import bytes_id, gif, jpeg, uri, webp_lossless
 
 pytestmark = pytest.mark.anyio
 
@@ -161,3 +161,31 @@ async def test_oversized_local_file_raises_before_sending(relay, client, tmp_pat
     with pytest.raises(InvalidImageError, match="MB"):
         await client.generate("restyle", images=[big])
     assert relay.requests == []
+
+
+# --- checked without sending (a dry run) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda folder: folder / "missing.png", "does not exist"),
+        (lambda folder: folder, "is not a file"),
+        (lambda folder: _write(folder / "notes.png", b"just text\n"), "is not a PNG"),
+        (lambda folder: _write(folder / "huge.png", png() + bytes(8 * 1024 * 1024)), "MB"),
+    ],
+    ids=["missing", "a-folder", "no-image", "too-big"],
+)
+def test_check_files_finds_what_sending_would_refuse(tmp_path, make, message):
+    """check_files names the local input image a send would refuse, reading only its head; a
+    good file, a URL and a data: URI pass."""
+    bad = make(tmp_path)
+    with pytest.raises(InvalidImageError, match=message):
+        check_files(ImageRequest("restyle", images=[str(bad)]))
+    good = _write(tmp_path / "good.png", png())
+    check_files(ImageRequest("a", images=[str(good), "https://e.com/a.png", uri(png())]))
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return path

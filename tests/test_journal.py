@@ -2,11 +2,20 @@
 run; through `run_batch` against the fake relay.
 """
 
+import json
 import time
+from decimal import Decimal
 
 import pytest
 
-from gemimg_async import MANIFEST_NAME, ConfigurationError, ImageRequest, ManifestEntry, run_batch
+from gemimg_async import (
+    MANIFEST_NAME,
+    ConfigurationError,
+    Cost,
+    ImageRequest,
+    ManifestEntry,
+    run_batch,
+)
 from gemimg_async._journal import Journal, SentJob
 from helpers import PNG_END, PNG_SIGNATURE, jsonl, latest, write_jobs
 
@@ -78,3 +87,16 @@ def test_a_symlink_in_place_of_the_manifest_or_send_log_is_refused(tmp_path, out
     with pytest.raises(ConfigurationError, match="is a symbolic link"):
         Journal.open(out)
     assert not victim.exists()
+
+
+def test_a_send_log_line_keeps_the_jobs_estimate():
+    """SentJob carries the cost reserved for its job through its line, into the entry a dead
+    run's job is recorded with; an older line without it reads as None."""
+    request = ImageRequest("a fox", id="fox", n=2)
+    sent = SentJob.of(request, started=1.5, cost=Cost.of(Decimal("0.268")))
+    doc = json.loads(sent.to_line())
+    assert SentJob.from_json(doc) == sent
+    entry = sent.unanswered(None, reason="killed", finished=2.0)
+    assert (entry.status, entry.cost) == ("outcome_unknown", Cost.of(Decimal("0.268")))
+    del doc["cost"]
+    assert SentJob.from_json(doc).cost is None

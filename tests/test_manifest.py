@@ -3,6 +3,7 @@
 import errno
 import json
 import time
+from decimal import Decimal
 
 import pytest
 
@@ -10,6 +11,7 @@ from gemimg_async import (
     MANIFEST_NAME,
     BadRequestError,
     ConnectError,
+    Cost,
     DownloadError,
     ManifestEntry,
     OutcomeUnknownError,
@@ -37,6 +39,7 @@ def test_manifest_entry_round_trips_through_json():
         finished=2.25,
         prompt="一只狐狸",
         fingerprint="0123456789abcdef",
+        cost=Cost.of(Decimal("0.134"), Decimal("0.1")),
     )
     line = entry.to_line()
     assert line.endswith(b"\n")
@@ -93,6 +96,19 @@ def test_a_line_without_a_fingerprint_reads_as_none():
     doc = ManifestEntry(id="a", status="saved", paths=("a_0.png",)).to_json()
     del doc["fingerprint"]
     assert ManifestEntry.from_json(doc).fingerprint is None
+
+
+def test_a_line_carries_its_cost_and_one_without_reads_as_none():
+    """A line's cost (estimated, reported, total, currency) reads back exactly; a line written
+    before costs were kept reads with cost None; a cost that is no cost makes the line bad."""
+    entry = ManifestEntry(id="a", status="saved", cost=Cost.of(Decimal("0.24")))
+    doc = json.loads(entry.to_line())
+    assert doc["cost"] == {"estimated": 0.24, "reported": None, "total": 0.24, "currency": "USD"}
+    assert ManifestEntry.from_json(doc).cost == Cost.of(Decimal("0.24"))
+    del doc["cost"]
+    assert ManifestEntry.from_json(doc).cost is None
+    with pytest.raises(ValueError, match="estimated"):
+        ManifestEntry.from_json({**doc, "cost": {"estimated": -1}})
 
 
 @pytest.mark.parametrize(

@@ -3,11 +3,12 @@ rich display.
 """
 
 import io
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from gemimg_async import BadLine, BatchStats, BatchSummary
+from gemimg_async import BadLine, BatchStats, BatchSummary, Cost
 from gemimg_async._progress import (
     PlainProgress,
     RichProgress,
@@ -105,3 +106,30 @@ def test_rich_progress_draws_a_live_bar_and_a_summary_table():
     assert "batch summary" in text
     assert "outcome unknown" in text
     assert "run it again to go on" in text
+
+
+def test_the_summary_shows_cost_per_tier_this_run_and_possibly_billed():
+    """With costs, the table shows each tier's (when more than one), the total estimated and
+    reported, this run's share, and what may have been billed without an image."""
+    k1 = Cost.of(Decimal("0.536"), Decimal("0.4"))
+    k4 = Cost.of(Decimal("0.48"))
+    rows = dict(
+        summary_rows(
+            summary(
+                cost=k1 + k4,
+                cost_by_tier={"1K": k1, "4K": k4},
+                run_cost=k4,
+                possibly_billed=Decimal("0.24"),
+            )
+        )
+    )
+    assert rows["cost 1K"] == "$0.4000 (estimated $0.5360, reported $0.4000)"
+    assert rows["cost 4K"] == "$0.4800 (estimated)"
+    assert rows["cost"] == "$0.8800 (estimated $1.0160, reported $0.4000); this run $0.4800"
+    assert rows["possibly billed"] == "$0.2400 of it without an image (outcome_unknown)"
+
+
+def test_the_summary_shows_no_cost_when_none_was_recorded():
+    """A summary without costs (a manifest from before they were kept) has no cost rows."""
+    labels = [label for label, _ in summary_rows(summary())]
+    assert not [label for label in labels if label.startswith(("cost", "possibly"))]

@@ -19,7 +19,7 @@ from gemimg_async import (
 from gemimg_async._generation import Engine
 from gemimg_async._transport import ImageHost, Relay
 from gemimg_async.testing import FakeClock, Fault
-from helpers import API_KEY, FORMATS, once, reference
+from helpers import API_KEY, FORMATS, once, reference, untagged
 
 pytestmark = pytest.mark.anyio
 
@@ -79,7 +79,7 @@ async def test_an_unpickled_url_result_saves_after_its_client_is_closed(relay, t
     copy = pickle.loads(pickle.dumps(result))  # noqa: S301 - our own bytes, the behaviour under test
     assert copy.saver.host.is_closed()  # so each download opens a one-off session
     paths = list((await copy.save(tmp_path)).paths)
-    assert [path.read_bytes() for path in paths] == expected
+    assert [untagged(path) for path in paths] == expected
     assert [download.authorization for download in relay.downloads] == [None, None]
     assert copy.saver.host._session is None  # the one-off sessions are not kept
     assert relay.generation_count == result.attempts == 1
@@ -92,7 +92,7 @@ async def test_an_unpickled_b64_result_writes_its_bytes_after_its_client_is_clos
     copy = pickle.loads(pickle.dumps(result))  # noqa: S301 - our own bytes, the behaviour under test
     paths = list((await copy.save(tmp_path)).paths)
     assert paths == [tmp_path / f"{result.stem}_0.png", tmp_path / f"{result.stem}_1.png"]
-    assert [path.read_bytes() for path in paths] == [image.data for image in result.images]
+    assert [untagged(path) for path in paths] == [image.data for image in result.images]
     assert relay.downloads == []
 
 

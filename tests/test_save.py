@@ -14,7 +14,17 @@ from gemimg_async import (
     Timings,
 )
 from gemimg_async.testing import FakeClock, Fault
-from helpers import API_KEY, FORMATS, file_png_size, jpeg, listing, no_temp_files, once, reference
+from helpers import (
+    API_KEY,
+    FORMATS,
+    file_png_size,
+    jpeg,
+    listing,
+    no_temp_files,
+    once,
+    reference,
+    untagged,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -46,7 +56,7 @@ async def test_url_answers_are_downloaded_at_once_without_the_key(relay, client,
     assert [download.authorization for download in relay.downloads] == [None, None]
     for download in relay.downloads:
         assert all(API_KEY not in value for value in download.headers.values())
-    assert [path.read_bytes() for path in result.paths] == expected
+    assert [untagged(path) for path in result.paths] == expected
     assert listing(folder) == sorted(path.name for path in result.paths)
     assert all(image.url for image in result.images)
     assert relay.generation_count == result.attempts == 1
@@ -58,7 +68,7 @@ async def test_saving_a_url_result_later_carries_no_key_either(relay, client, fo
     result = await client.generate("a heron")
     assert relay.download_count == 0
     paths = list((await result.save(folder)).paths)
-    assert [path.read_bytes() for path in paths] == expected
+    assert [untagged(path) for path in paths] == expected
     assert [download.authorization for download in relay.downloads] == [None]
     assert relay.generation_count == result.attempts == 1
 
@@ -93,7 +103,7 @@ async def test_download_is_retried_after_transient_failures(relay, client, clock
     expected = await reference(relay, "a lighthouse")
     relay.script_download(*faults)
     result = await client.generate("a lighthouse", save_to=folder)
-    assert [path.read_bytes() for path in result.paths] == expected
+    assert [untagged(path) for path in result.paths] == expected
     assert len(clock.sleeps) == 1
     assert 0.25 <= clock.sleeps[0] <= 0.5
     assert relay.download_count == len(faults) + 1
@@ -228,7 +238,7 @@ async def test_save_writes_b64_bytes_exactly(relay, client, tmp_path):
     """save() of a b64 result writes the decoded bytes as they are."""
     result = await client.generate("a fox", response_format="b64_json")
     [path] = (await result.save(tmp_path)).paths
-    assert path.read_bytes() == result.images[0].data
+    assert untagged(path) == result.images[0].data
     assert relay.downloads == []
 
 
@@ -261,7 +271,7 @@ async def test_save_overwrites_when_asked(relay, client, tmp_path):
     existing.write_bytes(b"old")
     [path] = (await result.save(tmp_path, overwrite=True)).paths
     assert path == existing
-    assert path.read_bytes() == result.images[0].data
+    assert untagged(path) == result.images[0].data
 
 
 async def test_save_copies_files_already_saved(relay, client, tmp_path):
@@ -328,7 +338,7 @@ async def test_an_existing_file_is_kept_unless_overwrite(relay, client, folder, 
     assert final.read_bytes() == b"an older poster"
     assert listing(folder) == ["poster_0.png"]
     result = await client.send(request, save_to=folder, overwrite=True)
-    assert final.read_bytes() == png
+    assert untagged(final) == png
     assert listing(folder) == ["poster_0.png"]
     assert relay.generation_count == result.attempts == 1
 

@@ -24,6 +24,10 @@ Order of work for a generation request: the next scripted fault is taken when th
 read; ``Fault.reset()`` acts; a missing or wrong key answers 401 and an invalid body 400, at once;
 everything else first waits ``latency`` (plus a ``Fault.delay``), then answers as the fault says.
 
+`FakeRelay(response_cost=0.1)` says what each answer cost in LiteLLM's `x-litellm-response-cost`
+header; `FakeRelay(c2pa=True)` marks its images with a C2PA manifest (a `caBX` chunk), as Google
+does, and so does `png(c2pa=True)`.
+
 `FakeClock` (the client's own, re-exported) makes the client's waits instant. `RelayThread` runs
 a relay in a thread of its own (for synchronous code). Installed with the package, the pytest
 plugin `gemimg_async.testing.plugin` gives the fixtures `fake_relay` and `gemimg_client`.

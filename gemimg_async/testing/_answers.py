@@ -47,9 +47,10 @@ async def render(
     *,
     style: Literal["gradient", "noise"],
     link: Callable[[ImageKey], str],
+    c2pa: bool = False,
 ) -> Rendered:
     """The images of an answer: `n` (fewer with `Fault.fewer_images`), each after its drafts
-    (`Fault.drafts`), as base64 or as URLs from `link`."""
+    (`Fault.drafts`), as base64 or as URLs from `link`; with `c2pa`, each carrying a `caBX`."""
     count = generation.n
     if fault is not None and fault.kind == "fewer_images":
         count = min(count, fault.count)
@@ -60,7 +61,7 @@ async def render(
     payloads: list[bytes] = []
     for number in range(count):
         shade = 0 if style == "noise" else palette(generation.prompt, number)
-        key = ImageKey(generation.width, generation.height, style, shade)
+        key = ImageKey(generation.width, generation.height, style, shade, c2pa)
         for draft in [True] * drafts + [False]:
             if inline:
                 payloads.append(await b64(await image(key)))

@@ -8,7 +8,7 @@ from typing import Literal, Self, get_args
 
 import attrs
 
-__all__ = ["GEMINI_QUIRKS", "QUIRKS", "Fault", "Quirk", "phrase"]
+__all__ = ["GEMINI_QUIRKS", "QUIRKS", "Fault", "Quirk", "check_latency", "phrase"]
 
 Quirk = Literal[
     "both_fields",
@@ -168,6 +168,13 @@ class Fault:
                 f"quirk must be one of {', '.join((*QUIRKS, *GEMINI_QUIRKS))}, got {name!r}"
             )
         return cls(kind="quirk", quirk_name=name)
+
+
+def check_latency(_: object, __: object, value: float | Mapping[str, float]) -> None:
+    """The relay's `latency` (seconds, or seconds per model): never below 0."""
+    values = value.values() if isinstance(value, Mapping) else [value]
+    if any(not v >= 0 for v in values):
+        raise ValueError(f"latency must be >= 0, got {value!r}")
 
 
 def phrase(code: int) -> str:

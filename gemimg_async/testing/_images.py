@@ -20,6 +20,7 @@ from .._models import ASPECT_RATIOS
 from .._sizes import PIXELS_1K, TIERS, Tier, pixels, tier_of
 
 __all__ = [
+    "C2PA_MANIFEST",
     "MODELS",
     "RATIOS",
     "ImageKey",
@@ -30,6 +31,7 @@ __all__ = [
     "parse_size",
     "pixel_size",
     "png",
+    "with_c2pa",
 ]
 
 #: The models the fake relay accepts, with the tier of their images.
@@ -77,6 +79,8 @@ class ImageKey:
     height: int
     style: Literal["gradient", "noise"]
     palette: int
+    c2pa: bool = False
+    """A `caBX` chunk (a C2PA manifest) after `IHDR`, as Google marks its images."""
 
 
 @attrs.define
@@ -133,13 +137,35 @@ async def b64(rendered: Rendered) -> bytes:
 
 def _render(key: ImageKey) -> bytes:
     if key.style == "noise":
-        return _noise_png(key.width, key.height)
-    return _gradient_png(key.width, key.height, key.palette)
+        made = _noise_png(key.width, key.height)
+    else:
+        made = _gradient_png(key.width, key.height, key.palette)
+    return with_c2pa(made) if key.c2pa else made
 
 
-def png(width: int = 3, height: int = 2, colour: tuple[int, int, int] = (128, 128, 128)) -> bytes:
-    """A valid RGB PNG of one colour: an input image for your tests."""
-    return _png(width, height, zlib.compress((b"\x00" + bytes(colour) * width) * height))
+def png(
+    width: int = 3,
+    height: int = 2,
+    colour: tuple[int, int, int] = (128, 128, 128),
+    *,
+    c2pa: bool = False,
+) -> bytes:
+    """A valid RGB PNG of one colour: an input image for your tests; with `c2pa`, carrying a
+    (fake) C2PA manifest in a `caBX` chunk, as Google's images do."""
+    made = _png(width, height, zlib.compress((b"\x00" + bytes(colour) * width) * height))
+    return with_c2pa(made) if c2pa else made
+
+
+C2PA_MANIFEST = b"\x00\x00\x00\x2cjumb\x00\x00\x00\x24jumdc2pa" + bytes(24)
+"""The payload of the fake relay's `caBX` chunks: the head of a JUMBF box labelled c2pa."""
+
+
+def with_c2pa(data: bytes, *, after_data: bool = False) -> bytes:
+    """The PNG `data` with a `caBX` chunk right after `IHDR` (where C2PA recommends it), or
+    before `IEND` with `after_data` (which C2PA allows too)."""
+    chunk = _chunk(b"caBX", C2PA_MANIFEST)
+    at = len(data) - 12 if after_data else 33  # IEND's 12 bytes; signature and IHDR's 25
+    return data[:at] + chunk + data[at:]
 
 
 def _png(width: int, height: int, idat: bytes) -> bytes:

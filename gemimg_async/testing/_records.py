@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -15,6 +15,8 @@ __all__ = [
     "REQUEST_ID",
     "RecordedDownload",
     "RecordedRequest",
+    "hidden_keys",
+    "keys",
     "new_request_id",
     "presented_key",
     "scrubbed_headers",
@@ -89,6 +91,16 @@ class RecordedDownload:
     fault: Fault | None = None
     status: int | None = None
     finished: float | None = None
+
+
+def keys(value: Iterable[str]) -> frozenset[str]:
+    """One key or several, as a set."""
+    return frozenset({value}) if isinstance(value, str) else frozenset(value)
+
+
+def hidden_keys(value: frozenset[str]) -> str:
+    """What a repr shows of the keys: how many."""
+    return f"<{len(value)} keys>"
 
 
 def presented_key(request: web.Request, *, google: bool) -> str | None:

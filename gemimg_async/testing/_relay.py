@@ -7,7 +7,7 @@ import collections
 import json
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal, Self
 
 import anyio
@@ -16,18 +16,20 @@ from aiohttp import web
 
 from ._answers import ChatStyle, refusal, render, write
 from ._dialects import SIZE_HANDLING, DialectName, Generation, SizeHandling, fields, read
-from ._faults import Fault
+from ._faults import Fault, check_latency
 from ._files import FileHost
 from ._images import MODELS
 from ._records import (
     REQUEST_ID,
     RecordedDownload,
     RecordedRequest,
+    hidden_keys,
+    keys,
     new_request_id,
     presented_key,
     scrubbed_headers,
 )
-from ._wire import Aborted, Invalid, framed, hang_up, send, send_error, send_fault
+from ._wire import Aborted, Invalid, cost_header, framed, hang_up, send, send_error, send_fault
 
 if TYPE_CHECKING:
     from ssl import SSLContext
@@ -40,35 +42,21 @@ _BACKLOG = 1024
 _SLOT: web.RequestKey[tuple[int, int]] = web.RequestKey("gemimg_fake_slot", tuple)
 
 
-def _keys(value: Iterable[str]) -> frozenset[str]:
-    return frozenset({value}) if isinstance(value, str) else frozenset(value)
-
-
-def _hidden_keys(keys: frozenset[str]) -> str:
-    return f"<{len(keys)} keys>"
-
-
-def _check_latency(_: object, __: object, value: float | Mapping[str, float]) -> None:
-    values = value.values() if isinstance(value, Mapping) else [value]
-    if any(not v >= 0 for v in values):
-        raise ValueError(f"latency must be >= 0, got {value!r}")
-
-
 @attrs.define(eq=False)
 class FakeRelay:
     """A fake relay on the current event loop: ``async with FakeRelay() as relay: relay.url``."""
 
     api_keys: frozenset[str] = attrs.field(
-        default=frozenset({"sk-test"}), converter=_keys, repr=_hidden_keys
+        default=frozenset({"sk-test"}), converter=keys, repr=hidden_keys
     )
     host: str = "127.0.0.1"
     port: int = 0
-    latency: float | Mapping[str, float] = attrs.field(default=0.0, validator=_check_latency)
+    latency: float | Mapping[str, float] = attrs.field(default=0.0, validator=check_latency)
     url_ttl: float = 86_400.0
     image_style: Literal["gradient", "noise"] = attrs.field(
         default="gradient", validator=attrs.validators.in_(("gradient", "noise"))
     )
-    extra_models: frozenset[str] = attrs.field(default=frozenset(), converter=_keys)
+    extra_models: frozenset[str] = attrs.field(default=frozenset(), converter=keys)
     sizes: SizeHandling = attrs.field(
         default="ratio", validator=attrs.validators.in_(SIZE_HANDLING)
     )
@@ -84,6 +72,11 @@ class FakeRelay:
     """Chat answers link images (http URLs to download) instead of sending data: URLs."""
     ssl: SSLContext | None = attrs.field(default=None, repr=False)
     """A server-side TLS context: the relay then speaks https (its file URLs too)."""
+    c2pa: bool = False
+    """Its images carry a C2PA manifest (a `caBX` chunk after `IHDR`), as Google's do."""
+    response_cost: float | None = None
+    """Answers say what they cost in LiteLLM's `x-litellm-response-cost` header: this much
+    per image made (none for an answer without images)."""
 
     requests: list[RecordedRequest] = attrs.field(init=False, factory=list, repr=False)
     _faults: collections.deque[Fault] = attrs.field(
@@ -290,7 +283,8 @@ class FakeRelay:
         await asyncio.sleep(self._latency(generation.model) + delay)
         if fault is not None and fault.kind in ("refusal", "blocked"):
             status, document = refusal(generation.dialect, fault)
-            return await send(request, status, "application/json", [json.dumps(document).encode()])
+            body, cost = [json.dumps(document).encode()], cost_header(self.response_cost, 0)
+            return await send(request, status, "application/json", body, headers=cost)
         if fault is not None and fault.kind in ("status", "html", "error_body"):
             return await send_fault(request, fault, google=google)
         quirk = fault.quirk_name if fault is not None else None
@@ -299,11 +293,13 @@ class FakeRelay:
             fault,
             style=self.image_style,
             link=lambda key: f"{request.url.origin()}/files/{self._files.add(key)}",
+            c2pa=self.c2pa,
         )
         document = write(generation, images.pictures, quirk, chat_style=self.chat_style)
         parts = framed(document, images.payloads, quirk)
         truncate = fault.fraction if fault is not None and fault.kind == "truncate" else None
-        return await send(request, 200, "application/json", parts, truncate=truncate)
+        cost = cost_header(self.response_cost, sum(not p.draft for p in images.pictures))
+        return await send(request, 200, "application/json", parts, headers=cost, truncate=truncate)
 
     async def _accept(
         self,

@@ -18,6 +18,7 @@ __all__ = [
     "PLACEHOLDER",
     "Aborted",
     "Invalid",
+    "cost_header",
     "framed",
     "hang_up",
     "item_b64",
@@ -140,6 +141,14 @@ async def send(
         await response.write(b"")  # sends the headers if no body went out
         hang_up(request, abort=False)
     return response
+
+
+def cost_header(per_image: float | None, images: int) -> list[tuple[str, str]]:
+    """LiteLLM's `x-litellm-response-cost` for `images` made at `per_image` dollars (none
+    without a price)."""
+    if per_image is None:
+        return []
+    return [("x-litellm-response-cost", repr(per_image * images))]
 
 
 def hang_up(request: web.Request, *, abort: bool) -> None:

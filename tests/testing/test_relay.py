@@ -3,6 +3,7 @@ latency, and reset; over plain aiohttp.
 """
 
 import asyncio
+import base64
 import re
 import time
 
@@ -10,7 +11,8 @@ import aiohttp
 import anyio
 import pytest
 
-from gemimg_async.testing import FakeRelay, Fault, serve
+from gemimg_async.testing import FakeRelay, Fault, png, serve
+from gemimg_async.testing._images import with_c2pa
 from helpers import (
     API_KEY,
     AUTH,
@@ -21,6 +23,7 @@ from helpers import (
     error_of,
     fetch,
     generate,
+    png_chunks,
     post,
     wait_for,
 )
@@ -245,3 +248,48 @@ async def test_relays_do_not_share_state(relay, session):
         assert len(other.requests) == 1
     assert relay.requests == []
     assert (await post(session, relay, body()))[0] == 500
+
+
+# --- cost and C2PA -----------------------------------------------------------------------------
+
+
+async def test_response_cost_sends_litellms_header_per_image(session):
+    """response_cost=: every 200 answer says what it cost in x-litellm-response-cost, per
+    image made (0.0 for a refusal); without it there is no such header."""
+    async with FakeRelay(api_keys=API_KEY, response_cost=0.04) as relay:
+        relay.script(Fault.delay(0), Fault.refusal())
+        _, two, _ = await post(session, relay, body(n=2))
+        _, refused, _ = await post(session, relay, body())
+    assert two["x-litellm-response-cost"] == "0.08"
+    assert refused["x-litellm-response-cost"] == "0.0"
+    async with FakeRelay(api_keys=API_KEY) as plain:
+        _, headers, _ = await post(session, plain, body())
+    assert "x-litellm-response-cost" not in headers
+
+
+@pytest.mark.parametrize("response_format", ["b64_json", "url"])
+async def test_c2pa_marks_every_image_with_a_cabx_chunk(session, response_format):
+    """c2pa=True: inline and downloaded images carry a caBX chunk right after IHDR, and are
+    otherwise the images it serves without it."""
+    async with FakeRelay(api_keys=API_KEY, c2pa=True) as relay:
+        doc = await generate(session, relay, response_format=response_format)
+        item = doc["data"][0]
+        if response_format == "url":
+            _, _, data = await fetch(session, item["url"])
+        else:
+            data = base64.b64decode(item["b64_json"])
+    kinds = [kind for kind, _ in png_chunks(data)]
+    assert kinds[:2] == [b"IHDR", b"caBX"]
+    async with FakeRelay(api_keys=API_KEY) as plain:
+        unsigned = base64.b64decode(
+            (await generate(session, plain, response_format="b64_json"))["data"][0]["b64_json"]
+        )
+    assert data == with_c2pa(unsigned)
+
+
+def test_png_can_carry_a_c2pa_manifest():
+    """png(c2pa=True) is a PNG with a caBX chunk after IHDR, for tests of one's own."""
+    kinds = [kind for kind, _ in png_chunks(png(4, 4, c2pa=True))]
+    assert kinds == [b"IHDR", b"caBX", b"IDAT", b"IEND"]
+    late = [kind for kind, _ in png_chunks(with_c2pa(png(), after_data=True))]
+    assert late == [b"IHDR", b"IDAT", b"caBX", b"IEND"]

@@ -1,0 +1,73 @@
+"""The first and last bytes of an image as it streams in: enough to check that it is one, and
+whole, within the size cap, and to read its pixel size; the sinks keep one each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from ._media import SNIFF_BYTES, MediaInfo, sniff
+from ._models import GeneratedImage
+
+__all__ = ["Head", "NotAnImageError", "TooLargeError"]
+
+_PNG_END = b"IEND\xaeB`\x82"
+
+
+class NotAnImageError(ValueError):
+    """The bytes are not a PNG, JPEG, WEBP or GIF image."""
+
+
+class TooLargeError(ValueError):
+    """More bytes than the image size cap."""
+
+
+@attrs.define
+class Head:
+    """The first and last bytes of an image: enough to check it is one, and whole, and to read
+    its size."""
+
+    max_bytes: int
+    size: int = 0
+    _head: bytearray = attrs.Factory(bytearray)
+    _tail: bytes = b""
+    _sniffed: bool = False
+
+    def take(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            raise TooLargeError(f"the image is larger than the {self.max_bytes}-byte cap")
+        self._tail = (self._tail + data[-len(_PNG_END) :])[-len(_PNG_END) :]
+        if len(self._head) < SNIFF_BYTES:
+            self._head += data[: SNIFF_BYTES - len(self._head)]
+            if not self._sniffed and len(self._head) >= 16:  # noqa: PLR2004 - every magic fits
+                self._sniffed = True
+                if sniff(bytes(self._head)) is None:
+                    raise NotAnImageError(_describe_non_image(bytes(self._head)))
+
+    def info(self) -> MediaInfo:
+        """What the image is; NotAnImageError when it is none, or a PNG cut short."""
+        info = sniff(bytes(self._head))
+        if info is None:
+            raise NotAnImageError(_describe_non_image(bytes(self._head)))
+        if info.extension == "png" and self._tail != _PNG_END:
+            raise NotAnImageError(f"the PNG is cut short after {self.size} bytes (no IEND chunk)")
+        return info
+
+    def image(self, index: int, **where: Any) -> GeneratedImage:
+        info = self.info()
+        return GeneratedImage(
+            index,
+            media_type=info.media_type,
+            width=info.width,
+            height=info.height,
+            byte_size=self.size,
+            **where,
+        )
+
+
+def _describe_non_image(head: bytes) -> str:
+    text = head[:64].decode("utf-8", "replace").strip()
+    kind = "an HTML page" if text.lstrip().startswith("<") else f"{len(head)} bytes"
+    return f"expected a PNG, JPEG, WEBP or GIF image, got {kind} starting {text[:40]!r}"
