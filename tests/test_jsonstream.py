@@ -19,12 +19,16 @@ from hypothesis import strategies as st
 
 from gemimg_async._dialects import ChatDialect, GeminiDialect, ImagesDialect
 from gemimg_async._jsonstream import (
+    _BASE64_FLAGS,
+    _RAW_SPAN,
     STREAM_REF,
     Diverted,
     DivertedText,
     ImageStreamParser,
     JSONStreamError,
     JSONTruncatedError,
+    _raw_end,
+    _run_end,
 )
 
 IMAGES = ImagesDialect().schema  # $.data[i].b64_json and .url, and $.data as one object
@@ -705,3 +709,29 @@ def test_hostile_documents_fail_fast(body: bytes, match: str) -> None:
     chunks = [body[start : start + 65536] for start in range(0, len(body), 65536)]
     with pytest.raises(JSONStreamError, match=match):
         parse(chunks)
+
+
+_RUN_PATTERN = re.compile(rb"(?:[A-Za-z0-9+/=]++|\\/)*+")
+_JSONISH = st.binary(max_size=64) | st.lists(
+    st.sampled_from([b"a", b"Z", b"9", b"+", b"/", b"=", b'"', b"\\", b"\\/", b'\\"', b" ", b"!"]),
+    max_size=40,
+).map(b"".join)
+
+
+@SETTINGS
+@given(_JSONISH, st.integers(min_value=0, max_value=64))
+def test_the_string_scan_stops_where_a_regular_expression_would(chunk, pos):
+    """_raw_end finds a string's end (a quote, or a backslash that ends the chunk) as re would."""
+    pos = min(pos, len(chunk))
+    expected = _RAW_SPAN.match(chunk, pos)
+    assert _raw_end(chunk, pos) == (expected.end() if expected else pos)
+
+
+@SETTINGS
+@given(_JSONISH, st.integers(min_value=0, max_value=64))
+def test_the_base64_run_scan_stops_where_a_regular_expression_would(buf, pos):
+    """_run_end finds where embedded base64 (escaped slashes included) stops, as re would."""
+    pos = min(pos, len(buf))
+    expected = _RUN_PATTERN.match(buf, pos)
+    flags = buf.translate(_BASE64_FLAGS)
+    assert _run_end(buf, flags, pos) == (expected.end() if expected else pos)
