@@ -107,6 +107,22 @@ def test_the_side_by_side_benchmark_runs_and_reports_every_peer(tmp_path):
         assert chart.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
+def test_the_callback_benchmark_runs_and_reports_each_run():
+    """`bench_callbacks.py --quick` finishes and prints the longest callback of each run."""
+    done = subprocess.run(  # noqa: S603 - our own script, run by our own interpreter
+        [sys.executable, str(BENCHMARKS / "bench_callbacks.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    rows = [line.split("|")[1:-1] for line in lines if line.startswith("| images")]
+    assert [row[1].strip() for row in rows] == ["no", "yes"]
+    assert all(int(row[2]) == 2 and float(row[4]) > 0 for row in rows)
+
+
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux peak RSS")
 def test_the_stream_benchmark_runs_and_hands_on_the_relays_png():
     """`bench_stream.py --quick` finishes, and each format hands on the relay's PNG, whole."""
