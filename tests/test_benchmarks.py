@@ -11,21 +11,26 @@ import pytest
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
 
-def test_the_memory_benchmark_runs_and_its_files_are_right(tmp_path):
-    """`bench_memory.py --quick` finishes, and every file each peer wrote, in every dialect, is
-    the relay's PNG."""
-    script = BENCHMARKS / "bench_memory.py"
+def _run(script, *options, timeout=280):
+    """The standard output of `benchmarks/{script}` run with `options`, which must succeed."""
     done = subprocess.run(  # noqa: S603 - our own script, run by our own interpreter
-        [sys.executable, str(script), "--quick", "--tmp-dir", str(tmp_path)],
+        [sys.executable, str(BENCHMARKS / script), *map(str, options)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_the_memory_benchmark_runs_and_its_files_are_right(tmp_path):
+    """`bench_memory.py --quick` finishes, and every file each peer wrote, in every dialect, is
+    the relay's PNG."""
+    stdout = _run("bench_memory.py", "--quick", "--tmp-dir", str(tmp_path))
     tables = [
         [cell.strip() for cell in line.strip().strip("|").split("|")]
-        for line in done.stdout.splitlines()
+        for line in stdout.splitlines()
         if line.startswith("| ")
     ]
     header, *rows = [cells for cells in tables if cells[-1] in ("correct", "yes", "no")]
@@ -65,24 +70,9 @@ def test_the_side_by_side_benchmark_runs_and_reports_every_peer(tmp_path):
     and the import times, and writes valid JSON (and a PNG chart) with every peer present."""
     pytest.importorskip("openai", reason="the openai peer needs the bench extra")
     results, chart = tmp_path / "compare.json", tmp_path / "compare.png"
-    done = subprocess.run(  # noqa: S603 - our own script, run by our own interpreter
-        [
-            sys.executable,
-            str(BENCHMARKS / "compare.py"),
-            "--quick",
-            "--json",
-            str(results),
-            "--chart",
-            str(chart),
-            "--tmp-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
+    stdout = _run(
+        "compare.py", "--quick", "--json", results, "--chart", chart, "--tmp-dir", tmp_path
     )
-    assert done.returncode == 0, done.stderr[-2000:]
 
     data = json.loads(results.read_text())
     workloads = [workload["key"] for workload in data["workloads"]]
@@ -95,29 +85,22 @@ def test_the_side_by_side_benchmark_runs_and_reports_every_peer(tmp_path):
     assert all(goal["ratio"] is not None for goal in data["goals"])
     assert set(data["imports"]) == {"gemimg_async", "aiohttp", "openai"}
 
-    peer_rows = _rows(done.stdout, "peer")
+    peer_rows = _rows(stdout, "peer")
     assert len(peer_rows) == len(workloads) * len(PEERS)
     assert {row[0] for row in peer_rows} == PEERS
     assert all(row[-1] == "yes" for row in peer_rows)
-    goal_rows = _rows(done.stdout, "goal")
+    goal_rows = _rows(stdout, "goal")
     assert len(goal_rows) == 4
     assert all(row[4] in ("PASS", "MISS") for row in goal_rows)
-    assert {row[0] for row in _rows(done.stdout, "library")} == set(data["imports"])
+    assert {row[0] for row in _rows(stdout, "library")} == set(data["imports"])
     if importlib.util.find_spec("matplotlib"):
         assert chart.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_the_callback_benchmark_runs_and_reports_each_run():
     """`bench_callbacks.py --quick` finishes and prints the longest callback of each run."""
-    done = subprocess.run(  # noqa: S603 - our own script, run by our own interpreter
-        [sys.executable, str(BENCHMARKS / "bench_callbacks.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.splitlines()
+    stdout = _run("bench_callbacks.py", "--quick")
+    lines = stdout.splitlines()
     rows = [line.split("|")[1:-1] for line in lines if line.startswith("| images")]
     assert [row[1].strip() for row in rows] == ["no", "yes"]
     assert all(int(row[2]) == 2 and float(row[4]) > 0 for row in rows)
@@ -126,15 +109,8 @@ def test_the_callback_benchmark_runs_and_reports_each_run():
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux peak RSS")
 def test_the_stream_benchmark_runs_and_hands_on_the_relays_png():
     """`bench_stream.py --quick` finishes, and each format hands on the relay's PNG, whole."""
-    done = subprocess.run(  # noqa: S603 - our own script, run by our own interpreter
-        [sys.executable, str(BENCHMARKS / "bench_stream.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    rows = _rows(done.stdout, "format")
+    stdout = _run("bench_stream.py", "--quick")
+    rows = _rows(stdout, "format")
     assert {row[0] for row in rows} == {"b64_json", "url"}
     assert all(row[-1] == "yes" for row in rows)
 
@@ -145,15 +121,8 @@ def test_the_upload_benchmark_runs_and_its_objects_are_right():
     it, and prints a row per peer."""
     for name in ("moto", "s3fs"):
         pytest.importorskip(name, reason="the upload benchmark needs moto[server] and s3fs (dev)")
-    done = subprocess.run(  # noqa: S603 - our own script, run by our own interpreter
-        [sys.executable, str(BENCHMARKS / "bench_upload.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    rows = [line.split()[0] for line in done.stdout.splitlines()[2:]]
+    stdout = _run("bench_upload.py", "--quick")
+    rows = [line.split()[0] for line in stdout.splitlines()[2:]]
     assert rows == ["gemimg_async", "naive"]
 
 
