@@ -24,7 +24,7 @@ import attrs
 
 from ._exceptions import ValidationError
 
-__all__ = ["MANIFEST_PATTERN", "Shard", "manifest_shard"]
+__all__ = ["MANIFEST_PATTERN", "WHOLE", "Shard", "manifest_shard"]
 
 T = TypeVar("T")
 
@@ -115,6 +115,10 @@ class Shard:
             for name in manifest_names
             if (shard := manifest_shard(name)) is not None and shard.n != self.n
         )
+
+
+WHOLE = Shard(1, 1)
+"""The whole batch (`Shard.whole()`), as a default."""
 
 
 def _id_attribute(job: object) -> str:
