@@ -28,7 +28,7 @@ from ._budget import charge_of
 from ._jobs import JobDefaults, read_jobs
 from ._manifest import STATUSES, ManifestEntry, Status, read_manifest, scan
 from ._objstore import is_object_url, open_store
-from ._shards import MANIFEST_PATTERN, manifest_shard
+from ._shards import MANIFEST_PATTERN, Shard, manifest_shard
 from ._storage import Store
 
 __all__ = ["MergedStatus", "merge", "read_folder", "read_status", "read_store"]
@@ -36,6 +36,8 @@ __all__ = ["MergedStatus", "merge", "read_folder", "read_status", "read_store"]
 _SENT = "sent"
 _MONEY = Decimal("0.000001")
 _SHOWN = 10
+_ROWS = 256
+"""Shards of a split listed by name even before they have a manifest."""
 """Duplicate ids printed; `--json` lists them all."""
 
 
@@ -61,7 +63,8 @@ class MergedStatus:
     """Each manifest read, by name, with the number of jobs it records."""
     by_manifest: Mapping[str, Mapping[str, int]] = attrs.field(factory=dict, eq=False)
     """Each manifest's jobs by state (its own latest lines), and `left`: the jobs of its shard
-    that no manifest records (when the job file was given)."""
+    that no manifest records (when the job file was given; then also the shards of the split
+    that have not written a manifest yet)."""
     missing: tuple[str, ...] = attrs.field(default=(), eq=False)
     """The ids of the job file's jobs that no manifest records, in the file's order."""
 
@@ -156,10 +159,16 @@ class MergedStatus:
 def _by_manifest(
     manifests: Mapping[str, Mapping[str, ManifestEntry]], missing: list[str] | None
 ) -> dict[str, dict[str, int]]:
+    """Each manifest's counts; with the job ids, also the shards of the batch's one split that
+    have no manifest yet (up to `_ROWS` shards), with what they have left."""
+    names = sorted(manifests)
+    splits = {s.n for name in names if (s := manifest_shard(name)) is not None}
+    if missing is not None and len(splits) == 1 and 1 < (n := splits.pop()) <= _ROWS:
+        names = sorted({*names, *(Shard(k, n).manifest_name for k in range(1, n + 1))})
     out: dict[str, dict[str, int]] = {}
-    for name, entries in sorted(manifests.items()):
+    for name in names:
         counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
-        for entry in entries.values():
+        for entry in manifests.get(name, {}).values():
             counts[entry.status] += 1
         shard = manifest_shard(name)
         if missing is not None and shard is not None:

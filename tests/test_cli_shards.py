@@ -98,8 +98,8 @@ async def test_n_processes_share_one_folder_and_status_merges_them(relay, tmp_pa
 async def test_status_of_a_batch_not_done_exits_1_and_names_what_is_left(
     relay, tmp_path, capsys, monkeypatch
 ):
-    """One shard of two run: status counts the other's jobs left, per shard and in total, names
-    them, and exits 1."""
+    """One shard of two run: status counts the other's jobs left, per shard (the one not started
+    too) and in total, names them, and exits 1."""
     monkeypatch.setenv("GEMIMG_API_KEY", API_KEY)
     jobs = write_jobs(tmp_path, 10)
     out = tmp_path / "out"
@@ -114,6 +114,10 @@ async def test_status_of_a_batch_not_done_exits_1_and_names_what_is_left(
     assert code == 1
     assert (doc["saved"], doc["left"]) == (len(mine), 10 - len(mine))
     assert doc["shards"]["manifest.1-of-2.jsonl"]["left"] == 0
+    assert doc["shards"]["manifest.2-of-2.jsonl"] == {
+        **dict.fromkeys(("saved", "refused", "failed", "outcome_unknown"), 0),
+        "left": 10 - len(mine),
+    }  # not started yet: no manifest, all its jobs left
     assert set(doc["missing"]) == {f"job-{i:03d}" for i in range(10)} - set(mine)
     code, said = await status_of(capsys, str(out))
     assert code == 0  # without the job file, what is recorded is all saved
