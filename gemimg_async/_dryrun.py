@@ -18,6 +18,7 @@ from pathlib import Path
 import attrs
 
 from ._budget import Quote
+from ._foreign import Foreign
 from ._inputs import check_files
 from ._jobs import BadLine, JobDefaults, text_jobs
 from ._jobtext import JobText
@@ -95,17 +96,23 @@ def dry_run(
     shard: Shard = WHOLE,
 ) -> DryRun:
     """Check every job of `jobs` and quote them (`shard`'s only); read `out`'s manifest (the
-    shard's), if any, to quote what a run into it would send. Reads only: nothing is sent, made
-    or locked."""
+    shard's, and those of other splits, as a run reads them), if any, to quote what a run into
+    it would send. Reads only: nothing is sent, made or locked."""
     bad: list[BadLine] = []
     valid = shard.select(text_jobs(jobs, defaults, bad.append, check_files), _id)
     quote = Quote.of((request for request, _ in valid), prices)
     manifest = out / shard.manifest_name
-    if not manifest.is_file():
-        return DryRun(source=jobs.source, bad_lines=tuple(bad), quote=quote, max_cost=max_cost)
     ledger = Ledger()
-    with manifest.open("rb") as file:
-        entries = scan(file, manifest, ledger.add).entries
+    foreign = Foreign.read(out, shard, ledger.add, lock=False)  # other splits' done jobs
+    foreign.close()
+    if not manifest.is_file() and not foreign.entries:
+        return DryRun(source=jobs.source, bad_lines=tuple(bad), quote=quote, max_cost=max_cost)
+    entries = dict(foreign.entries)
+    if manifest.is_file():
+        with manifest.open("rb") as file:
+            for job_id, entry in scan(file, manifest, ledger.add).entries.items():
+                if job_id not in entries or entry.finished >= entries[job_id].finished:
+                    entries[job_id] = entry
     images = FolderImages.scan(out, sweep=False)
     flags = {"retry_unknown": retry_unknown, "redo_changed": redo_changed}
     again = shard.select(text_jobs(jobs, defaults, None, check_files), _id)  # memory stays flat

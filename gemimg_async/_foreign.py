@@ -57,18 +57,20 @@ class Foreign:
         folder: Path,
         shard: Shard,
         each: Callable[[ManifestEntry], None] | None = None,
+        *,
+        lock: bool = True,
     ) -> Foreign:
-        """Read and lock (shared) every foreign manifest of `folder`; `each` is told every
-        valid line of them (the ledger counts what the batch spent). ConfigurationError when a
-        run of another split holds one."""
+        """Read and lock (shared; not with `lock=False`) every foreign manifest of `folder`;
+        `each` is told every valid line of them (the ledger counts what the batch spent).
+        ConfigurationError when a run of another split holds one."""
         found = cls()
         try:
             names = sorted(entry.name for entry in os.scandir(folder))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return found
         try:
             for name in shard.foreign(n for n in names if MANIFEST_PATTERN.fullmatch(n)):
-                found._read_one(folder, name, names, each)
+                found._read_one(folder, name, names, each, lock=lock)
         except BaseException:
             found.close()
             raise
@@ -80,6 +82,8 @@ class Foreign:
         name: str,
         names: list[str],
         each: Callable[[ManifestEntry], None] | None,
+        *,
+        lock: bool,
     ) -> None:
         path = folder / name
         try:
@@ -90,7 +94,8 @@ class Foreign:
             raise
         self._fds.append(fd)
         other = manifest_shard(name)
-        _share(fd, folder, other)
+        if lock:
+            _share(fd, folder, other)
         with os.fdopen(os.dup(fd), "rb") as file:
             found = scan(file, path, each)
         for job_id, entry in found.entries.items():

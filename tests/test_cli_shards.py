@@ -3,18 +3,22 @@ sharing one folder, and `status` over their manifests. The processes run `python
 gemimg_async` against the session's fake relay, awaited with anyio so the relay keeps answering
 on this event loop."""
 
+import collections
 import json
 import logging
 import os
 import sys
 from pathlib import Path
+from subprocess import DEVNULL
 
 import anyio
 import pytest
 
+from gemimg_async import ManifestEntry
 from gemimg_async._cli import main
+from gemimg_async._objstore import open_store
 from gemimg_async._shards import Shard
-from helpers import API_KEY, is_complete_png
+from helpers import API_KEY, is_complete_png, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -144,3 +148,57 @@ def test_a_bad_shard_flag_exits_2_naming_it(tmp_path, capsys, shard):
         main(["batch", str(tmp_path / "jobs.txt"), "--out", str(tmp_path), "--shard", shard])
     assert caught.value.code == 2
     assert "--shard" in capsys.readouterr().err
+
+
+async def test_status_reads_an_object_storage_output(s3, tmp_path, capsys):
+    """`status s3://bucket/prefix` merges the shards' manifests kept as objects there."""
+    store = open_store(s3)
+    saved = ManifestEntry(id="job-000", status="saved", paths=("job-000_0.png",))
+    await store.append(Shard(1, 2).manifest_name, saved.to_line())
+    code, said = await status_of(capsys, s3, str(write_jobs(tmp_path, 2)), "--json")
+    doc = json.loads(said)
+    assert code == 1
+    assert (doc["jobs"], doc["saved"], doc["left"], doc["missing"]) == (2, 1, 1, ["job-001"])
+
+
+async def test_a_shard_killed_mid_run_then_rerun_pays_for_nothing_twice(relay, tmp_path, capsys):
+    """Two shard processes; one is killed (-9) with requests in flight while the other runs on.
+    Run again, the killed shard sends none of what it sent before; status then counts every job
+    once, the killed run's jobs in flight as outcome_unknown."""
+    relay.latency = 0.1
+    jobs = write_jobs(tmp_path, 24)
+    out = tmp_path / "out"
+
+    def args(k: int) -> list[str]:
+        return batch_command(
+            "jobs.jsonl", "--out", "out", "--base-url", relay.url, "--shard", f"{k}/2",
+            "--concurrency", "2",
+        )  # fmt: skip
+
+    try:
+        killed = await anyio.open_process(
+            args(1), cwd=tmp_path, env=child_env(), stdout=DEVNULL, stderr=DEVNULL
+        )
+        async with anyio.create_task_group() as group:
+            group.start_soon(
+                lambda: anyio.run_process(args(2), cwd=tmp_path, env=child_env(), check=True)
+            )
+            manifest = out / Shard(1, 2).manifest_name
+            await wait_for(lambda: manifest.exists() and manifest.read_bytes().count(b"\n") >= 3)
+            killed.kill()
+            await killed.wait()
+            await killed.aclose()
+        sent_before = collections.Counter(r.prompt for r in relay.requests)
+        again = await anyio.run_process(args(1), cwd=tmp_path, env=child_env(), check=False)
+    finally:
+        relay.latency = 0.0
+    assert again.returncode in (0, 1), again.stderr.decode()
+    sent = collections.Counter(r.prompt for r in relay.requests)
+    assert set(sent.values()) == {1}  # nothing sent twice
+    assert len(sent) == 24
+    assert len(sent_before) < 24
+    code, said = await status_of(capsys, str(out), str(jobs), "--json")
+    doc = json.loads(said)
+    assert (doc["jobs"], doc["left"], doc["duplicates"]) == (24, 0, [])
+    assert doc["saved"] + doc["outcome_unknown"] == 24
+    assert code == (1 if doc["outcome_unknown"] else 0)
