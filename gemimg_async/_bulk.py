@@ -36,7 +36,7 @@ from ._outdir import FolderImages
 from ._progress import Progress
 from ._results import SaveError
 from ._resume import Step, plan
-from ._shards import WHOLE, Shard
+from ._shards import WHOLE, Shard, to_shard
 from ._spending import Spending
 from ._summary import BatchStats, BatchSummary, Tally
 from ._tasks import background
@@ -87,8 +87,9 @@ class BatchRun:
     max_cost: Decimal | float | str | None = None
     """No job starts that could take what the folder's batch has spent (every run, by its
     manifest), with the jobs in flight, past this amount in the prices' currency."""
-    shard: Shard = WHOLE
-    """Run only this shard's jobs, with its own manifest (`manifest.K-of-N.jsonl`)."""
+    shard: Shard = attrs.field(default=WHOLE, converter=to_shard)
+    """Run only this shard's jobs (a `Shard`, or `"2/4"`), with its own manifest
+    (`manifest.K-of-N.jsonl`)."""
     _clock: Clock = attrs.field(init=False)
     """The client's: every time the batch records or shows is read from it."""
     _stopping: bool = attrs.field(init=False, default=False)
@@ -330,7 +331,7 @@ async def run_batch(
         redo_changed=redo_changed,
         encoding=encoding,
         max_cost=max_cost,
-        shard=Shard.parse(shard) if isinstance(shard, str) else shard or WHOLE,
+        shard=shard,
     )
 
     async def on(event: anyio.Event | None, action: Callable[[], None]) -> None:

@@ -376,14 +376,14 @@ async def test_shards_share_one_folder_each_with_its_own_manifest(relay, client,
 
 
 async def test_a_shard_resumes_from_its_own_manifest(relay, client, tmp_path, out):
-    """A shard run again sends nothing; a failed job of its own is sent again."""
+    """A shard run again (BatchRun takes "2/2" too) sends only its failed job again."""
     ids = [f"job-{i}" for i in range(8)]
     jobs = write_jobs(tmp_path, "jobs.jsonl", jsonl(*({"prompt": i, "id": i} for i in ids)))
     shard = Shard(2, 2)
     relay.script(Fault.status(400, message="no"))
     first = await run_batch(client, jobs, out, shard=shard)
     assert (first.saved, first.failed) == (len(shard_ids(ids, shard)) - 1, 1)
-    again = await run_batch(client, jobs, out, shard=shard)
+    again = await BatchRun(client, out, shard="2/2").run(jobs)
     assert (again.saved, again.skipped) == (
         len(shard_ids(ids, shard)),
         len(shard_ids(ids, shard)) - 1,

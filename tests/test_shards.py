@@ -45,6 +45,14 @@ def test_parse_refuses_what_is_no_shard(spec, says):
         Shard.parse(spec)
 
 
+def test_of_takes_a_shard_a_spec_or_none():
+    """Shard.of: a Shard as it is, "2/4" parsed, None the whole batch."""
+    assert Shard.of(Shard(2, 4)) == Shard.of("2/4") == Shard(2, 4)
+    assert Shard.of(None) == Shard.whole()
+    with pytest.raises(ValidationError, match="K/N"):
+        Shard.of("2-4")
+
+
 def test_a_shard_is_two_whole_numbers():
     """True, floats and strings are not shard numbers."""
     for k, n in [(True, 2), (1.0, 2), ("1", 2)]:
