@@ -28,7 +28,7 @@ from ._budget import charge_of
 from ._jobs import JobDefaults, read_jobs
 from ._manifest import STATUSES, ManifestEntry, Status, read_manifest, scan
 from ._objstore import is_object_url, open_store
-from ._shards import MANIFEST_PATTERN, Shard, manifest_shard
+from ._shards import MANIFEST_PATTERN, Shard, manifest_shard, owned_counts
 from ._storage import Store
 
 __all__ = ["MergedStatus", "merge", "read_folder", "read_status", "read_store"]
@@ -166,13 +166,16 @@ def _by_manifest(
     if missing is not None and len(splits) == 1 and 1 < (n := splits.pop()) <= _ROWS:
         names = sorted({*names, *(Shard(k, n).manifest_name for k in range(1, n + 1))})
     out: dict[str, dict[str, int]] = {}
+    left: dict[int, list[int]] = {}  # by N: what each shard of that split has left
     for name in names:
         counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
         for entry in manifests.get(name, {}).values():
             counts[entry.status] += 1
         shard = manifest_shard(name)
         if missing is not None and shard is not None:
-            counts["left"] = sum(1 for job_id in missing if shard.owns(job_id))
+            if shard.n not in left:
+                left[shard.n] = owned_counts(missing, shard.n)
+            counts["left"] = left[shard.n][shard.k - 1]
         out[name] = counts
     return out
 

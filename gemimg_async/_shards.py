@@ -24,7 +24,7 @@ import attrs
 
 from ._exceptions import ValidationError
 
-__all__ = ["MANIFEST_PATTERN", "WHOLE", "Shard", "manifest_shard", "to_shard"]
+__all__ = ["MANIFEST_PATTERN", "WHOLE", "Shard", "manifest_shard", "owned_counts", "to_shard"]
 
 T = TypeVar("T")
 
@@ -126,6 +126,15 @@ class Shard:
 
 WHOLE = Shard(1, 1)
 """The whole batch (`Shard.whole()`), as a default."""
+
+
+def owned_counts(job_ids: Iterable[str], n: int) -> list[int]:
+    """How many of `job_ids` each of the `n` shards owns (shard K's count at K - 1): one hash
+    per id, whatever `n`."""
+    counts = [0] * n
+    for job_id in job_ids:
+        counts[_bucket(job_id, n)] += 1
+    return counts
 
 
 def to_shard(spec: Shard | str | None) -> Shard:

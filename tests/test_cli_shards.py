@@ -164,7 +164,8 @@ async def test_status_reads_an_object_storage_output(s3, tmp_path, capsys):
 async def test_a_shard_killed_mid_run_then_rerun_pays_for_nothing_twice(relay, tmp_path, capsys):
     """Two shard processes; one is killed (-9) with requests in flight while the other runs on.
     Run again, the killed shard sends none of what it sent before; status then counts every job
-    once, the killed run's jobs in flight as outcome_unknown."""
+    once, the killed run's jobs in flight as outcome_unknown (some may not have reached the
+    relay: logged sent, then killed before the POST)."""
     relay.latency = 0.1
     jobs = write_jobs(tmp_path, 24)
     out = tmp_path / "out"
@@ -195,10 +196,10 @@ async def test_a_shard_killed_mid_run_then_rerun_pays_for_nothing_twice(relay, t
     assert again.returncode in (0, 1), again.stderr.decode()
     sent = collections.Counter(r.prompt for r in relay.requests)
     assert set(sent.values()) == {1}  # nothing sent twice
-    assert len(sent) == 24
-    assert len(sent_before) < 24
+    assert len(sent_before) < len(sent) <= 24  # a job killed before its POST left is not sent
     code, said = await status_of(capsys, str(out), str(jobs), "--json")
     doc = json.loads(said)
     assert (doc["jobs"], doc["left"], doc["duplicates"]) == (24, 0, [])
     assert doc["saved"] + doc["outcome_unknown"] == 24
+    assert doc["saved"] <= len(sent)
     assert code == (1 if doc["outcome_unknown"] else 0)
