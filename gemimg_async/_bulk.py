@@ -13,15 +13,12 @@ against `max_cost`; `_journal` keeps the manifest and the send log; this module 
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import anyio
 import attrs
@@ -33,14 +30,16 @@ from ._flights import Flights
 from ._jobs import BadLine, JobDefaults, iterable_jobs, text_jobs
 from ._jobtext import JobText
 from ._journal import Journal
-from ._manifest import MANIFEST_NAME, ManifestEntry
+from ._manifest import ManifestEntry
 from ._models import ImageRequest
 from ._outdir import FolderImages
 from ._progress import Progress
 from ._results import SaveError
 from ._resume import Step, plan
+from ._shards import WHOLE, Shard, to_shard
 from ._spending import Spending
 from ._summary import BatchStats, BatchSummary, Tally
+from ._tasks import background
 
 __all__ = ["BatchRun", "run_batch"]
 
@@ -88,6 +87,9 @@ class BatchRun:
     max_cost: Decimal | float | str | None = None
     """No job starts that could take what the folder's batch has spent (every run, by its
     manifest), with the jobs in flight, past this amount in the prices' currency."""
+    shard: Shard = attrs.field(default=WHOLE, converter=to_shard)
+    """Run only this shard's jobs (a `Shard`, or `"2/4"`), with its own manifest
+    (`manifest.K-of-N.jsonl`)."""
     _clock: Clock = attrs.field(init=False)
     """The client's: every time the batch records or shows is read from it."""
     _stopping: bool = attrs.field(init=False, default=False)
@@ -156,7 +158,10 @@ class BatchRun:
         else:
             requests = iterable_jobs(jobs, self._bad_line)
             self._total = len(jobs) if isinstance(jobs, (list, tuple)) else None
-        journal = Journal.open(self.out_dir)
+        if not self.shard.is_whole:  # about its share: the ids' hash spreads them evenly
+            requests = self.shard.select(requests, lambda job: job[0].id or "")
+            self._total = None if self._total is None else round(self._total / self.shard.n)
+        journal = Journal.open(self.out_dir, self.shard)
         self._flights = Flights(journal, self._clock)
         summary: BatchSummary | None = None
         try:
@@ -165,7 +170,7 @@ class BatchRun:
             images = FolderImages.scan(self.out_dir)
             await self._settle_dangling(journal, images)
             self._spending.resume(journal.ledger)
-            async with _background(self._tick() if self.progress is not None else None):
+            async with background(self._tick() if self.progress is not None else None):
                 await self._send_all(journal, self._to_send(requests, journal, images))
             journal.forget_sent()  # every job sent has its line now, synced
             summary = self._summary(journal)
@@ -290,7 +295,7 @@ class BatchRun:
         return self._tally.summary(
             bad_lines=tuple(self._bad_lines),
             elapsed=self._clock.monotonic() - self._began,
-            manifest=journal.folder / MANIFEST_NAME,
+            manifest=journal.manifest,
             interrupted=self._stopping and self._halted is None,
             halted=self._halted,
             capped=self._spending.refused is not None,
@@ -308,13 +313,15 @@ async def run_batch(
     redo_changed: bool = False,
     encoding: str | None = None,
     max_cost: Decimal | float | str | None = None,
+    shard: Shard | str | None = None,
     progress: Progress | None = None,
     stop: anyio.Event | None = None,
     abort: anyio.Event | None = None,
 ) -> BatchSummary:
     """Generate every job of `jobs` (a job file, `-` for stdin, or requests) into `out_dir`,
-    resuming what an earlier run left; see `BatchRun`. Setting `stop` or `abort` does what
-    `BatchRun.stop()` and `BatchRun.abort()` do."""
+    resuming what an earlier run left; see `BatchRun`. `shard` (a `Shard`, or `"2/4"`) runs
+    only that shard's jobs, beside the other shards in `out_dir`. Setting `stop` or `abort`
+    does what `BatchRun.stop()` and `BatchRun.abort()` do."""
     batch = BatchRun(
         client,
         out_dir,
@@ -324,6 +331,7 @@ async def run_batch(
         redo_changed=redo_changed,
         encoding=encoding,
         max_cost=max_cost,
+        shard=shard,
     )
 
     async def on(event: anyio.Event | None, action: Callable[[], None]) -> None:
@@ -331,19 +339,5 @@ async def run_batch(
             await event.wait()
             action()
 
-    async with _background(on(stop, batch.stop), on(abort, batch.abort)):
+    async with background(on(stop, batch.stop), on(abort, batch.abort)):
         return await batch.run(jobs)
-
-
-@asynccontextmanager
-async def _background(*coroutines: Coroutine[Any, Any, None] | None) -> AsyncIterator[None]:
-    """Run `coroutines` beside the body, cancelled when it ends. Plain tasks rather than a task
-    group, so that the body's own exceptions come out as they are, not in an ExceptionGroup."""
-    tasks = [asyncio.create_task(coroutine) for coroutine in coroutines if coroutine is not None]
-    try:
-        yield
-    finally:
-        for task in tasks:
-            task.cancel()
-        with anyio.CancelScope(shield=True):
-            await asyncio.gather(*tasks, return_exceptions=True)

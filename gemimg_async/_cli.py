@@ -1,4 +1,4 @@
-"""The `gemimg-async` command: `generate`, `batch`, `info`, `gallery` and `fake-server`.
+"""The `gemimg-async` command: `generate`, `batch`, `info`, `gallery`, `status` and `fake-server`.
 
 This module reads the command line and turns every error into one line on stderr and an exit
 status: 2 for a usage mistake (a flag, a job file, an output folder), 1 for a failure, 130 for an
@@ -18,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import NoReturn
 
+from ._cli_shards import add_shard_commands
 from ._commands import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -264,6 +265,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     grid.add_argument("folder", type=Path, metavar="DIR")
     grid.set_defaults(run=gallery)
+
+    add_shard_commands(commands, many, _add_request_options)
 
     fake = commands.add_parser(
         "fake-server", help="run the built-in fake relay, for demos and offline tests"

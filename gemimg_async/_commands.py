@@ -126,6 +126,7 @@ def batch(args: argparse.Namespace) -> int:
             max_cost=args.max_cost,
             retry_unknown=args.retry_unknown,
             redo_changed=args.redo_changed,
+            shard=args.shard,
         )
         print("\n".join(found.lines()))  # noqa: T201
         return EXIT_OK if found.ok else EXIT_USAGE
@@ -150,6 +151,7 @@ def batch(args: argparse.Namespace) -> int:
                 redo_changed=args.redo_changed,
                 encoding=args.encoding,
                 max_cost=args.max_cost,
+                shard=args.shard,
             )
             with _CtrlC(run, progress):
                 return await run.run(jobs)

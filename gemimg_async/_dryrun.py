@@ -18,15 +18,17 @@ from pathlib import Path
 import attrs
 
 from ._budget import Quote
+from ._foreign import Foreign
 from ._inputs import check_files
 from ._jobs import BadLine, JobDefaults, text_jobs
 from ._jobtext import JobText
 from ._ledger import Ledger
-from ._manifest import MANIFEST_NAME, ManifestEntry, scan
+from ._manifest import ManifestEntry, scan
 from ._models import ImageRequest
 from ._outdir import FolderImages
 from ._prices import DEFAULT_PRICES, Cost, Prices, money
 from ._resume import Step, plan
+from ._shards import WHOLE, Shard
 
 __all__ = ["DryRun", "dry_run"]
 
@@ -91,21 +93,29 @@ def dry_run(
     max_cost: Decimal | None = None,
     retry_unknown: bool = False,
     redo_changed: bool = False,
+    shard: Shard = WHOLE,
 ) -> DryRun:
-    """Check every job of `jobs` and quote them; read `out`'s manifest, if any, to quote what
-    a run into it would send. Reads only: nothing is sent, made or locked."""
+    """Check every job of `jobs` and quote them (`shard`'s only); read `out`'s manifest (the
+    shard's, and those of other splits, as a run reads them), if any, to quote what a run into
+    it would send. Reads only: nothing is sent, made or locked."""
     bad: list[BadLine] = []
-    valid = text_jobs(jobs, defaults, bad.append, check_files)
+    valid = shard.select(text_jobs(jobs, defaults, bad.append, check_files), _id)
     quote = Quote.of((request for request, _ in valid), prices)
-    manifest = out / MANIFEST_NAME
-    if not manifest.is_file():
-        return DryRun(source=jobs.source, bad_lines=tuple(bad), quote=quote, max_cost=max_cost)
+    manifest = out / shard.manifest_name
     ledger = Ledger()
-    with manifest.open("rb") as file:
-        entries = scan(file, manifest, ledger.add).entries
+    foreign = Foreign.read(out, shard, ledger.add, lock=False)  # other splits' done jobs
+    foreign.close()
+    if not manifest.is_file() and not foreign.entries:
+        return DryRun(source=jobs.source, bad_lines=tuple(bad), quote=quote, max_cost=max_cost)
+    entries = dict(foreign.entries)
+    if manifest.is_file():
+        with manifest.open("rb") as file:
+            for job_id, entry in scan(file, manifest, ledger.add).entries.items():
+                if job_id not in entries or entry.finished >= entries[job_id].finished:
+                    entries[job_id] = entry
     images = FolderImages.scan(out, sweep=False)
     flags = {"retry_unknown": retry_unknown, "redo_changed": redo_changed}
-    again = text_jobs(jobs, defaults, None, check_files)  # a second pass: memory stays flat
+    again = shard.select(text_jobs(jobs, defaults, None, check_files), _id)  # memory stays flat
     pending = Quote.of(_to_send(again, entries, images, flags), prices)
     return DryRun(
         source=jobs.source,
@@ -115,6 +125,10 @@ def dry_run(
         spent=ledger.total,
         max_cost=max_cost,
     )
+
+
+def _id(job: tuple[ImageRequest, str]) -> str:
+    return job[0].id or ""
 
 
 def _to_send(

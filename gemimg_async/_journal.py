@@ -7,6 +7,11 @@ send log with no manifest line after it was in flight when a run died: the next 
 on disk, which makes it `saved`. A job still waiting for its turn is not in it: never sent, it is
 sent by the next run. The send log is emptied once every job it names has its line.
 
+A shard of a batch (`--shard K/N`, `_shards`) keeps its own pair, `manifest.K-of-N.jsonl` and
+`.manifest-sent.K-of-N.jsonl`, locked on their own: N runs share one folder, none writes another's
+file. What other splits of the batch left there (a run without `--shard`, or of another N) is
+read as done (`_foreign`).
+
 Both files are opened with `O_NOFOLLOW`: a symlink planted in their place is refused, never
 written through.
 """
@@ -19,18 +24,19 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import anyio
 import attrs
 
 from ._exceptions import ConfigurationError
 from ._folders import BATCH_PROBE_BYTES, check_folder
+from ._foreign import Foreign
 from ._ledger import Ledger
-from ._manifest import MANIFEST_NAME, ManifestEntry, optional_str, scan
-from ._models import ImageRequest
+from ._manifest import ManifestEntry, scan
 from ._outdir import FolderImages
-from ._prices import Cost
+from ._sentjob import SentJob
+from ._shards import WHOLE, Shard
 
 if sys.platform != "win32":
     import fcntl
@@ -39,106 +45,7 @@ __all__ = ["Journal", "SentJob"]
 
 log = logging.getLogger("gemimg_async")
 
-_SENT_LOG_NAME = ".manifest-sent.jsonl"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # not on Windows
-
-
-@attrs.frozen(kw_only=True)
-class SentJob:
-    """A send-log line: a job handed over to be sent, so possibly billed from then on."""
-
-    id: str
-    key: str | None
-    at: int
-    """The manifest's size when it was sent: a line of this id past it records how it ended."""
-    n: int = 1
-    model: str | None = None
-    size: str | None = None
-    started: float = 0.0
-    prompt: str | None = None
-    fingerprint: str | None = None
-    cost: Cost | None = None
-    """Its estimate: what it counts against a cap if it never gets a line of its own."""
-
-    @classmethod
-    def of(
-        cls,
-        request: ImageRequest,
-        *,
-        started: float,
-        fingerprint: str | None = None,
-        cost: Cost | None = None,
-    ) -> SentJob:
-        """`request`'s line (its place in the manifest is filled in by `Journal.log_sent`)."""
-        assert request.id is not None
-        return cls(
-            id=request.id,
-            key=request.idempotency_key,
-            at=0,
-            n=request.n,
-            model=request.model,
-            size=request.size,
-            started=started,
-            prompt=request.prompt,
-            fingerprint=fingerprint,
-            cost=cost,
-        )
-
-    def unanswered(
-        self,
-        names: tuple[str, ...] | None,
-        *,
-        reason: str,
-        finished: float,
-        attempts: int = 1,
-        request_ids: tuple[str, ...] = (),
-    ) -> ManifestEntry:
-        """This job's manifest entry when no answer was recorded: saved if its images are on
-        disk (`names`), otherwise outcome_unknown for `reason` (it may have been billed).
-        `attempts` and `request_ids` are what was sent and answered (at least one attempt)."""
-        return ManifestEntry(
-            id=self.id,
-            status="saved" if names else "outcome_unknown",
-            paths=names or (),
-            error=None if names else reason,
-            attempts=attempts,
-            request_ids=request_ids,
-            idempotency_keys=(self.key,) if self.key else (),
-            model=self.model,
-            size=self.size,
-            started=self.started,
-            finished=finished,
-            prompt=self.prompt,
-            fingerprint=self.fingerprint,
-            cost=self.cost,
-        )
-
-    def to_line(self) -> bytes:
-        doc = attrs.asdict(self, recurse=False)
-        doc["started"] = round(self.started, 3)
-        doc["cost"] = None if self.cost is None else self.cost.to_json()
-        return json.dumps(doc, ensure_ascii=False).encode("utf-8", "replace") + b"\n"
-
-    @classmethod
-    def from_json(cls, doc: Any) -> SentJob:
-        """A send-log line; ValueError (a torn line: its job was not handed over yet)."""
-        if not isinstance(doc, dict):
-            raise ValueError("a send-log line is an object")  # noqa: TRY004 - one bad-line path
-        job_id, at, n = doc.get("id"), doc.get("at"), doc.get("n", 1)
-        if not isinstance(job_id, str) or not isinstance(at, int) or not isinstance(n, int):
-            raise ValueError("a send-log line needs an id, a manifest offset and n")  # noqa: TRY004
-        return cls(
-            id=job_id,
-            key=optional_str(doc.get("key")),
-            at=at,
-            n=n,
-            model=optional_str(doc.get("model")),
-            size=optional_str(doc.get("size")),
-            started=float(doc.get("started", 0.0)),
-            prompt=optional_str(doc.get("prompt")),
-            fingerprint=optional_str(doc.get("fingerprint")),
-            cost=None if doc.get("cost") is None else Cost.from_json(doc["cost"]),
-        )
 
 
 def _append(fd: int, data: bytes) -> None:
@@ -150,11 +57,11 @@ def _append(fd: int, data: bytes) -> None:
 
 @attrs.define
 class Journal:
-    """The manifest and the send log of one folder, locked for one run."""
+    """The manifest and the send log of one folder (of one shard), locked for one run."""
 
     folder: Path
     entries: dict[str, ManifestEntry]
-    """The latest entry per id."""
+    """The latest entry per id, in this manifest or another split's."""
     _fd: int
     _sent_fd: int
     _starts: dict[str, int]
@@ -162,19 +69,24 @@ class Journal:
     _size: int
     ledger: Ledger = attrs.Factory(Ledger)
     """Every line's charge: what the folder's batch has spent, over all its runs."""
+    shard: Shard = WHOLE
+    _own: dict[str, ManifestEntry] = attrs.Factory(dict)
+    """The latest entry per id in this manifest."""
+    _foreign: Foreign = attrs.Factory(Foreign)
     _unsynced: bool = False
 
     @classmethod
-    def open(cls, folder: Path) -> Journal:
-        """Check that `folder` takes files, lock its manifest, read it, and cut a torn last line
-        off. ConfigurationError for a folder that cannot be used (a symlink planted as the
-        manifest or send log, another batch on it, a full disk)."""
+    def open(cls, folder: Path, shard: Shard = WHOLE) -> Journal:
+        """Check that `folder` takes files, lock `shard`'s manifest, read it (and other splits'),
+        and cut a torn last line off. ConfigurationError for a folder that cannot be used (a
+        symlink planted as the manifest or send log, another batch on it, a full disk)."""
         check_folder(folder, what="the output folder", probe_bytes=BATCH_PROBE_BYTES)
-        path = folder / MANIFEST_NAME
+        path = folder / shard.manifest_name
         fd = _open_own(path)
         ledger = Ledger()
+        foreign: Foreign | None = None
         try:
-            _lock(fd, folder)
+            _lock(fd, folder, shard)
             with _reader(fd) as file:
                 found = scan(file, path, ledger.add)
             if found.good_size != found.size:
@@ -183,14 +95,37 @@ class Journal:
                 )
                 os.ftruncate(fd, found.good_size)
                 os.fsync(fd)
-            sent_fd = _open_own(folder / _SENT_LOG_NAME)
+            foreign = Foreign.read(folder, shard, ledger.add)
+            sent_fd = _open_own(folder / shard.sent_log_name)
         except BaseException:
+            if foreign is not None:
+                foreign.close()
             os.close(fd)
             raise
-        return cls(folder, found.entries, fd, sent_fd, found.starts, found.good_size, ledger)
+        entries = dict(foreign.entries)
+        for job_id, entry in found.entries.items():
+            if job_id not in entries or entry.finished >= entries[job_id].finished:
+                entries[job_id] = entry
+        return cls(
+            folder,
+            entries,
+            fd,
+            sent_fd,
+            found.starts,
+            found.good_size,
+            ledger,
+            shard,
+            found.entries,
+            foreign,
+        )
+
+    @property
+    def manifest(self) -> Path:
+        return self.folder / self.shard.manifest_name
 
     def dangling(self) -> list[SentJob]:
-        """The jobs a dead run sent and never recorded (from the send log)."""
+        """The jobs a dead run sent and never recorded: from the send log, and those of this
+        shard in other splits' send logs."""
         sent = []
         with _reader(self._sent_fd) as file:
             for line in file:
@@ -200,7 +135,12 @@ class Journal:
                     continue  # a torn line: its job was not sent yet
                 if self._starts.get(job.id, -1) < job.at:
                     sent.append(job)
-        return sent
+        mine = {job.id for job in sent}
+        return sent + [
+            job
+            for job in self._foreign.dangling(self._own)
+            if self.shard.owns(job.id) and job.id not in mine
+        ]
 
     def settle(self, images: FolderImages, *, reason: str, now: float) -> list[SentJob]:
         """Record each job of `dangling()`: saved if its images are among `images`, otherwise
@@ -237,6 +177,7 @@ class Journal:
         self._starts[entry.id] = self._size
         self._size += len(line)
         self.entries[entry.id] = entry
+        self._own[entry.id] = entry
         self.ledger.add(entry)
         self._unsynced = True
 
@@ -253,6 +194,7 @@ class Journal:
     def close(self) -> None:
         os.close(self._sent_fd)
         os.close(self._fd)  # releases the lock
+        self._foreign.close()
 
 
 def _open_own(path: Path) -> int:
@@ -286,12 +228,14 @@ def _fsync_all(*fds: int) -> None:
         os.fsync(fd)
 
 
-def _lock(fd: int, folder: Path) -> None:
+def _lock(fd: int, folder: Path, shard: Shard) -> None:
     if sys.platform == "win32":  # no flock: one batch per folder is then the user's care
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise ConfigurationError(
-            f"another gemimg-async batch is writing to {folder}: wait for it, or use another --out"
+            f"another gemimg-async batch is writing to {folder}"
+            + ("" if shard.is_whole else f" as shard {shard}")
+            + ": wait for it, or use another --out"
         ) from None

@@ -28,7 +28,7 @@ from ._budget import charge_of
 from ._jobs import JobDefaults, read_jobs
 from ._manifest import STATUSES, ManifestEntry, Status, read_manifest, scan
 from ._objstore import is_object_url, open_store
-from ._shards import MANIFEST_PATTERN, manifest_shard
+from ._shards import MANIFEST_PATTERN, Shard, manifest_shard, owned_counts
 from ._storage import Store
 
 __all__ = ["MergedStatus", "merge", "read_folder", "read_status", "read_store"]
@@ -36,6 +36,8 @@ __all__ = ["MergedStatus", "merge", "read_folder", "read_status", "read_store"]
 _SENT = "sent"
 _MONEY = Decimal("0.000001")
 _SHOWN = 10
+_ROWS = 256
+"""Shards of a split listed by name even before they have a manifest."""
 """Duplicate ids printed; `--json` lists them all."""
 
 
@@ -59,6 +61,12 @@ class MergedStatus:
     """Of the jobs no manifest records, those in a send log (may have been billed)."""
     manifests: Mapping[str, int]
     """Each manifest read, by name, with the number of jobs it records."""
+    by_manifest: Mapping[str, Mapping[str, int]] = attrs.field(factory=dict, eq=False)
+    """Each manifest's jobs by state (its own latest lines), and `left`: the jobs of its shard
+    that no manifest records (when the job file was given; then also the shards of the split
+    that have not written a manifest yet)."""
+    missing: tuple[str, ...] = attrs.field(default=(), eq=False)
+    """The ids of the job file's jobs that no manifest records, in the file's order."""
 
     @property
     def saved(self) -> int:
@@ -86,6 +94,8 @@ class MergedStatus:
             "currency": self.currency,
             "duplicates": list(self.duplicates),
             "manifests": dict(self.manifests),
+            "shards": {name: dict(counts) for name, counts in self.by_manifest.items()},
+            "missing": None if self.left is None else list(self.missing),
         }
 
     def lines(self) -> list[str]:
@@ -109,6 +119,7 @@ class MergedStatus:
                 f"({self.sent_unrecorded:,} sent, not recorded yet)" if self.sent_unrecorded else ""
             )
             out.append(f"  {'left':<16}{self.left:>10,}  {sent}".rstrip())
+        out += self._shard_lines()
         if self.cost is not None:
             money = (
                 f"${self.cost:,.4f}"
@@ -127,6 +138,46 @@ class MergedStatus:
                 "be recorded, and paid for, once in each"
             )
         return out
+
+    def _shard_lines(self) -> list[str]:
+        """One line per manifest, when there are several; the first jobs not recorded."""
+        out = []
+        if len(self.by_manifest) > 1:
+            heads = ("saved", "refused", "failed", "unknown", "left")
+            out.append(f"  {'by manifest':<28}" + "".join(f"{h:>9}" for h in heads))
+            for name, counts in self.by_manifest.items():
+                cells = [counts.get(s, 0) for s in STATUSES] + [counts.get("left")]
+                shown = "".join(f"{'?' if c is None else f'{c:,}':>9}" for c in cells)
+                out.append(f"  {name:<28}{shown}")
+        if self.missing:
+            ids = ", ".join(self.missing[:_SHOWN])
+            more = ", ..." if len(self.missing) > _SHOWN else ""
+            out.append(f"no line yet: {ids}{more}")
+        return out
+
+
+def _by_manifest(
+    manifests: Mapping[str, Mapping[str, ManifestEntry]], missing: list[str] | None
+) -> dict[str, dict[str, int]]:
+    """Each manifest's counts; with the job ids, also the shards of the batch's one split that
+    have no manifest yet (up to `_ROWS` shards), with what they have left."""
+    names = sorted(manifests)
+    splits = {s.n for name in names if (s := manifest_shard(name)) is not None}
+    if missing is not None and len(splits) == 1 and 1 < (n := splits.pop()) <= _ROWS:
+        names = sorted({*names, *(Shard(k, n).manifest_name for k in range(1, n + 1))})
+    out: dict[str, dict[str, int]] = {}
+    left: dict[int, list[int]] = {}  # by N: what each shard of that split has left
+    for name in names:
+        counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
+        for entry in manifests.get(name, {}).values():
+            counts[entry.status] += 1
+        shard = manifest_shard(name)
+        if missing is not None and shard is not None:
+            if shard.n not in left:
+                left[shard.n] = owned_counts(missing, shard.n)
+            counts["left"] = left[shard.n][shard.k - 1]
+        out[name] = counts
+    return out
 
 
 def merge(
@@ -156,7 +207,8 @@ def merge(
             cost = (cost or Decimal(0)) + charge
             currency = currency or its_currency
     unrecorded = set(sent) - latest.keys()
-    left = None if job_ids is None else len(set(job_ids) - latest.keys())
+    missing = None if job_ids is None else list(dict.fromkeys(_unseen(job_ids, latest)))
+    left = None if missing is None else len(missing)
     return MergedStatus(
         jobs=len(latest) + (left or 0),
         counts=counts,
@@ -167,7 +219,13 @@ def merge(
         left=left,
         sent_unrecorded=len(unrecorded),
         manifests={name: len(entries) for name, entries in sorted(manifests.items())},
+        by_manifest=_by_manifest(manifests, missing),
+        missing=tuple(missing or ()),
     )
+
+
+def _unseen(job_ids: Iterable[str], latest: Mapping[str, ManifestEntry]) -> Iterable[str]:
+    return (job_id for job_id in job_ids if job_id not in latest)
 
 
 def _charge(entry: ManifestEntry) -> tuple[Decimal | None, str | None]:
@@ -208,14 +266,17 @@ def read_folder(
     *,
     jobs: str | os.PathLike[str] | None = None,
     defaults: JobDefaults = JobDefaults(),
+    job_ids: Iterable[str] | None = None,
 ) -> MergedStatus:
     """The merged status of the batch output folder `folder`; `jobs` is its job file, read with
-    the batch's `defaults` (job ids derived from them must match), to count what is left."""
+    the batch's `defaults` (job ids derived from them must match), to count what is left (or
+    `job_ids`, the ids themselves)."""
     path = Path(folder)
     names = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
     manifests = {n: read_manifest(path / n) for n in names if MANIFEST_PATTERN.fullmatch(n)}
     sent = set().union(*(_sent_ids((path / n).read_bytes()) for n in names if _is_sent_log(n)))
-    return merge(manifests, sent=sent, job_ids=_job_ids(jobs, defaults))
+    ids = _job_ids(jobs, defaults) if job_ids is None else job_ids
+    return merge(manifests, sent=sent, job_ids=ids)
 
 
 async def read_store(

@@ -24,7 +24,7 @@ import attrs
 
 from ._exceptions import ValidationError
 
-__all__ = ["MANIFEST_PATTERN", "Shard", "manifest_shard"]
+__all__ = ["MANIFEST_PATTERN", "WHOLE", "Shard", "manifest_shard", "owned_counts", "to_shard"]
 
 T = TypeVar("T")
 
@@ -65,6 +65,13 @@ class Shard:
         if match is None:
             raise ValidationError(f"a shard is written K/N, such as 2/4, not {spec!r}")
         return cls(int(match[1]), int(match[2]))
+
+    @classmethod
+    def of(cls, spec: Shard | str | None) -> Shard:
+        """`spec` as a shard: a Shard, `"2/4"`, or None for the whole batch."""
+        if spec is None:
+            return cls.whole()
+        return cls.parse(spec) if isinstance(spec, str) else spec
 
     @classmethod
     def whole(cls) -> Shard:
@@ -115,6 +122,24 @@ class Shard:
             for name in manifest_names
             if (shard := manifest_shard(name)) is not None and shard.n != self.n
         )
+
+
+WHOLE = Shard(1, 1)
+"""The whole batch (`Shard.whole()`), as a default."""
+
+
+def owned_counts(job_ids: Iterable[str], n: int) -> list[int]:
+    """How many of `job_ids` each of the `n` shards owns (shard K's count at K - 1): one hash
+    per id, whatever `n`."""
+    counts = [0] * n
+    for job_id in job_ids:
+        counts[_bucket(job_id, n)] += 1
+    return counts
+
+
+def to_shard(spec: Shard | str | None) -> Shard:
+    """`Shard.of`, as a named function (an attrs converter)."""
+    return Shard.of(spec)
 
 
 def _id_attribute(job: object) -> str:

@@ -6,8 +6,10 @@
                          client_options={"base_url": "https://relay.example.com"})
     print(status.lines())
 
-Each task takes the jobs its shard owns (`Shard.owns`: a hash of the id) and runs `run_batch` on
-them; together they do every job once. A task whose worker dies is run again by Ray (its
+Each task runs `run_batch` on the jobs its shard owns (`Shard.owns`: a hash of the id), into
+the one output folder beside the other shards, each with its own manifest
+(`OUT/manifest.K-of-N.jsonl`, as `gemimg-async batch --shard K/N` writes); together they do every
+job once. A task whose worker dies is run again by Ray (its
 `max_retries`), and resumes its shard from its manifest: the jobs in flight when it died are
 recorded `outcome_unknown` from the send log, never sent again unasked. The result is the
 merged status of every shard (`MergedStatus`).
@@ -15,9 +17,8 @@ merged status of every shard (`MergedStatus`).
 The API key is read from each worker's GEMIMG_API_KEY, as the cluster provides it; given in
 `client_options` instead, it travels to the workers with the task (as a `Secret`, never shown).
 
-For now each shard writes a folder of its own, `OUT/shard-K-of-N/`, which every worker must reach
-(a shared filesystem, or one machine): the batch runner learns to write shards side by side in
-one folder or bucket (`--shard K/N`, `--out s3://...`) next, and the tasks then write there.
+Every worker must reach OUT: a shared filesystem, or one machine. The status is that of every
+manifest in OUT (`gemimg-async status OUT JOBS` prints the same).
 
 Importing this module does not import `ray` (the optional extra ``gemimg-async[ray]``); calling
 `run_sharded` does, and starts a local Ray unless `ray.init()` was called before.
@@ -37,8 +38,7 @@ from ._bulk import run_batch
 from ._client import Client
 from ._exceptions import ConfigurationError, GemimgError
 from ._jobs import JobDefaults, read_jobs
-from ._manifest import MANIFEST_NAME, read_manifest
-from ._merged import MergedStatus, merge
+from ._merged import MergedStatus, read_folder
 from ._models import ImageRequest
 from ._objstore import is_object_url
 from ._secrets import Secret
@@ -50,7 +50,6 @@ __all__ = [
     "ShardsFailedError",
     "run_shard",
     "run_sharded",
-    "shard_folder",
     "sharded_status",
 ]
 
@@ -80,7 +79,7 @@ def _secret_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
 @attrs.frozen(kw_only=True)
 class ShardRun:
     """What one task does: shard `shard` of `jobs` (a job file every worker can read, or the
-    shard's requests) into `shard_folder(out, shard)`."""
+    shard's requests) into the folder `out`."""
 
     shard: Shard
     jobs: str | tuple[ImageRequest, ...]
@@ -92,27 +91,20 @@ class ShardRun:
     encoding: str | None = None
 
 
-def shard_folder(out: str | os.PathLike[str], shard: Shard) -> Path:
-    """Where shard `shard` writes for now: `OUT/shard-K-of-N/` (the whole batch: `OUT`)."""
-    return Path(out) if shard.is_whole else Path(out) / f"shard-{shard.k}-of-{shard.n}"
-
-
 def run_shard(run: ShardRun) -> BatchSummary:
     """Run one shard to its end in this process (what each Ray task does)."""
 
     async def main() -> BatchSummary:
-        if isinstance(run.jobs, str):
-            requests = read_jobs(run.jobs, defaults=run.defaults, encoding=run.encoding)
-        else:
-            requests = iter(run.jobs)
         async with Client(**run.client_options) as client:
             return await run_batch(
                 client,
-                run.shard.select(requests),
-                shard_folder(run.out, run.shard),
+                run.jobs,
+                run.out,
                 defaults=run.defaults,
                 retry_unknown=run.retry_unknown,
                 redo_changed=run.redo_changed,
+                encoding=run.encoding,
+                shard=run.shard,
             )
 
     return anyio.run(main)
@@ -175,7 +167,7 @@ def run_sharded(
         except Exception as exc:  # noqa: BLE001 - each shard's failure is reported, not raised alone
             cause = getattr(exc, "cause", None) or exc  # a RayTaskError holds the task's own
             failures[shard] = f"{type(cause).__name__}: {cause}"
-    status = sharded_status(folder, shards, jobs=jobs, defaults=defaults, encoding=encoding)
+    status = sharded_status(folder, jobs=jobs, defaults=defaults, encoding=encoding)
     if failures:
         raise ShardsFailedError(status, failures)
     return status
@@ -183,21 +175,16 @@ def run_sharded(
 
 def sharded_status(
     out: str | os.PathLike[str],
-    shards: int,
     *,
     jobs: str | os.PathLike[str] | Sequence[ImageRequest] | None = None,
     defaults: JobDefaults = JobDefaults(),
     encoding: str | None = None,
 ) -> MergedStatus:
-    """The merged status of `shards` shards written by `run_sharded` under `out`."""
-    manifests = {}
-    for k in range(1, shards + 1):
-        shard = Shard(k, shards)
-        manifests[shard.manifest_name] = read_manifest(shard_folder(out, shard) / MANIFEST_NAME)
+    """The merged status of every manifest in `out`, with what `jobs` still holds as left."""
     if jobs is None:
         ids = None
     elif isinstance(jobs, (str, os.PathLike)):
         ids = [r.id for r in read_jobs(jobs, defaults=defaults, encoding=encoding) if r.id]
     else:
         ids = [r.id for r in jobs if r.id]
-    return merge(manifests, job_ids=ids)
+    return read_folder(out, job_ids=ids)

@@ -3,6 +3,7 @@ stopping and aborting; against the fake relay over real sockets on 127.0.0.1.
 """
 
 import errno
+import json
 import os
 
 import anyio
@@ -13,12 +14,16 @@ from gemimg_async import (
     BatchRun,
     BatchSummary,
     Client,
+    ConfigurationError,
     ImageRequest,
     JobDefaults,
     ManifestEntry,
+    ValidationError,
     content_id,
     run_batch,
 )
+from gemimg_async._journal import Journal, SentJob
+from gemimg_async._shards import Shard
 from gemimg_async.testing import FakeClock, Fault
 from helpers import (
     API_KEY,
@@ -336,3 +341,113 @@ async def test_a_manifest_without_fingerprints_resumes_as_unchanged(relay, clien
     assert prompts_sent(relay) == ["a cat"]
     assert relay.requests[0].idempotency_key != "old-key"  # another request: another key
     assert summary.ok
+
+
+# --- shards ------------------------------------------------------------------------------------
+
+
+def shard_ids(ids, shard):
+    return sorted(job_id for job_id in ids if shard.owns(job_id))
+
+
+def read_ids(path):
+    return sorted({json.loads(line)["id"] for line in path.read_text().splitlines()})
+
+
+async def test_shards_share_one_folder_each_with_its_own_manifest(relay, client, tmp_path, out):
+    """Three shards run into one folder: each sends and records only its jobs, in its own
+    manifest and send log; together every job once."""
+    ids = [f"job-{i:02d}" for i in range(15)]
+    jobs = write_jobs(tmp_path, "jobs.jsonl", jsonl(*({"prompt": i, "id": i} for i in ids)))
+    sent = 0
+    for k in (1, 2, 3):
+        shard = Shard(k, 3)
+        summary = await run_batch(client, jobs, out, shard=f"{k}/3")
+        owned = shard_ids(ids, shard)
+        assert summary.manifest == out / f"manifest.{k}-of-3.jsonl"
+        assert (summary.saved, summary.skipped) == (len(owned), 0)
+        assert read_ids(summary.manifest) == owned
+        assert sorted(prompts_sent(relay)[sent:]) == owned
+        assert (out / f".manifest-sent.{k}-of-3.jsonl").exists()
+        sent += len(owned)
+    assert sent == len(ids) == len(relay.requests)
+    assert not (out / MANIFEST_NAME).exists()
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{i}_0.png" for i in ids]
+
+
+async def test_a_shard_resumes_from_its_own_manifest(relay, client, tmp_path, out):
+    """A shard run again (BatchRun takes "2/2" too) sends only its failed job again."""
+    ids = [f"job-{i}" for i in range(8)]
+    jobs = write_jobs(tmp_path, "jobs.jsonl", jsonl(*({"prompt": i, "id": i} for i in ids)))
+    shard = Shard(2, 2)
+    relay.script(Fault.status(400, message="no"))
+    first = await run_batch(client, jobs, out, shard=shard)
+    assert (first.saved, first.failed) == (len(shard_ids(ids, shard)) - 1, 1)
+    again = await BatchRun(client, out, shard="2/2").run(jobs)
+    assert (again.saved, again.skipped) == (
+        len(shard_ids(ids, shard)),
+        len(shard_ids(ids, shard)) - 1,
+    )
+    assert len(relay.requests) == len(shard_ids(ids, shard)) + 1
+
+
+async def test_a_run_without_shard_reads_the_shards_manifests(relay, client, tmp_path, out):
+    """After shards 1/2 and 2/2, a run without --shard sends nothing (every job was saved by
+    some shard); after it, a new split of 3 sends nothing either."""
+    ids = [f"job-{i}" for i in range(6)]
+    jobs = write_jobs(tmp_path, "jobs.jsonl", jsonl(*({"prompt": i, "id": i} for i in ids)))
+    for k in (1, 2):
+        await run_batch(client, jobs, out, shard=Shard(k, 2))
+    whole = await run_batch(client, jobs, out)
+    assert (whole.saved, whole.skipped) == (6, 6)
+    third = await run_batch(client, jobs, out, shard="3/3")
+    assert third.skipped == len(shard_ids(ids, Shard(3, 3)))
+    assert len(relay.requests) == 6
+
+
+async def test_a_job_another_split_sent_and_never_recorded_is_not_paid_again(
+    relay, client, tmp_path, out
+):
+    """A job in shard 1/2's send log with no line (its run died) is recorded outcome_unknown
+    by a run without --shard, not sent; a later run does not record it again."""
+    jobs = write_jobs(tmp_path, "jobs.jsonl", jsonl(*({"prompt": i, "id": i} for i in "abc")))
+    out.mkdir()
+    (out / "manifest.1-of-2.jsonl").write_bytes(b"")
+    sent = SentJob.of(ImageRequest("a", id="a", idempotency_key="k-a"), started=1.0)
+    (out / ".manifest-sent.1-of-2.jsonl").write_bytes(sent.to_line())
+    summary = await run_batch(client, jobs, out)
+    assert summary.outcome_unknown == 1
+    assert sorted(prompts_sent(relay)) == ["b", "c"]
+    assert latest(out)["a"]["status"] == "outcome_unknown"
+    assert latest(out)["a"]["idempotency_keys"] == ["k-a"]
+    lines = len(manifest_lines(out))
+    await run_batch(client, jobs, out)
+    assert len(manifest_lines(out)) == lines
+    assert len(relay.requests) == 2
+
+
+async def test_two_splits_cannot_run_at_once(client, tmp_path, out):
+    """While shard 1/2 runs, a run without --shard (or of another split) is refused; another
+    run of the same shard is too; another shard of its split is not."""
+    jobs = write_jobs(tmp_path, "jobs.jsonl", jsonl({"prompt": "a", "id": "a"}))
+    out.mkdir()
+    running = Journal.open(out, Shard(1, 2))
+    try:
+        with pytest.raises(ConfigurationError, match="shard 1/2 is writing"):
+            await run_batch(client, jobs, out)
+        with pytest.raises(ConfigurationError, match="shard 1/2 is writing"):
+            await run_batch(client, jobs, out, shard="1/3")
+        with pytest.raises(ConfigurationError, match=r"writing to .* as shard 1/2"):
+            await run_batch(client, jobs, out, shard="1/2")
+        await run_batch(client, jobs, out, shard="2/2")
+    finally:
+        running.close()
+
+
+@pytest.mark.parametrize(("shard", "says"), [("5/4", "does not exist"), ("2-4", "K/N")])
+async def test_a_bad_shard_is_refused_before_anything_is_sent(relay, client, out, shard, says):
+    """A shard that does not exist is a ValidationError, and nothing is sent or made."""
+    with pytest.raises(ValidationError, match=says):
+        await run_batch(client, [ImageRequest("a")], out, shard=shard)
+    assert not relay.requests
+    assert not out.exists()

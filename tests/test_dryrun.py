@@ -7,6 +7,7 @@ import pytest
 from gemimg_async import Client, JobDefaults, Prices, run_batch
 from gemimg_async._dryrun import dry_run
 from gemimg_async._jobtext import JobText
+from gemimg_async._shards import Shard
 from gemimg_async.testing import FakeClock
 from helpers import API_KEY, write_jobs
 
@@ -49,3 +50,21 @@ def test_a_dry_run_uses_the_flags_defaults_and_the_price_table(tmp_path):
     assert found.quote.cost.estimated == Decimal("0.6")
     assert found.pending is None
     assert not (tmp_path / "out").exists()
+
+
+async def test_a_dry_run_of_a_shard_quotes_its_jobs_and_reads_every_split(relay, tmp_path):
+    """--shard: the quote is of the shard's jobs; what a run without --shard would send counts
+    the jobs the shards saved as done, as the run itself does."""
+    jobs = write_jobs(tmp_path, "jobs.txt", [f"a harbour {i}" for i in range(12)])
+    out = tmp_path / "out"
+    one, two = Shard(1, 2), Shard(2, 2)
+    async with Client(API_KEY, relay.url, clock=FakeClock()) as client:
+        first = await run_batch(client, jobs, out, shard=one)
+    found = dry_run(JobText.open(jobs), out, shard=two)
+    assert found.pending is None  # shard 2/2 has no manifest, and the other split is its own
+    assert found.quote.jobs == 12 - first.saved
+    whole = dry_run(JobText.open(jobs), out)
+    assert whole.pending is not None
+    assert whole.pending.jobs == 12 - first.saved
+    assert whole.spent is not None
+    assert whole.spent.total == first.saved * Decimal("0.134")

@@ -153,6 +153,33 @@ def test_lines_say_what_a_person_needs():
     assert "give the job file" in "\n".join(merge({}).lines())
 
 
+def test_each_manifest_has_its_own_counts_and_left():
+    """Per manifest: its jobs by state, and the jobs of its shard no manifest records; the ids
+    left are named in the job file's order."""
+    ids = [f"job-{i}" for i in range(8)]
+    one = {i: entry(i) for i in ids if Shard(1, 2).owns(i)}
+    two = {i: entry(i, "failed") for i in ids if Shard(2, 2).owns(i)}
+    del two[next(iter(two))]
+    status = merge(
+        {"manifest.1-of-2.jsonl": one, "manifest.2-of-2.jsonl": two}, job_ids=[*ids, "extra"]
+    )
+    first, second = status.by_manifest.values()
+    assert (first["saved"], first["left"]) == (
+        len(one),
+        sum(Shard(1, 2).owns(i) for i in status.missing),
+    )
+    assert (second["failed"], second["saved"]) == (len(two), 0)
+    assert first["left"] + second["left"] == status.left == 2
+    assert status.missing == tuple(i for i in [*ids, "extra"] if i not in one and i not in two)
+    doc = status.to_json()
+    assert doc["missing"] == list(status.missing)
+    assert doc["shards"]["manifest.2-of-2.jsonl"]["failed"] == len(two)
+    text = "\n".join(status.lines())
+    assert "manifest.2-of-2.jsonl" in text
+    assert f"no line yet: {', '.join(status.missing)}" in text
+    assert merge({"manifest.jsonl": one}).to_json()["missing"] is None
+
+
 def test_read_folder_merges_every_shard_of_a_folder(tmp_path):
     """A folder of four shards' manifests, a send log and a job file: each job once."""
     out = tmp_path / "out"

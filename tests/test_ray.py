@@ -13,7 +13,7 @@ import pytest
 
 from gemimg_async import ConfigurationError, ImageRequest
 from gemimg_async._shards import Shard
-from gemimg_async.ray import ShardsFailedError, run_sharded, shard_folder, sharded_status
+from gemimg_async.ray import ShardsFailedError, run_sharded, sharded_status
 from gemimg_async.testing import FakeRelay
 from helpers import API_KEY, PNG_SIGNATURE, wait_for
 
@@ -54,8 +54,8 @@ def options(relay: FakeRelay, **more) -> dict:
 
 
 async def test_every_job_is_done_once_across_the_shards(ray_instance, relay, tmp_path):
-    """Twelve jobs in three shards on Ray: twelve requests, twelve images, each job in exactly
-    one shard's manifest, and the merged status says so."""
+    """Twelve jobs in three shards on Ray, into one folder: twelve requests, twelve images, each
+    job in exactly one shard's manifest, and the merged status says so."""
     jobs = write_jobs(tmp_path / "jobs.jsonl", 12)
     out = tmp_path / "out"
     status = await anyio.to_thread.run_sync(
@@ -65,11 +65,12 @@ async def test_every_job_is_done_once_across_the_shards(ray_instance, relay, tmp
     assert len(relay.requests) == 12
     assert sorted(status.manifests) == [Shard(k, 3).manifest_name for k in (1, 2, 3)]
     for k in (1, 2, 3):
-        images = sorted(p.name for p in shard_folder(out, Shard(k, 3)).glob("*.png"))
-        owned = [f"job-{i:03d}_0.png" for i in range(12) if Shard(k, 3).owns(f"job-{i:03d}")]
-        assert images == owned
-    for path in out.glob("shard-*/*.png"):
-        assert path.read_bytes().startswith(PNG_SIGNATURE)
+        lines = (out / Shard(k, 3).manifest_name).read_text().splitlines()
+        owned = [f"job-{i:03d}" for i in range(12) if Shard(k, 3).owns(f"job-{i:03d}")]
+        assert sorted(json.loads(line)["id"] for line in lines) == owned
+    images = sorted(out.glob("*.png"))
+    assert [p.name for p in images] == [f"job-{i:03d}_0.png" for i in range(12)]
+    assert all(path.read_bytes().startswith(PNG_SIGNATURE) for path in images)
     again = await anyio.to_thread.run_sync(
         lambda: run_sharded(jobs, out, shards=3, client_options=options(relay))
     )
@@ -153,5 +154,5 @@ def test_object_storage_waits_for_the_batch_runner(ray_instance, tmp_path):
 
 def test_sharded_status_without_a_run(tmp_path):
     """The status of shards that have not run: nothing recorded, everything left."""
-    status = sharded_status(tmp_path / "out", 3, jobs=write_jobs(tmp_path / "jobs.jsonl", 5))
+    status = sharded_status(tmp_path / "out", jobs=write_jobs(tmp_path / "jobs.jsonl", 5))
     assert (status.jobs, status.left, status.saved) == (5, 5, 0)

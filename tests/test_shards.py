@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gemimg_async import ImageRequest, ValidationError
-from gemimg_async._shards import Shard, manifest_shard
+from gemimg_async._shards import Shard, manifest_shard, owned_counts
 
 ids = st.text(min_size=1, max_size=40)
 
@@ -43,6 +43,21 @@ def test_parse_refuses_what_is_no_shard(spec, says):
     """A spec that names no shard is a ValidationError saying what a shard is."""
     with pytest.raises(ValidationError, match=says):
         Shard.parse(spec)
+
+
+def test_of_takes_a_shard_a_spec_or_none():
+    """Shard.of: a Shard as it is, "2/4" parsed, None the whole batch."""
+    assert Shard.of(Shard(2, 4)) == Shard.of("2/4") == Shard(2, 4)
+    assert Shard.of(None) == Shard.whole()
+    with pytest.raises(ValidationError, match="K/N"):
+        Shard.of("2-4")
+
+
+def test_owned_counts_agree_with_owns():
+    """owned_counts gives, for each shard, how many of the ids it owns."""
+    ids = [f"job-{i}" for i in range(200)]
+    assert owned_counts(ids, 7) == [sum(Shard(k, 7).owns(i) for i in ids) for k in range(1, 8)]
+    assert owned_counts(ids, 1) == [200]
 
 
 def test_a_shard_is_two_whole_numbers():
