@@ -76,7 +76,17 @@ def test_the_readme_has_examples_to_run():
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("block", BLOCKS, ids=[f"line-{_line(block)}" for block in BLOCKS])
+@pytest.mark.parametrize(
+    "block",
+    [
+        pytest.param(
+            block,
+            id=f"line-{_line(block)}",
+            marks=[pytest.mark.ray] * ("gemimg_async.ray" in block),
+        )
+        for block in BLOCKS
+    ],
+)
 async def test_a_readme_example_runs_as_written(relay: FakeRelay, tmp_path, request, block):
     """The block exits 0 against the fake relay, and every request it sent was answered."""
     if needs := _needs(block):
@@ -99,6 +109,8 @@ async def test_a_readme_example_runs_as_written(relay: FakeRelay, tmp_path, requ
     assert done.returncode == 0, output[-3000:]
     assert "Traceback" not in output
     assert all(request.status == 200 for request in relay.requests)
+    if "FakeRelay(" not in block and "def test_" not in block:  # the blocks that use our relay
+        assert relay.requests
 
 
 @pytest.mark.timeout(180)
