@@ -13,7 +13,6 @@ import contextlib
 import errno
 import logging
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,7 +21,14 @@ from ._info import describe
 from ._pngmeta import PngTagger
 from ._tempfiles import claim
 
-__all__ = ["TEMP_PREFIX", "in_thread", "sync_and_place", "temp_name", "write_and_place"]
+__all__ = [
+    "TEMP_PREFIX",
+    "in_thread",
+    "sync_and_place",
+    "temp_name",
+    "write_all",
+    "write_and_place",
+]
 
 log = logging.getLogger("gemimg_async")
 T = TypeVar("T")
@@ -42,8 +48,16 @@ async def in_thread(function: Callable[..., T], /, *args: Any) -> T:
         raise
 
 
+def write_all(fd: int, data: bytearray) -> None:
+    """All of `data` into the file `fd` (a small image, in one or a few system calls)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def temp_name(folder: Path) -> Path:
-    return folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}.part"
+    """A new temporary name in `folder`: 128 random bits, as a uuid4 has (without making one)."""
+    return folder / f"{TEMP_PREFIX}{os.urandom(16).hex()}.part"
 
 
 _CREATE = (
@@ -81,9 +95,7 @@ def write_and_place(  # noqa: PLR0917 - positional, for run_in_executor
             break
         os.close(fd)  # a sweep took it, and removes it
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         return sync_and_place(fd, tmp, final, overwrite, spare, tagger)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
