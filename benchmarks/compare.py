@@ -487,8 +487,8 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
     out = [
         Workload(
             f"throughput-{response_format}",
-            f"throughput {response_format}: {args.requests:,} requests "
-            f"({min(args.requests, OPENAI_REQUESTS):,} for openai), "
+            f"throughput {response_format}: {args.requests:,} requests (half in the cases no "
+            f"goal compares, at most {OPENAI_REQUESTS:,} for openai), "
             f"{args.in_flight} in flight, no relay latency",
             response_format,
             args.requests,
@@ -504,9 +504,10 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
         # wave's latency); the top level, a goal's, keeps `--waves`
         requests = (args.waves if level == top or args.quick else 1) * level
         peers = tuple(p for p in args.fanout_peers if p != "openai" or level <= OPENAI_MAX_FANOUT)
+        share = "" if requests == level else f" ({level:,} in the cases no goal compares)"
         title = (
-            f"fan-out {level:,}: {requests:,} b64_json requests, {level:,} in flight, relay "
-            f"latency {args.latency:g} s (so at most {level / args.latency:,.1f} requests/s)"
+            f"fan-out {level:,}: {requests:,} b64_json requests{share}, {level:,} in flight, "
+            f"relay latency {args.latency:g} s (so at most {level / args.latency:,.1f} requests/s)"
         )
         out.append(
             Workload(
@@ -621,20 +622,29 @@ OPENAI_MAX_FANOUT = 256
 time (its stalls are already plain at 256), and the run took a minute."""
 
 
-def requests_of(workload: Workload, peer: str) -> int:
-    """How many requests `peer` runs of `workload`: all of them, but the SDK's share is cut."""
+CONTEXT_SHARE = 2
+"""A case no goal compares runs 1/2 of its workload's requests (at least one wave in flight):
+it runs once, as context, and half the requests still give a steady CPU per request."""
+
+
+def requests_of(workload: Workload, peer: str, *, goal: bool) -> int:
+    """How many requests `peer` runs of `workload`: all of them in a goal's case; otherwise
+    half (not under its requests in flight), and the SDK's share of a throughput one cut."""
+    if goal:
+        return workload.requests
+    requests = max(workload.requests // CONTEXT_SHARE, workload.in_flight)
     if peer == "openai" and workload.latency == 0:
-        return min(workload.requests, OPENAI_REQUESTS)
-    return workload.requests
+        return min(requests, OPENAI_REQUESTS)
+    return requests
 
 
 def run_case(
-    args: argparse.Namespace, relay: Relay, workload: Workload, peer: str
+    args: argparse.Namespace, relay: Relay, workload: Workload, peer: str, *, goal: bool = True
 ) -> dict[str, Any]:
     """One worker process; its record, or a record of how it failed."""
     command = _script("--worker", peer, "--workload", workload.key, "--relay", relay.url)
     command += ["--relay-pid", str(relay.pid), "--format", workload.response_format]
-    command += ["--requests-worker", str(requests_of(workload, peer))]
+    command += ["--requests-worker", str(requests_of(workload, peer, goal=goal))]
     command += ["--in-flight-worker", str(workload.in_flight), "--sha256", relay.sha256]
     command += ["--image-bytes", str(relay.image_bytes), "--gemimg-api", args.gemimg_api]
     command += ["--probe-ms", str(args.probe_ms)]
@@ -677,6 +687,7 @@ def run_rounds(
     progress: Callable[[str], None],
 ) -> Runs:
     rounds = case_rounds(args, plan)
+    goals = goal_cases(plan)
     runs: Runs = {case: [] for case in rounds}
     total, done = sum(rounds.values()), 0
     for round_ in range(1, args.rounds + 1):  # rounds, so that a change of load hits every case
@@ -687,7 +698,9 @@ def run_rounds(
                 done += 1
                 progress(f"({done}/{total}) round {round_}: {workload.key} {peer}")
                 started = time.monotonic()
-                record = run_case(args, by_latency[workload.latency], workload, peer)
+                relay = by_latency[workload.latency]
+                goal = (workload.key, peer) in goals or args.quick
+                record = run_case(args, relay, workload, peer, goal=goal)
                 record |= {"round": round_, "process_s": time.monotonic() - started}
                 runs[workload.key, peer].append(record)
                 progress("    " + _summary(record))
