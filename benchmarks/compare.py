@@ -487,7 +487,8 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
     out = [
         Workload(
             f"throughput-{response_format}",
-            f"throughput {response_format}: {args.requests:,} requests, "
+            f"throughput {response_format}: {args.requests:,} requests (half in the cases no "
+            f"goal compares, at most {OPENAI_REQUESTS:,} for openai), "
             f"{args.in_flight} in flight, no relay latency",
             response_format,
             args.requests,
@@ -497,11 +498,16 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
         )
         for response_format in args.formats
     ]
+    top = max(args.fanout, default=0)
     for level in args.fanout:
-        requests = args.waves * level
+        # one wave below the top level (no goal compares them; every process waits for each
+        # wave's latency); the top level, a goal's, keeps `--waves`
+        requests = (args.waves if level == top or args.quick else 1) * level
+        peers = tuple(p for p in args.fanout_peers if p != "openai" or level <= OPENAI_MAX_FANOUT)
+        share = "" if requests == level else f" ({level:,} in the cases no goal compares)"
         title = (
-            f"fan-out {level:,}: {requests:,} b64_json requests, {level:,} in flight, relay "
-            f"latency {args.latency:g} s (so at most {level / args.latency:,.1f} requests/s)"
+            f"fan-out {level:,}: {requests:,} b64_json requests{share}, {level:,} in flight, "
+            f"relay latency {args.latency:g} s (so at most {level / args.latency:,.1f} requests/s)"
         )
         out.append(
             Workload(
@@ -511,7 +517,7 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
                 requests,
                 level,
                 args.latency,
-                tuple(args.fanout_peers),
+                peers,
             )
         )
     return out
@@ -608,13 +614,37 @@ def _library(peer: str) -> str:
     return "gemimg_async" if peer.startswith("gemimg_") else peer.partition("_")[0]
 
 
+OPENAI_REQUESTS = 500
+"""The openai SDK's share of a throughput workload: it runs at a tenth of the others' pace, and
+500 answers give as steady a CPU per request as 2,000 (it is no goal's peer)."""
+OPENAI_MAX_FANOUT = 256
+"""The highest fan-out the SDK runs at: at 1,024 in flight it holds the loop for seconds at a
+time (its stalls are already plain at 256), and the run took a minute."""
+
+
+CONTEXT_SHARE = 2
+"""A case no goal compares runs 1/2 of its workload's requests (at least one wave in flight):
+it runs once, as context, and half the requests still give a steady CPU per request."""
+
+
+def requests_of(workload: Workload, peer: str, *, goal: bool) -> int:
+    """How many requests `peer` runs of `workload`: all of them in a goal's case; otherwise
+    half (not under its requests in flight), and the SDK's share of a throughput one cut."""
+    if goal:
+        return workload.requests
+    requests = max(workload.requests // CONTEXT_SHARE, workload.in_flight)
+    if peer == "openai" and workload.latency == 0:
+        return min(requests, OPENAI_REQUESTS)
+    return requests
+
+
 def run_case(
-    args: argparse.Namespace, relay: Relay, workload: Workload, peer: str
+    args: argparse.Namespace, relay: Relay, workload: Workload, peer: str, *, goal: bool = True
 ) -> dict[str, Any]:
     """One worker process; its record, or a record of how it failed."""
     command = _script("--worker", peer, "--workload", workload.key, "--relay", relay.url)
     command += ["--relay-pid", str(relay.pid), "--format", workload.response_format]
-    command += ["--requests-worker", str(workload.requests)]
+    command += ["--requests-worker", str(requests_of(workload, peer, goal=goal))]
     command += ["--in-flight-worker", str(workload.in_flight), "--sha256", relay.sha256]
     command += ["--image-bytes", str(relay.image_bytes), "--gemimg-api", args.gemimg_api]
     command += ["--probe-ms", str(args.probe_ms)]
@@ -657,6 +687,7 @@ def run_rounds(
     progress: Callable[[str], None],
 ) -> Runs:
     rounds = case_rounds(args, plan)
+    goals = goal_cases(plan)
     runs: Runs = {case: [] for case in rounds}
     total, done = sum(rounds.values()), 0
     for round_ in range(1, args.rounds + 1):  # rounds, so that a change of load hits every case
@@ -667,7 +698,9 @@ def run_rounds(
                 done += 1
                 progress(f"({done}/{total}) round {round_}: {workload.key} {peer}")
                 started = time.monotonic()
-                record = run_case(args, by_latency[workload.latency], workload, peer)
+                relay = by_latency[workload.latency]
+                goal = (workload.key, peer) in goals or args.quick
+                record = run_case(args, relay, workload, peer, goal=goal)
                 record |= {"round": round_, "process_s": time.monotonic() - started}
                 runs[workload.key, peer].append(record)
                 progress("    " + _summary(record))
@@ -1154,7 +1187,7 @@ def _parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--quick", action="store_true", help="smoke run: small counts, one round, seconds")
     add("--goals-only", action="store_true", help="only the cases the goal table compares")
-    add("--rounds", type=int, help="interleaved rounds of the goal cases (5; quick 1)")
+    add("--rounds", type=int, help="interleaved rounds of the goal cases (3; quick 1)")
     add("--context-rounds", type=int, default=1, help="rounds of the other cases (1)")
     add("--peers", nargs="+", choices=PEERS, help="throughput peers (default: all)")
     add("--fanout-peers", nargs="+", choices=PEERS, help="fan-out peers (default: all)")
@@ -1168,9 +1201,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="fan-out levels (1 64 256 1024; quick 64)",
     )
-    add("--waves", type=int, default=2, help="fan-out requests per place in flight (2)")
+    add(
+        "--waves",
+        type=int,
+        default=2,
+        help="fan-out requests per place in flight at the top level (2; 1 below it)",
+    )
     add("--latency", type=float, help="fan-out relay latency, s (2; quick 0.2)")
-    add("--import-repeat", type=int, help="fresh processes per library for import time (5)")
+    add("--import-repeat", type=int, help="fresh processes per library for import time (3)")
     add("--memory", action="store_true", help="also run bench_memory.py's 16 x 4K workload")
     add("--memory-repeat", type=int, default=1, help="its runs per row (1)")
     add("--gemimg-api", choices=("map", "send"), default="map", help="map, or N tasks of send")
@@ -1197,7 +1235,7 @@ def _parser() -> argparse.ArgumentParser:
 def _defaults(args: argparse.Namespace) -> None:
     quick = args.quick
     args.date = dt.datetime.now().astimezone().date().isoformat()
-    args.rounds = args.rounds or (1 if quick else 5)
+    args.rounds = args.rounds or (1 if quick else 3)
     args.peers = args.peers or list(PEERS)
     args.fanout_peers = args.fanout_peers or list(PEERS)
     args.formats = args.formats or ["b64_json", "url"]
@@ -1207,7 +1245,7 @@ def _defaults(args: argparse.Namespace) -> None:
         args.fanout = [64] if quick else [1, 64, 256, 1024]
     args.latency = args.latency or (0.2 if quick else 2.0)
     if args.import_repeat is None:
-        args.import_repeat = 1 if quick else 5
+        args.import_repeat = 1 if quick else 3
     suffix = "-quick" if quick else ""
     args.json = args.json or RESULTS / f"compare-{args.date}{suffix}.json"
     args.chart = args.chart or args.json.with_suffix(".png")

@@ -1,19 +1,31 @@
 """A 2xx answer as images, for any dialect: its body streamed into sinks as it arrives, then read
 by the dialect. The one place a body that is not what it should be becomes our error.
+
+A small answer whose first chunk holds it whole (a tiny image's) is parsed in one pass instead
+(`parse_whole`: one json.loads, within the streaming parser's limits, with the same result);
+anything else streams.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
 
 import anyio
 import attrs
 
 from ._dialects import Dialect, Found, Reading
 from ._exceptions import MalformedResponseError, OutcomeUnknownError
-from ._jsonstream import ImageStreamParser, JSONStreamError, JSONTruncatedError, Path
+from ._jsonstream import (
+    ImageStreamParser,
+    JSONStreamError,
+    JSONTruncatedError,
+    Path,
+    Schema,
+    parse_whole,
+)
 from ._models import ImageRequest
 from ._sinks import ImageSink, NotAnImageError, TooLargeError
 
@@ -73,19 +85,20 @@ async def _receive(
     open_sink: Callable[[], ImageSink],
     request_id: str | None,
 ) -> Received:
-    parser = ImageStreamParser(dialect.schema)
     sinks: dict[Path, ImageSink] = {}
     images: list[BodyImage] = []
     most = IMAGES_PER_N * request.n
+
+    async def take(pieces: Iterable[tuple[Path, bytes]]) -> None:
+        for path, data in pieces:
+            sink = sinks.get(path)
+            if sink is None:
+                _check_count(len(sinks), most, request.n)
+                sink = sinks[path] = open_sink()
+            await sink.write(data)
+
     try:
-        async for chunk in chunks:
-            for path, data in parser.feed(chunk):
-                sink = sinks.get(path)
-                if sink is None:
-                    _check_count(len(sinks), most, request.n)
-                    sink = sinks[path] = open_sink()
-                await sink.write(data)
-        doc = parser.close()
+        doc = await _document(chunks, dialect.schema, take)
         reading = dialect.read(doc, request, request_id=request_id)
         for found in reading.images:
             image = await _image(found, sinks, open_sink)
@@ -98,6 +111,33 @@ async def _receive(
     used = {id(image.sink) for image in images}
     _abort_all(sink for sink in sinks.values() if id(sink) not in used)
     return Received(tuple(images), reading)
+
+
+async def _document(
+    chunks: AsyncIterator[bytes],
+    schema: Schema,
+    take: Callable[[Iterable[tuple[Path, bytes]]], Awaitable[None]],
+) -> Any:
+    """The body's document, its image pieces given to `take` as they come."""
+    first = await anext(chunks, None)
+    whole = None if first is None else parse_whole(first, schema)
+    if whole is not None:  # a small answer, all in its first chunk
+        doc, pieces = whole
+        await take(pieces)
+        async for chunk in chunks:  # the end of the body: whitespace at most
+            _check_space(chunk)
+        return doc
+    parser = ImageStreamParser(schema)
+    if first is not None:
+        await take(parser.feed(first))
+    async for chunk in chunks:
+        await take(parser.feed(chunk))
+    return parser.close()
+
+
+def _check_space(chunk: bytes) -> None:
+    if chunk.strip(b" \t\n\r"):
+        raise JSONStreamError("extra data after the JSON document")
 
 
 async def _image(

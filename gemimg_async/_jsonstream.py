@@ -10,6 +10,11 @@ with a `Diverted` marker where each image string was (a `DivertedText` for text 
 
 Hostile answers are bounded: nesting deeper than `max_depth`, more than `max_values` values, or
 more than `max_document_bytes` of anything but image data raise `JSONStreamError` at once.
+
+`parse_whole` is the fast path for a small body that arrived whole (a tiny image's answer): one
+`json.loads` and one strict base64 decode per image at C speed, giving exactly what the streaming
+parser would, or None (then the streaming parser reads the body) whenever it cannot be sure:
+anything unusual, invalid, off the limits or merely lenient is left to the streaming parser.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ __all__ = [
     "BASE64",
     "MARKDOWN",
     "URL_OR_DATA",
+    "WHOLE_BODY_BYTES",
     "Diverted",
     "DivertedText",
     "ImageStreamParser",
@@ -37,6 +43,7 @@ __all__ = [
     "JSONTruncatedError",
     "Path",
     "Schema",
+    "parse_whole",
 ]
 
 
@@ -179,6 +186,99 @@ def _reject_constant(name: str) -> Any:
 
 
 _DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+WHOLE_BODY_BYTES: Final = 128 * 1024
+"""The largest body `parse_whole` takes: under the default limits of values and document bytes
+however it is made, so that only its nesting needs checking."""
+_JSON_SPACE: Final = b" \t\n\r"
+
+
+class _Undecided(Exception):  # noqa: N818 - not an error: the streaming parser decides
+    """The fast path cannot tell what the streaming parser would make of a body."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):  # the streaming parser streams the first, json keeps the last
+        raise _Undecided
+    return found
+
+
+_WHOLE_DECODER: Final = json.JSONDecoder(
+    parse_constant=_reject_constant, object_pairs_hook=_unique_keys
+)
+
+
+def parse_whole(body: bytes, schema: Schema) -> tuple[Any, list[tuple[Path, bytes]]] | None:
+    """What `ImageStreamParser(schema)` makes of `body` as a whole, with the default limits:
+    `close()`'s document, and each image's bytes in one piece, in order; None when the
+    streaming parser must read it (too large, more containers than the nesting limit, a
+    byte-order mark, a duplicate key, text with embedded images, base64 that is not strictly
+    canonical, an empty image, anything invalid)."""
+    if len(body) > WHOLE_BODY_BYTES or body.rstrip(_JSON_SPACE)[-1:] not in (b"}", b"]"):
+        return None
+    if body.count(b"{") + body.count(b"[") > DEFAULT_MAX_DEPTH:
+        return None  # maybe too deep: the streaming parser counts
+    try:
+        text = body.decode("utf-8")
+        if text.startswith("\ufeff"):
+            return None
+        document = _WHOLE_DECODER.decode(text)
+        pieces: list[tuple[Path, bytes]] = []
+        _divert(document, schema, (), pieces)
+    except (ValueError, RecursionError, _Undecided):
+        return None
+    return document, pieces
+
+
+def _divert(
+    container: dict[str, Any] | list[Any],
+    node: Schema,
+    path: Path,
+    pieces: list[tuple[Path, bytes]],
+) -> None:
+    """Replace the image strings in `container` (at `node` of the schema) by `Diverted`s,
+    their bytes added to `pieces`, as `ImageStreamParser._place` decides."""
+    items = container.items() if isinstance(container, dict) else enumerate(container)
+    for step, value in items:
+        child = node.child(step)
+        if child is None:
+            continue
+        if isinstance(value, str):
+            if child.mode == MARKDOWN:
+                raise _Undecided
+            if child.mode:
+                where = (*path, step)
+                data = _whole_image(value, child.mode)
+                if data is not None:
+                    pieces.append((where, data))
+                    container[step] = Diverted(where, len(data))  # type: ignore[index]
+        elif isinstance(value, dict | list) and child.children:
+            _divert(value, child, (*path, step), pieces)
+
+
+def _whole_image(value: str, mode: int) -> bytes | None:
+    """The bytes of an image string (None: a URL, kept), or _Undecided."""
+    head = value[:5]
+    if head.isascii() and head.lower() == _DATA_URL:
+        comma = value.find(",")
+        if comma < 0:
+            raise _Undecided
+        value = value[comma + 1 :]
+    elif mode == URL_OR_DATA:
+        return None
+    if not value.isascii():
+        raise _Undecided
+    raw = value.encode("ascii")
+    pad = raw.find(b"=")
+    if 0 <= pad < len(raw) - 2:  # padding only in the last quad, as the streaming parser wants
+        raise _Undecided
+    try:
+        data = binascii.a2b_base64(raw, strict_mode=True)
+    except binascii.Error:
+        raise _Undecided from None
+    if not data:
+        raise _Undecided
+    return data
 
 
 class _Frame:

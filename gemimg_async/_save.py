@@ -49,18 +49,26 @@ Tagging: TypeAlias = Callable[[], PngTagger]
 
 
 def tagging_of(request: ImageRequest, *, request_id: str | None, key: str, now: float) -> Tagging:
-    """What the images of one answer to `request` say of themselves, once saved."""
-    asked = Asked.of(request.model, request.size)
-    provenance = Provenance.of(
-        prompt=request.prompt,
-        model=request.model,
-        asked=asked,
-        job_id=request.id,
-        request_id=request_id,
-        idempotency_key=key,
-        created=now,
-    )
-    return functools.partial(PngTagger, provenance, asked)
+    """What the images of one answer to `request` say of themselves, once saved: worked out
+    when the first file asks (every answer gets one; answers kept in memory never ask)."""
+    made: list[tuple[Provenance, Asked]] = []
+
+    def tagger() -> PngTagger:
+        if not made:
+            asked = Asked.of(request.model, request.size)
+            provenance = Provenance.of(
+                prompt=request.prompt,
+                model=request.model,
+                asked=asked,
+                job_id=request.id,
+                request_id=request_id,
+                idempotency_key=key,
+                created=now,
+            )
+            made.append((provenance, asked))
+        return PngTagger(*made[0])
+
+    return tagger
 
 
 @attrs.frozen
@@ -300,12 +308,13 @@ def _blocks(data: bytes) -> Iterator[bytes]:
 
 def refuse_taken_names(folder: Path, stem: str, n: int) -> None:
     """FileExistsError before paying for images that could not be saved under their names."""
+    base = f"{folder}{os.sep}{stem}"  # plain strings: this runs on the loop for every request
     for index in range(n):
         for extension in ("png", "jpg", "webp", "gif"):
-            path = folder / f"{stem}_{index}.{extension}"
+            path = f"{base}_{index}.{extension}"
             if os.path.lexists(path):
                 raise FileExistsError(
                     errno.EEXIST,
                     "an image by that name exists; pass overwrite=True or another id",
-                    str(path),
+                    path,
                 )

@@ -15,22 +15,18 @@ image whose bytes must stay as they came gets a sidecar once placed (`_info.desc
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
-import logging
 import os
 import threading
-import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
 import aiofiles.threadpool
-import anyio
 import attrs
 from aiofiles.threadpool.binary import AsyncFileIO
 
+from ._commit import TEMP_PREFIX, in_thread, sync_and_place, temp_name, write_and_place
 from ._head import Head, NotAnImageError, TooLargeError
-from ._info import describe
 from ._models import GeneratedImage, check_stem
 from ._pngmeta import PngTagger
 from ._tempfiles import claim
@@ -46,12 +42,10 @@ __all__ = [
     "TooLargeError",
 ]
 
-log = logging.getLogger("gemimg_async")
 
 WRITE_BLOCK = 512 * 1024
 """Bytes gathered before a file write: each aiofiles call is a thread hop (~150 us), and each
 request in flight holds up to two blocks."""
-TEMP_PREFIX = ".gemimg-"
 
 
 class ImageSink(Protocol):
@@ -138,22 +132,26 @@ class _GuardedFile(io.FileIO):
 
 @attrs.define
 class AtomicFile:
-    """An image streamed to a temporary file in `folder`, placed under its final name on commit.
+    """An image written to a temporary file in `folder`, placed under its final name on commit.
 
-    Creating and removing the temporary file are plain system calls on the loop (microseconds),
-    so no cancellation can fall between them and leave a file nobody owns; the writes go through
-    aiofiles in blocks.
+    A small image (under `WRITE_BLOCK`) stays in memory until `settle`, which then creates the
+    temporary file, writes, fsyncs, links it into place and fsyncs the folder in ONE thread hop
+    (`_commit.write_and_place`): the file exists only inside that call, which removes it on any
+    error.
+    A larger one is streamed: its temporary file is created (a plain system call on the loop,
+    so no cancellation falls between creating and owning it) when its first block is written,
+    the blocks go through aiofiles, and `settle` fsyncs and places it in one more hop.
     """
 
     folder: Path
     max_bytes: int
-    _tmp: Path
-    _raw: _GuardedFile
-    _file: AsyncFileIO
     tagger: PngTagger | None = None
     """Turns the relay's bytes into what is written (provenance chunks in a PNG)."""
     _head: Head = attrs.field(init=False)
     _pending: bytearray = attrs.Factory(bytearray)
+    _tmp: Path | None = None
+    _raw: _GuardedFile | None = None
+    _file: AsyncFileIO | None = None
     _written: int = 0
     _failure: OSError | None = None
     """Why the file takes no more: the bytes since are kept in `_pending` for `salvage`."""
@@ -163,15 +161,22 @@ class AtomicFile:
 
     @classmethod
     def create(cls, folder: Path, *, max_bytes: int, tagger: PngTagger | None = None) -> AtomicFile:
-        """A temporary file in `folder`, which must exist (`check_folder` makes it), locked
-        (`claim`) until placed: a batch's sweep removes only the dead's."""
-        while True:
-            tmp = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}.part"
-            raw = _GuardedFile(tmp)
-            if claim(raw.fileno(), tmp):
-                break
-            raw.close()
-        return cls(folder, max_bytes, tmp, raw, aiofiles.threadpool.wrap(raw), tagger)
+        """A file to be in `folder`, which must exist (`check_folder` makes it); nothing is
+        created until its first block is written, or it is settled."""
+        return cls(folder, max_bytes, tagger)
+
+    def _open(self) -> AsyncFileIO:
+        """The temporary file of a streamed image, locked (`claim`) until placed: a batch's
+        sweep removes only the dead's."""
+        if self._file is None:
+            while True:
+                tmp = temp_name(self.folder)
+                raw = _GuardedFile(tmp)
+                if claim(raw.fileno(), tmp):
+                    break
+                raw.close()
+            self._tmp, self._raw, self._file = tmp, raw, aiofiles.threadpool.wrap(raw)
+        return self._file
 
     @property
     def size(self) -> int:
@@ -191,8 +196,9 @@ class AtomicFile:
         """Write what is pending; on a disk error, keep it (and what follows) for `salvage`."""
         view = memoryview(self._pending)
         try:
+            file = self._open()
             while view:
-                done = await self._file.write(view)
+                done = await file.write(view)
                 self._written += done
                 view = view[done:]
         except OSError as exc:
@@ -214,11 +220,12 @@ class AtomicFile:
         try:
             info = self._head.info()
             final = self.folder / f"{check_stem(stem)}_{index}.{info.extension}"
-            if self.tagger is not None:
-                self._pending += self.tagger.close()
-                if self.tagger.width is None:  # not a PNG: the sidecar takes the sniffed size
-                    self.tagger.width, self.tagger.height = info.width, info.height
-            if self._pending and self._failure is None:
+            tagger = self.tagger
+            if tagger is not None:
+                self._pending += tagger.close()
+                if tagger.width is None:  # not a PNG: the sidecar takes the sniffed size
+                    tagger.width, tagger.height = info.width, info.height
+            if self._raw is not None and self._pending and self._failure is None:
                 await self._flush()
         except BaseException:
             self.abort()
@@ -227,17 +234,25 @@ class AtomicFile:
             raise self._failure
         spare = None if fallback is None else final.with_stem(f"{final.stem}-{fallback}")
         try:
-            path = await anyio.to_thread.run_sync(
-                _sync_and_place, self._raw.fileno(), self._tmp, final, overwrite, spare, self.tagger
-            )
+            if self._raw is None:  # all in memory: one hop does everything
+                if tagger is not None and tagger.tainted and tagger.inserted is not None:
+                    self._pending = bytearray(tagger.original(bytes(self._pending)))
+                    tagger.inserted = None  # a late caBX: the relay's bytes exactly
+                path = await in_thread(
+                    write_and_place, self.folder, self._pending, final, overwrite, spare, tagger
+                )
+            else:
+                path = await in_thread(
+                    sync_and_place, self._raw.fileno(), self._tmp, final, overwrite, spare, tagger
+                )
         except OSError:
-            raise  # the temporary file stays for `salvage`: the caller salvages or aborts
+            raise  # the bytes stay for `salvage`: the caller salvages or aborts
         except BaseException:
             self.abort()
             raise
         self.abort()  # closes the file; the temporary name went with the placing
         image = self._head.image(index, path=path)
-        return image if self.tagger is None else attrs.evolve(image, byte_size=self.size_on_disk)
+        return image if tagger is None else attrs.evolve(image, byte_size=self.size_on_disk)
 
     @property
     def size_on_disk(self) -> int:
@@ -248,7 +263,9 @@ class AtomicFile:
         """The whole image, read back from the temporary file and what it did not take; None
         when the file cannot be read. The temporary file goes either way."""
         try:
-            data = os.pread(self._raw.fileno(), self._written, 0) + bytes(self._pending)
+            data = bytes(self._pending)
+            if self._raw is not None:
+                data = os.pread(self._raw.fileno(), self._written, 0) + data
             if self.tagger is not None:  # kept in memory: the relay's bytes, as memory keeps
                 data = self.tagger.original(data)
         except (OSError, ValueError):
@@ -259,56 +276,12 @@ class AtomicFile:
             self.abort()
 
     def abort(self) -> None:
+        self._pending = bytearray()
+        raw, tmp, self._raw, self._file = self._raw, self._tmp, None, None
+        if raw is None or tmp is None:
+            return
         try:
-            self._raw.close()
+            raw.close()
         finally:
             with contextlib.suppress(FileNotFoundError):
-                self._tmp.unlink()
-
-
-def _sync_and_place(  # noqa: PLR0917 - positional, for to_thread.run_sync
-    fd: int,
-    tmp: Path,
-    final: Path,
-    overwrite: bool,
-    spare: Path | None,
-    tagger: PngTagger | None,
-) -> Path:
-    """fsync, then give `tmp` its final name atomically (or `spare`, when `final` is taken);
-    a tagged image's chunks taken out again if a late caBX turned up, its sidecar written."""
-    if tagger is not None:
-        tagger.untaint(fd)
-    os.fsync(fd)
-    if overwrite:
-        tmp.replace(final)  # replaces a symlink at `final`; never writes through it
-    else:
-        try:
-            _place_new(tmp, final)
-        except FileExistsError:
-            if spare is None:
-                raise
-            log.warning("%s exists: saving the paid-for image as %s instead", final, spare.name)
-            _place_new(tmp, spare)
-            final = spare
-    if tagger is not None:
-        describe(final, tagger)
-    dir_fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return final
-
-
-def _place_new(tmp: Path, final: Path) -> None:
-    """Rename `tmp` to `final`, never over an existing file (even a dangling symlink)."""
-    try:
-        os.link(tmp, final)  # fails with EEXIST whatever is there
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-            raise
-        if os.path.lexists(final):  # a filesystem without hard links: check, then rename
-            raise FileExistsError(errno.EEXIST, "file exists", str(final)) from exc
-        tmp.replace(final)
-    else:
-        tmp.unlink()
+                tmp.unlink()

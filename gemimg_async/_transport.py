@@ -11,6 +11,7 @@ sent from one whose answer was lost. Relay answers that are not 2xx become `APIE
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -43,6 +44,8 @@ CHUNK_SIZE = 64 * 1024
 KEEPALIVE_SECONDS = 5.0
 _REQUEST_ID_HEADERS = ("x-request-id", "x-oneapi-request-id", "request-id", "openai-request-id")
 _HEADERS = {"User-Agent": "gemimg-async"}
+_INLINE_BODY = 1024 * 1024
+"""Request bodies under this are handed to aiohttp as bytes: sent with the headers at once."""
 
 
 @attrs.frozen
@@ -69,6 +72,20 @@ def _connector() -> aiohttp.TCPConnector:
 def _safe_url(url: str | yarl.URL) -> str:
     """`url` without its query, where image hosts put signatures."""
     return str(yarl.URL(url).with_query(None).with_fragment(None))
+
+
+@functools.lru_cache(maxsize=64)
+def _post_what(url: yarl.URL) -> str:
+    """`POST {url}` as errors and logs name a relay request (one client has few URLs)."""
+    return f"POST {_safe_url(url)}"
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout(
+    total: float | None, connect: float | None, read: float | None
+) -> aiohttp.ClientTimeout:
+    """aiohttp's (frozen) timeout object, made once per set of values, not per request."""
+    return aiohttp.ClientTimeout(total=total, connect=connect, sock_read=read)
 
 
 async def _read_head(content: aiohttp.StreamReader, limit: int) -> bytes:
@@ -155,16 +172,17 @@ class Relay:
             **auth,
         }
         timeouts = timeouts or self.timeouts
-        timeout = aiohttp.ClientTimeout(
-            total=timeouts.total, connect=timeouts.connect, sock_read=timeouts.read_for(model)
-        )
+        timeout = _timeout(timeouts.total, timeouts.connect, timeouts.read_for(model))
         tracker = aiohttp.UploadTracker()
         attempt = Attempt()
-        what = f"POST {_safe_url(outgoing.url)}"
+        what = _post_what(outgoing.url)
+        body = outgoing.body
         with map_aiohttp_errors(what, tracker=tracker, attempt=attempt, closed=self.is_closed):
             async with self._open().post(
                 outgoing.url,
-                data=io.BytesIO(outgoing.body),  # streamed by aiohttp; raw bytes over 1 MB warn
+                # small bodies go with the headers in one write; larger ones are streamed by
+                # aiohttp (raw bytes over 1 MB warn)
+                data=body if len(body) < _INLINE_BODY else io.BytesIO(body),
                 headers=headers,
                 timeout=timeout,
                 allow_redirects=False,

@@ -285,12 +285,13 @@ async def test_a_rejected_key_halts_the_batch(relay, clock, tmp_path, out):
 async def test_a_full_disk_halts_the_batch(relay, client, tmp_path, out, monkeypatch):
     """When the output folder takes no more, the batch stops taking jobs (each would be paid
     for, then lost) and says why."""
-    from gemimg_async import _sinks  # noqa: PLC0415 - the file class under the aiofiles wrapper
+    from gemimg_async import _commit, _sinks  # noqa: PLC0415 - where files are written
 
-    def write(self, data):
+    def write(*args):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(_sinks._GuardedFile, "write", write)
+    monkeypatch.setattr(_sinks._GuardedFile, "write", write)  # images streamed in blocks
+    monkeypatch.setattr(_commit, "write_all", write)  # small images, written at once
     jobs = write_jobs(tmp_path, "jobs.txt", [f"job {i}" for i in range(20)])
     async with Client(API_KEY, relay.url, max_concurrency=1, clock=FakeClock()) as one:
         summary = await run_batch(one, jobs, out, defaults=JobDefaults(response_format="b64_json"))

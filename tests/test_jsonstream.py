@@ -22,6 +22,7 @@ from gemimg_async._jsonstream import (
     _BASE64_FLAGS,
     _RAW_SPAN,
     STREAM_REF,
+    WHOLE_BODY_BYTES,
     Diverted,
     DivertedText,
     ImageStreamParser,
@@ -29,6 +30,7 @@ from gemimg_async._jsonstream import (
     JSONTruncatedError,
     _raw_end,
     _run_end,
+    parse_whole,
 )
 
 IMAGES = ImagesDialect().schema  # $.data[i].b64_json and .url, and $.data as one object
@@ -735,3 +737,87 @@ def test_the_base64_run_scan_stops_where_a_regular_expression_would(buf, pos):
     expected = _RUN_PATTERN.match(buf, pos)
     flags = buf.translate(_BASE64_FLAGS)
     assert _run_end(buf, flags, pos) == (expected.end() if expected else pos)
+
+
+# The fast path for small bodies that arrive whole (`parse_whole`).
+
+
+def streamed_whole(body: bytes, schema: Any = IMAGES) -> tuple[Any, list[tuple[tuple, bytes]]]:
+    """The streaming parser's document and image pieces (one per image, in order) for `body`
+    fed in one chunk."""
+    parser = ImageStreamParser(schema)
+    pieces: dict[tuple, bytearray] = {}
+    for path, data in parser.feed(body):
+        pieces.setdefault(path, bytearray()).extend(data)
+    return parser.close(), [(path, bytes(data)) for path, data in pieces.items()]
+
+
+def agrees(body: bytes, schema: Any = IMAGES) -> bool:
+    """parse_whole gives what the streaming parser gives, or None; True when it decided."""
+    whole = parse_whole(body, schema)
+    try:
+        streamed = streamed_whole(body, schema)
+    except JSONStreamError:
+        assert whole is None, body[:200]
+        return False
+    if whole is not None:
+        assert whole == streamed, body[:200]
+    return whole is not None
+
+
+@SETTINGS
+@given(st.data())
+def test_the_fast_path_agrees_with_the_streaming_parser(data: st.DataObject) -> None:
+    """parse_whole of any encoding of a response is the streaming parser's result, or None."""
+    agrees(data.draw(image_documents().flatmap(encodings)))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        *INVALID_JSON,
+        *(
+            b'{"data": [{"b64_json": "' + value.encode() + b'"}]}'
+            for value in ("QQ==QUJD", "QQ===", "QUJD====", "====", "=QUJD", "QUJD\\n", "", "QUJ")
+        ),
+        b'{"data": [{"b64_json": "QUJD", "b64_json": "REVG"}]}',
+        b'{"data": [{"b64_json": "QUJD"}]} x',
+        b'{"data": [{"b64_json": NaN}]}',
+        b'\xef\xbb\xbf{"data": [{"b64_json": "QUJD"}]}',
+        b'{"data": [{"url": "data:image/png;base64"}]}',
+        b"[" * 65 + b"]" * 65,
+        b'{"a": "' + b"x" * (WHOLE_BODY_BYTES + 1) + b'"}',
+    ],
+)
+def test_the_fast_path_leaves_the_unusual_to_the_streaming_parser(body: bytes) -> None:
+    """Invalid, lenient, duplicated, too deep or too large bodies get None from parse_whole
+    (the streaming parser then reads them), never a different answer."""
+    assert not agrees(body)
+
+
+GEMINI_INLINE = (
+    b'{"candidates": [{"content": {"parts": [{"text": "hi"}, '
+    b'{"inlineData": {"mimeType": "image/png", "data": "QUJD"}}]}}]}'
+)
+
+
+@pytest.mark.parametrize(
+    ("schema", "body"),
+    [
+        (IMAGES, b'{"created": 1, "data": [{"b64_json": "QUJD"}, {"url": "https://x/y.png"}]}'),
+        (IMAGES, b' {"data": [{"url": "DATA:image/png;base64,QUJD", "b64_json": null}]}\n'),
+        (IMAGES, b'{"data": [{"b64_json": "QU\\/D\\u0041BCD"}], "usage": {"total_tokens": 7}}'),
+        (IMAGES, b'{"data": {"b64_json": "QUJDRA=="}}'),
+        (GeminiDialect().schema, GEMINI_INLINE),
+    ],
+)
+def test_the_fast_path_takes_ordinary_small_answers(schema: Any, body: bytes) -> None:
+    """Ordinary answers (plain base64, data: URLs, escaped slashes, URLs kept, Gemini's inline
+    data) are parsed by the fast path, exactly as the streaming parser does."""
+    assert agrees(body, schema)
+
+
+def test_the_fast_path_leaves_chat_text_to_the_streaming_parser() -> None:
+    """A chat answer's text (images embedded in Markdown) always goes to the streaming parser."""
+    body = b'{"choices": [{"message": {"content": "![x](data:image/png;base64,QUJD)"}}]}'
+    assert parse_whole(body, ChatDialect().schema) is None

@@ -8,7 +8,7 @@ import pytest
 
 from gemimg_async import MANIFEST_NAME, run_batch
 from gemimg_async._outdir import FolderImages
-from gemimg_async._sinks import AtomicFile
+from gemimg_async._sinks import WRITE_BLOCK, AtomicFile
 from helpers import is_complete_png, jsonl, latest, prompts_sent, write_jobs
 
 pytestmark = pytest.mark.anyio
@@ -53,11 +53,12 @@ async def test_temporary_files_no_process_holds_are_removed_however_fresh(client
     assert not dead.exists()
 
 
-def test_an_image_streaming_in_is_not_swept(out):
+async def test_an_image_streaming_in_is_not_swept(out):
     """The temporary file of an image being written (AtomicFile) survives a scan of its folder;
     once aborted it is gone."""
     out.mkdir()
-    sink = AtomicFile.create(out, max_bytes=1 << 20)
+    sink = AtomicFile.create(out, max_bytes=1 << 21)
+    await sink.write(b"\x89PNG\r\n\x1a\n" + bytes(WRITE_BLOCK))  # a block: on disk
     FolderImages.scan(out)
     assert [path.name for path in out.iterdir() if path.name.startswith(".gemimg-")]
     sink.abort()

@@ -317,7 +317,8 @@ async def test_a_resumed_batch_sweeps_the_temp_files_of_a_killed_run(tmp_path):
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text('{"id": "fox", "prompt": "a fox", "response_format": "b64_json"}\n')
     out = tmp_path / "out"
-    payload = b64_answer(PNG_SIGNATURE + bytes(300_000))
+    # large enough that its first half is written in blocks (a small image waits in memory)
+    payload = b64_answer(PNG_SIGNATURE + bytes(1_500_000))
     stalled_head = (
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Request-Id: req-{n}\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload[: len(payload) // 2])
