@@ -13,17 +13,23 @@ from typing import Any, Self, TypedDict, Unpack
 
 import aiohttp
 import anyio
-import attrs
 
 from ._clock import Clock, SystemClock
-from ._config import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_IMAGE_BYTES, RetryPolicy, Timeouts
+from ._config import (
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_IMAGE_BYTES,
+    USE_CLIENT_DEFAULT,
+    RetryPolicy,
+    Timeouts,
+    UseClientDefault,
+)
 from ._dialects import Dialect, SizeStyle, dialect_for
 from ._dialects import base_url as relay_base
 from ._events import Listener
 from ._exceptions import ConfigurationError
 from ._fanout import FanOut
 from ._generation import Engine
-from ._limits import AdaptiveLimit, Pool, RateLimit
+from ._limits import AdaptiveLimit, Pool, RateLimit, check_pool_timeout
 from ._models import ImageInput, ImageRequest, Model, ResponseFormat
 from ._network import Network
 from ._pacing import Pacer
@@ -32,10 +38,11 @@ from ._results import GenerationResult, Outcome
 from ._retry import RetryBudget
 from ._save import Delivery, Saver
 from ._secrets import forgetting
+from ._stats import ClientStats
 from ._stream import Streaming
 from ._transport import ImageHost, Relay
 
-__all__ = ["ENV_API_KEY", "ENV_BASE_URL", "Client", "ClientStats", "GenerateOptions"]
+__all__ = ["ENV_API_KEY", "ENV_BASE_URL", "Client", "GenerateOptions"]
 
 ENV_API_KEY = "GEMIMG_API_KEY"
 ENV_BASE_URL = "GEMIMG_BASE_URL"
@@ -53,24 +60,7 @@ class GenerateOptions(TypedDict, total=False):
     extra_body: Mapping[str, Any] | None
     timeouts: Timeouts | None
     on_event: Listener | None
-
-
-@attrs.frozen
-class ClientStats:
-    """A snapshot of the client's pool."""
-
-    max_concurrency: int
-    limit: int
-    """The in-flight limit now: below `max_concurrency` after the relay throttled."""
-    in_flight: int
-    waiting: int
-    """Requests waiting for a place in the pool now."""
-    pool_waits: int
-    """Requests that have had to wait for a place, since the client was made."""
-    rate_waits: int
-    """Requests that have had to wait for the `rpm` limit."""
-    retry_tokens: float
-    """What is left of the retry budget; retries stop at half of `RetryPolicy.budget_tokens`."""
+    pool_timeout: float | UseClientDefault | None
 
 
 class Client:
@@ -94,6 +84,11 @@ class Client:
     `session` is an `aiohttp.ClientSession` of yours for relay requests (the key goes on each
     request; the client never closes it); image downloads use a session of the client's own,
     which never carries the key nor your session's headers.
+
+    `pool_timeout` is how long a call waits for a place in the pool (and its start under `rpm`)
+    before it raises PoolTimeoutError, having sent nothing: None (the default) waits as long as
+    it takes, 0 fails at once when the pool is full; each call may give its own. `map` always
+    waits: it pulls a request only once it has a place.
 
     `prices` is the table each result's `cost` is estimated by (Google's list prices unless the
     relay's own are given). Saved images say where they came from (PNG text chunks, or a JSON
@@ -121,6 +116,7 @@ class Client:
         session: aiohttp.ClientSession | None = None,
         prices: Prices = DEFAULT_PRICES,
         metadata: bool = True,
+        pool_timeout: float | None = None,
     ) -> None:
         api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
         base_url = base_url if base_url is not None else os.environ.get(ENV_BASE_URL)
@@ -154,7 +150,12 @@ class Client:
             relay=Relay(speaks.auth_headers(api_key), timeouts, clock, pacer, network),
             base=base,
             dialect=speaks,
-            pool=Pool(limit, RateLimit(rpm, clock) if rpm is not None else None),
+            pool=Pool(
+                limit,
+                RateLimit(rpm, clock) if rpm is not None else None,
+                clock=clock,
+                timeout=check_pool_timeout(pool_timeout),
+            ),
             retry=retry,
             budget=RetryBudget(retry.budget_tokens, retry.budget_ratio),
             saver=Saver(
@@ -238,6 +239,7 @@ class Client:
         extra_body: Mapping[str, Any] | None = None,
         timeouts: Timeouts | None = None,
         on_event: Listener | None = None,
+        pool_timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> GenerationResult:
         """Generate `n` images of `prompt`, from `images` if given; with `save_to`, on disk.
 
@@ -254,7 +256,13 @@ class Client:
             allow_any_size=allow_any_size,
             extra_body=extra_body,
         )
-        return await self.send(request, save_to=save_to, timeouts=timeouts, on_event=on_event)
+        return await self.send(
+            request,
+            save_to=save_to,
+            timeouts=timeouts,
+            on_event=on_event,
+            pool_timeout=pool_timeout,
+        )
 
     async def generate_2k(
         self, prompt: str, **options: Unpack[GenerateOptions]
@@ -276,11 +284,13 @@ class Client:
         overwrite: bool = False,
         timeouts: Timeouts | None = None,
         on_event: Listener | None = None,
+        pool_timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> GenerationResult:
-        """Generate what `request` asks, waiting for a place in the pool first."""
+        """Generate what `request` asks, waiting for a place in the pool first (at most
+        `pool_timeout` seconds, the client's unless given: then PoolTimeoutError, nothing sent)."""
         delivery = Delivery.to(save_to, overwrite=overwrite, timeouts=timeouts, on_event=on_event)
         with forgetting():
-            return await self._engine.send(request, delivery)
+            return await self._engine.send(request, delivery, pool_timeout)
 
     def stream(
         self,
@@ -295,6 +305,7 @@ class Client:
         extra_body: Mapping[str, Any] | None = None,
         timeouts: Timeouts | None = None,
         on_event: Listener | None = None,
+        pool_timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> Streaming:
         """One image of `prompt`, to hand on as it is read: ``async with client.stream(...) as
         image:`` gives its `media_type`, then ``async for chunk in image`` its bytes, in
@@ -317,7 +328,7 @@ class Client:
             extra_body=extra_body,
         )
         delivery = Delivery.to(None, timeouts=timeouts, on_event=on_event)
-        return Streaming(self._engine, request, delivery)
+        return Streaming(self._engine, request, delivery, pool_timeout)
 
     def map(
         self,

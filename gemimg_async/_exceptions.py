@@ -6,6 +6,7 @@ Every error is a `GemimgError`; catch that to catch them all::
     ├── ClientClosedError           the client was closed (by `aclose`) while it was in use
     ├── ConfigurationError          no key, a bad base URL, http:// to a remote host
     ├── LimiterUnavailableError     Redis, which shares the limits, is unreachable (and "fail")
+    ├── PoolTimeoutError            no place in the pool within `pool_timeout`: nothing was sent
     ├── ValidationError (ValueError)  bad input, caught before anything is sent or paid
     │   ├── InvalidModelError
     │   ├── InvalidPromptError
@@ -65,6 +66,7 @@ __all__ = [
     "MalformedResponseError",
     "ModelNotServedError",
     "OutcomeUnknownError",
+    "PoolTimeoutError",
     "RateLimitError",
     "RefusalError",
     "ServerError",
@@ -123,6 +125,11 @@ class ConfigurationError(GemimgError):
 class LimiterUnavailableError(GemimgError):
     """The limiter shared through Redis cannot reach it, and was told to fail rather than fall
     back to a local share of the limits. Nothing was sent for the request that got it."""
+
+
+class PoolTimeoutError(GemimgError):
+    """No place in the pool came within `pool_timeout` seconds: nothing was sent, nothing is
+    billed. A web backend answers it 503 with Retry-After (`error_response`)."""
 
 
 class ValidationError(GemimgError, ValueError):

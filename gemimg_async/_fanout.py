@@ -114,7 +114,7 @@ class FanOut:
                         *item, lease, queued=clock.monotonic() - asked, delivery=delivery
                     )
                 finally:
-                    lease.release()
+                    await lease.release()
                     if window is not None and item is None:
                         window.release()
                 await send.send(outcome)

@@ -24,7 +24,7 @@ import yarl
 
 from ._answer import Received, receive
 from ._clock import Clock
-from ._config import RetryPolicy
+from ._config import USE_CLIENT_DEFAULT, RetryPolicy
 from ._dialects import Dialect, Outgoing
 from ._events import (
     AnswerReceived,
@@ -38,7 +38,7 @@ from ._events import (
 from ._exceptions import APIError, ClientClosedError, EventLoopError, GemimgError
 from ._folders import check_folder
 from ._inputs import encode_images
-from ._lease import Lease
+from ._lease import Lease, Patience
 from ._limits import Pool
 from ._models import ImageRequest, Timings
 from ._prices import DEFAULT_PRICES, Prices, estimate, header_cost, reported_cost
@@ -118,13 +118,15 @@ class Engine:
                 "per event loop, and close it there"
             )
 
-    async def send(self, request: ImageRequest, delivery: Delivery) -> GenerationResult:
-        """See that the folder takes files, wait for a place in the pool, then `run`."""
+    async def send(
+        self, request: ImageRequest, delivery: Delivery, pool_timeout: Patience = USE_CLIENT_DEFAULT
+    ) -> GenerationResult:
+        """See that the folder takes files, wait for a place (`pool_timeout`), then `run`."""
         self.check_loop()
         if delivery.folder is not None:
             check_folder(delivery.folder)
         asked = self.clock.monotonic()
-        async with Lease(self.pool) as lease:
+        async with Lease(self.pool, pool_timeout) as lease:
             return await self.run(
                 request, lease, queued=self.clock.monotonic() - asked, delivery=delivery
             )

@@ -47,8 +47,7 @@ class _Row:
     retry: bool = False
 
 
-# Looked up by class name along the error's MRO, so the most specific row wins and a row can
-# name a class this version does not define yet (PoolTimeoutError lands with the pool rework).
+# Looked up by class name along the error's MRO, so the most specific row wins.
 _TABLE: dict[str, _Row] = {
     "InvalidDestinationError": _Row(500, "storage", "the server cannot store images"),
     "ValidationError": _Row(422, "invalid_request", "the request is invalid"),

@@ -7,9 +7,13 @@ from typing import Self
 import attrs
 
 from ._clock import Clock
-from ._limits import Pool, Slot
+from ._config import USE_CLIENT_DEFAULT, UseClientDefault
+from ._limits import Place, Pool, check_pool_timeout
 
-__all__ = ["Lease"]
+__all__ = ["Lease", "Patience"]
+
+Patience = float | UseClientDefault | None
+"""A call's `pool_timeout`: seconds, None (no limit), or the client's."""
 
 
 @attrs.define
@@ -17,24 +21,31 @@ class Lease:
     """A request's place in the pool: held while it is sent, given back while it waits."""
 
     _pool: Pool = attrs.field(alias="pool")
-    slot: Slot | None = None
+    patience: Patience = USE_CLIENT_DEFAULT
+    """How long the first acquisition may wait (`pool_timeout`, the pool's own unless given);
+    once a request may have been sent, waiting again after a retry's pause is never cut short."""
+    place: Place | None = None
 
     async def acquire(self) -> None:
-        self.slot = await self._pool.acquire()
+        patience, self.patience = self.patience, None
+        if isinstance(patience, UseClientDefault):
+            patience = self._pool.timeout
+        self.place = await self._pool.acquire(check_pool_timeout(patience))
 
-    def release(self) -> None:
-        if self.slot is not None:
-            self._pool.release(self.slot)
-            self.slot = None
+    async def release(self) -> None:
+        """Give the place back; a second call does nothing."""
+        place, self.place = self.place, None
+        if place is not None:
+            await self._pool.release(place)
 
     def throttled(self) -> None:
         """The relay throttled the request sent under this place: shrink the limit."""
-        if self.slot is not None:
-            self._pool.limit.throttled(self.slot)
+        if self.place is not None:
+            self._pool.limit.throttled(self.place.slot)
 
     async def wait(self, seconds: float, clock: Clock) -> None:
         """Wait without the place, then queue again under the limit and rate of then."""
-        self.release()
+        await self.release()
         await clock.sleep(seconds)
         await self.acquire()
 
@@ -43,4 +54,4 @@ class Lease:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self.release()
+        await self.release()

@@ -29,6 +29,7 @@ USER_FACING_MODULES = (
     "_provenance",
     "_results",
     "_sizes",
+    "_stats",
     "_summary",
 )
 INTERNAL = {

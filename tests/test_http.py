@@ -13,10 +13,7 @@ pytestmark = pytest.mark.anyio
 
 RELAY_TEXT = "upstream channel 7 at http://10.0.0.5 failed"
 
-PoolTimeoutError = getattr(gi, "PoolTimeoutError", None) or type(
-    "PoolTimeoutError", (gi.TransportError,), {}
-)
-"""The pool rework's error, or a stand-in of that name until it lands: rows go by class name."""
+PoolTimeoutError = gi.PoolTimeoutError
 
 
 def api(cls, status, **kwargs):

@@ -6,7 +6,6 @@ They use the package's own pytest plugin: `fake_relay` (reset per test) and `fak
 """
 
 import asyncio
-import inspect
 import json
 from pathlib import Path
 
@@ -14,14 +13,12 @@ import anyio
 import pytest
 from webapps import POOL, running
 
-import gemimg_async as gi
 from gemimg_async.testing import Fault
 from helpers import PNG_SIGNATURE, TIER_2K, served_pngs, wait_for
 
 pytestmark = pytest.mark.anyio
 
 CALLERS = 50
-TAKES_POOL_TIMEOUT = "pool_timeout" in inspect.signature(gi.Client).parameters
 
 
 def part_files(folder: Path) -> list[Path]:
@@ -139,8 +136,6 @@ async def test_fifty_callers_share_a_pool_of_four(app, http, fake_relay):
 async def test_with_pool_timeout_a_full_pool_answers_503(fake_relay, http, tmp_path, app):
     """With pool_timeout, callers that find the pool of 4 full get 503 (Retry-After) without
     anything sent for them; none hangs, and the relay never sees more than 4."""
-    if not TAKES_POOL_TIMEOUT:
-        pytest.skip("pool_timeout lands with the pool rework")
     fake_relay.latency = 1.0
     async with running(app.name, fake_relay.url, tmp_path, GEMIMG_POOL_TIMEOUT="0.2") as limited:
         statuses = await many_callers(http, limited, CALLERS)
