@@ -33,6 +33,7 @@ from ._dialects import DIALECTS, SIZE_STYLES
 from ._exceptions import ConfigurationError, GemimgError, ValidationError
 from ._jobtext import STDIN
 from ._models import ASPECT_RATIOS
+from ._sharing import add_sharing_options
 
 __all__ = ["main"]
 
@@ -197,6 +198,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_request_options(many)
     _add_connection_options(many)
     many.add_argument("--rpm", type=_above_zero, help="start at most this many requests a minute")
+    add_sharing_options(many)
     many.add_argument(
         "--retry-unknown",
         action="store_true",

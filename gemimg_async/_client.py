@@ -29,13 +29,14 @@ from ._events import Listener
 from ._exceptions import ConfigurationError
 from ._fanout import FanOut
 from ._generation import Engine
-from ._limits import AdaptiveLimit, Pool, RateLimit, check_pool_timeout
+from ._limiter import SharedLimiter
 from ._models import ImageInput, ImageRequest, Model, ResponseFormat
 from ._network import Network
 from ._pacing import Pacer
 from ._prices import DEFAULT_PRICES, Prices
 from ._results import GenerationResult, Outcome
 from ._retry import RetryBudget
+from ._routing import ENV_API_KEY, ENV_BASE_URL, checked_key, checked_url, make_pool
 from ._save import Delivery, Saver
 from ._secrets import forgetting
 from ._stats import ClientStats
@@ -43,9 +44,6 @@ from ._stream import Streaming
 from ._transport import ImageHost, Relay
 
 __all__ = ["ENV_API_KEY", "ENV_BASE_URL", "Client", "GenerateOptions"]
-
-ENV_API_KEY = "GEMIMG_API_KEY"
-ENV_BASE_URL = "GEMIMG_BASE_URL"
 
 
 class GenerateOptions(TypedDict, total=False):
@@ -90,6 +88,13 @@ class Client:
     it takes, 0 fails at once when the pool is full; each call may give its own. `map` always
     waits: it pulls a request only once it has a place.
 
+    `limiter` shares `max_concurrency` and `rpm` with every process (and client) using the same
+    relay with the same key: `gi.RedisLimiter(url)` across processes and machines (the uvicorn
+    `--workers` recipe), `gi.LocalLimiter()` among the clients of one process. The client never
+    closes it. Its places are taken after this client's own, given back when each attempt is
+    over (a cancelled call's too); if Redis cannot be reached, the RedisLimiter's
+    `on_unreachable` decides: a local share of the limits (its default) or LimiterUnavailableError.
+
     `prices` is the table each result's `cost` is estimated by (Google's list prices unless the
     relay's own are given). Saved images say where they came from (PNG text chunks, or a JSON
     sidecar beside a C2PA-signed PNG, a JPEG or a WEBP); `metadata=False` keeps the relay's bytes.
@@ -117,18 +122,9 @@ class Client:
         prices: Prices = DEFAULT_PRICES,
         metadata: bool = True,
         pool_timeout: float | None = None,
+        limiter: SharedLimiter | None = None,
     ) -> None:
-        api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
-        base_url = base_url if base_url is not None else os.environ.get(ENV_BASE_URL)
-        if not api_key:
-            raise ConfigurationError(f"no API key: pass api_key= or set {ENV_API_KEY}")
-        if api_key != api_key.strip() or any(c in api_key for c in "\r\n\t "):
-            raise ConfigurationError("the API key contains whitespace: check how it was pasted")
-        if not base_url:
-            raise ConfigurationError(
-                "no relay: pass base_url= (such as 'https://api.example.com') "
-                f"or set {ENV_BASE_URL}"
-            )
+        api_key, base_url = checked_key(api_key), checked_url(base_url)
         if not isinstance(prices, Prices):
             raise ConfigurationError(
                 f"prices= takes a gi.Prices (Prices.from_file reads a table), not {prices!r:.40}"
@@ -145,16 +141,18 @@ class Client:
         speaks = dialect_for(dialect, size_style)
         clock = clock or SystemClock()
         pacer = Pacer()
-        limit = AdaptiveLimit(max_concurrency)
         self._engine = Engine(
             relay=Relay(speaks.auth_headers(api_key), timeouts, clock, pacer, network),
             base=base,
             dialect=speaks,
-            pool=Pool(
-                limit,
-                RateLimit(rpm, clock) if rpm is not None else None,
+            pool=make_pool(
+                max_concurrency=max_concurrency,
+                rpm=rpm,
                 clock=clock,
-                timeout=check_pool_timeout(pool_timeout),
+                pool_timeout=pool_timeout,
+                limiter=limiter,
+                base_url=str(base),
+                api_key=api_key,
             ),
             retry=retry,
             budget=RetryBudget(retry.budget_tokens, retry.budget_ratio),

@@ -25,8 +25,10 @@ from ._gallery import build_gallery, require_pillow
 from ._info import read_info
 from ._jobs import JobDefaults
 from ._jobtext import JobText
+from ._limiter import SharedLimiter
 from ._prices import DEFAULT_PRICES, Prices
 from ._progress import PlainProgress, Progress, RichProgress, rich_available
+from ._sharing import limiter_of
 from ._summary import BatchSummary
 
 __all__ = [
@@ -48,7 +50,11 @@ EXIT_INTERRUPTED = 130
 
 
 def _client(
-    args: argparse.Namespace, *, rpm: float | None = None, prices: Prices = DEFAULT_PRICES
+    args: argparse.Namespace,
+    *,
+    rpm: float | None = None,
+    prices: Prices = DEFAULT_PRICES,
+    limiter: SharedLimiter | None = None,
 ) -> Client:
     """The relay's client, its key and URL checked first with the flags' names."""
     key = args.api_key if args.api_key is not None else os.environ.get(ENV_API_KEY)
@@ -88,6 +94,7 @@ def _client(
         size_style=args.size_style,
         prices=prices,
         metadata=args.metadata,
+        limiter=limiter,
     )
 
 
@@ -132,7 +139,8 @@ def batch(args: argparse.Namespace) -> int:
     if args.gallery:
         require_pillow()  # said before anything is paid for
     check_folder(args.out, what="--out", probe_bytes=BATCH_PROBE_BYTES)
-    client = _client(args, rpm=args.rpm, prices=prices)
+    limiter = limiter_of(args)
+    client = _client(args, rpm=args.rpm, prices=prices, limiter=limiter)
     progress: Progress = (
         RichProgress()
         if sys.stdout.isatty() and rich_available()
@@ -151,8 +159,12 @@ def batch(args: argparse.Namespace) -> int:
                 encoding=args.encoding,
                 max_cost=args.max_cost,
             )
-            with _CtrlC(run, progress):
-                return await run.run(jobs)
+            try:
+                with _CtrlC(run, progress):
+                    return await run.run(jobs)
+            finally:
+                if limiter is not None:
+                    await limiter.aclose()
 
     summary = anyio.run(run)
     if args.gallery:

@@ -46,6 +46,7 @@ MAPPING = [
     (api(gi.RateLimitError, 429, retry_after=7.2), 429, "rate_limited", 8),
     (api(gi.RateLimitError, 429), 429, "rate_limited", 5),
     (PoolTimeoutError("no place in the pool within 0.5 s"), 503, "busy", 5),
+    (gi.LimiterUnavailableError("the shared limiter cannot reach Redis"), 503, "busy", 5),
     (gi.ClientClosedError("the client is closing"), 503, "shutting_down", None),
     (gi.ConnectError(f"POST {RELAY_TEXT}: could not connect"), 503, "relay_unreachable", 5),
     (api(gi.ServerError, 503, retry_after=30), 503, "relay_unavailable", 30),
