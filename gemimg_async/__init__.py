@@ -93,8 +93,9 @@ from ._models import (
 from ._prices import DEFAULT_PRICES, Cost, Prices, TokenPrices, estimate
 from ._provenance import Provenance
 from ._results import GenerationResult, Outcome, SaveError
+from ._routing import Endpoint
 from ._sizes import PIXELS_1K, TIERS, Asked, Delivered, Tier
-from ._stats import ClientStats
+from ._stats import ClientStats, EndpointStats
 from ._stream import ImageStream
 
 if typing.TYPE_CHECKING:
@@ -170,6 +171,8 @@ __all__ = [
     "Delivered",
     "Dialect",
     "DownloadError",
+    "Endpoint",
+    "EndpointStats",
     "ErrorResponse",
     "Event",
     "EventLoopError",

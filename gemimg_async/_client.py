@@ -14,7 +14,7 @@ from typing import Any, Self, TypedDict, Unpack
 import aiohttp
 import anyio
 
-from ._clock import Clock, SystemClock
+from ._clock import Clock
 from ._config import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_IMAGE_BYTES,
@@ -23,25 +23,20 @@ from ._config import (
     Timeouts,
     UseClientDefault,
 )
-from ._dialects import Dialect, SizeStyle, dialect_for
-from ._dialects import base_url as relay_base
+from ._dialects import Dialect, SizeStyle
 from ._events import Listener
-from ._exceptions import ConfigurationError
 from ._fanout import FanOut
 from ._generation import Engine
 from ._limiter import SharedLimiter
 from ._models import ImageInput, ImageRequest, Model, ResponseFormat
-from ._network import Network
-from ._pacing import Pacer
 from ._prices import DEFAULT_PRICES, Prices
 from ._results import GenerationResult, Outcome
-from ._retry import RetryBudget
-from ._routing import ENV_API_KEY, ENV_BASE_URL, checked_key, checked_url, make_pool
-from ._save import Delivery, Saver
+from ._routing import ENV_API_KEY, ENV_BASE_URL, Endpoint
+from ._save import Delivery
 from ._secrets import forgetting
+from ._setup import build_engine, relays_of, stats_of
 from ._stats import ClientStats
 from ._stream import Streaming
-from ._transport import ImageHost, Relay
 
 __all__ = ["ENV_API_KEY", "ENV_BASE_URL", "Client", "GenerateOptions"]
 
@@ -123,45 +118,30 @@ class Client:
         metadata: bool = True,
         pool_timeout: float | None = None,
         limiter: SharedLimiter | None = None,
+        endpoints: Sequence[Endpoint] | None = None,
     ) -> None:
-        api_key, base_url = checked_key(api_key), checked_url(base_url)
-        if not isinstance(prices, Prices):
-            raise ConfigurationError(
-                f"prices= takes a gi.Prices (Prices.from_file reads a table), not {prices!r:.40}"
-            )
-        base = relay_base(base_url, allow_insecure_http=allow_insecure_http)
-        network = Network.configure(
+        self._engine: Engine = build_engine(
+            api_key=api_key,
+            base_url=base_url,
+            endpoints=endpoints,
+            max_concurrency=max_concurrency,
+            rpm=rpm,
+            timeouts=timeouts,
+            retry=retry,
+            max_image_bytes=max_image_bytes,
+            allow_insecure_http=allow_insecure_http,
+            dialect=dialect,
+            size_style=size_style,
+            on_event=on_event,
+            clock=clock,
             proxy=proxy,
             trust_env=trust_env,
             ssl=ssl,
             session=session,
-            allow_insecure_http=allow_insecure_http,
-        )
-        network.check_relay(base)
-        speaks = dialect_for(dialect, size_style)
-        clock = clock or SystemClock()
-        pacer = Pacer()
-        self._engine = Engine(
-            relay=Relay(speaks.auth_headers(api_key), timeouts, clock, pacer, network),
-            base=base,
-            dialect=speaks,
-            pool=make_pool(
-                max_concurrency=max_concurrency,
-                rpm=rpm,
-                clock=clock,
-                pool_timeout=pool_timeout,
-                limiter=limiter,
-                base_url=str(base),
-                api_key=api_key,
-            ),
-            retry=retry,
-            budget=RetryBudget(retry.budget_tokens, retry.budget_ratio),
-            saver=Saver(
-                max_image_bytes, retry, timeouts, clock, ImageHost(pacer, network), metadata
-            ),
-            clock=clock,
-            on_event=on_event,
             prices=prices,
+            metadata=metadata,
+            pool_timeout=pool_timeout,
+            limiter=limiter,
         )
         self._fanout = FanOut(self._engine)
 
@@ -169,7 +149,7 @@ class Client:
         return (
             f"Client(base_url={str(self._engine.base)!r}, "
             f"dialect={self._engine.dialect.name!r}, "
-            f"max_concurrency={self._engine.pool.limit.maximum})"
+            f"max_concurrency={stats_of(self._engine).max_concurrency})"
         )
 
     async def __aenter__(self) -> Self:
@@ -197,7 +177,8 @@ class Client:
                     await self._engine.drained()
             await self._fanout.aclose()
             with anyio.CancelScope(shield=True):
-                await self._engine.relay.aclose()
+                for relay in relays_of(self._engine):
+                    await relay.aclose()
                 await self._engine.saver.host.aclose()
 
     @property
@@ -212,16 +193,7 @@ class Client:
 
     @property
     def stats(self) -> ClientStats:
-        pool = self._engine.pool
-        return ClientStats(
-            max_concurrency=pool.limit.maximum,
-            limit=pool.limit.limit,
-            in_flight=pool.limit.in_flight,
-            waiting=pool.limit.waiting,
-            pool_waits=pool.limit.waits,
-            rate_waits=pool.rate.waits if pool.rate else 0,
-            retry_tokens=self._engine.budget.tokens,
-        )
+        return stats_of(self._engine)
 
     async def generate(
         self,

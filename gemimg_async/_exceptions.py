@@ -35,8 +35,8 @@ Every error is a `GemimgError`; catch that to catch them all::
         └── ImageExpiredError       the URL is past its ~24 h life (403/404/410)
 
 Errors from a request carry `request_id` (the relay's, when it sent one), `request_ids` (one per
-attempt that got one), `idempotency_key`, `attempts` and `reported_cost`. The API key never
-appears in any of them.
+attempt that got one), `idempotency_key`, `attempts`, `reported_cost` and `endpoint`. The API key
+never appears in any of them.
 """
 
 from __future__ import annotations
@@ -89,6 +89,8 @@ class GemimgError(Exception):
     `usage` priced): a refusal may be billed. None when it said nothing."""
     hint: str | None = None
     """What to try, when the library can tell (another dialect, say)."""
+    endpoint: str | None = None
+    """The endpoint the last attempt went to, with `Client(endpoints=...)`."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -1,4 +1,9 @@
-"""A request's place in the client's pool: held while it is sent, given back while it waits."""
+"""A request's place in the client's pool: held while it is sent, given back while it waits.
+
+With several endpoints (a `Router`), the place is at one of them (`route`): a request that
+failed without doing any work there moves to another healthy one for its next attempt; one
+whose outcome is unknown stays where it was.
+"""
 
 from __future__ import annotations
 
@@ -9,44 +14,91 @@ import attrs
 from ._clock import Clock
 from ._config import USE_CLIENT_DEFAULT, UseClientDefault
 from ._limits import Place, Pool, check_pool_timeout
+from ._retry import Failure
+from ._routing import MOVES, Route, Router, Via
 
-__all__ = ["Lease", "Patience"]
+__all__ = ["Lease", "Patience", "width_of"]
 
 Patience = float | UseClientDefault | None
 """A call's `pool_timeout`: seconds, None (no limit), or the client's."""
+
+
+def width_of(pool: Pool | Router) -> int:
+    """How many requests may be in flight at once through `pool`, at most."""
+    return pool.maximum if isinstance(pool, Router) else pool.limit.maximum
 
 
 @attrs.define
 class Lease:
     """A request's place in the pool: held while it is sent, given back while it waits."""
 
-    _pool: Pool = attrs.field(alias="pool")
+    _pool: Pool | Router = attrs.field(alias="pool")
     patience: Patience = USE_CLIENT_DEFAULT
     """How long the first acquisition may wait (`pool_timeout`, the pool's own unless given);
     once a request may have been sent, waiting again after a retry's pause is never cut short."""
     place: Place | None = None
+    route: Route | None = None
+    """The endpoint the place is at (with several)."""
+    _last: Failure | None = None
 
     async def acquire(self) -> None:
         patience, self.patience = self.patience, None
+        pool = self._pool
         if isinstance(patience, UseClientDefault):
-            patience = self._pool.timeout
-        self.place = await self._pool.acquire(check_pool_timeout(patience))
+            patience = (pool.routes[0].pool if isinstance(pool, Router) else pool).timeout
+        patience = check_pool_timeout(patience)
+        if isinstance(pool, Router):
+            was, moves = self.route, self._last in MOVES
+            stay = was if was is not None and not moves else None
+            self.route, self.place = await pool.acquire(
+                patience, avoid=was if moves else None, stay=stay
+            )
+        else:
+            self.place = await pool.acquire(patience)
+
+    def via(self, default: Via) -> Via:
+        """Where the attempt under this place goes."""
+        return self.route.via if self.route is not None else default
 
     async def release(self) -> None:
         """Give the place back; a second call does nothing."""
         place, self.place = self.place, None
         if place is not None:
-            await self._pool.release(place)
+            await (self.route.pool if self.route is not None else self._pool_of()).release(place)
 
-    def throttled(self) -> None:
-        """The relay throttled the request sent under this place: shrink the limit."""
-        if self.place is not None:
-            self._pool.limit.throttled(self.place.slot)
+    def _pool_of(self) -> Pool:
+        assert isinstance(self._pool, Pool)
+        return self._pool
+
+    def failed(self, kind: Failure) -> None:
+        """The attempt under this place failed so: shrink the limit if throttled; with several
+        endpoints, count it against this one."""
+        self._last = kind
+        if self.place is None:
+            return
+        if self.route is not None and isinstance(self._pool, Router):
+            self._pool.failed(self.route, self.place, kind)
+        elif kind is Failure.THROTTLED:
+            self._pool_of().limit.throttled(self.place.slot)
+
+    def succeeded(self) -> None:
+        if self.route is not None and isinstance(self._pool, Router):
+            self._pool.succeeded(self.route)
+        else:
+            self._pool_of().limit.succeeded()
 
     async def wait(self, seconds: float, clock: Clock) -> None:
-        """Wait without the place, then queue again under the limit and rate of then."""
+        """Wait without the place, then queue again under the limit and rate of then; a request
+        moving to another healthy endpoint goes at once (the pause was for this one)."""
+        moving = (
+            self._last in MOVES
+            and self.route is not None
+            and isinstance(self._pool, Router)
+            and self._pool.can_move(self.route)
+        )
         await self.release()
-        await clock.sleep(seconds)
+        if not moving:
+            await clock.sleep(seconds)
         await self.acquire()
 
     async def __aenter__(self) -> Self:

@@ -109,6 +109,11 @@ class AdaptiveLimit:
     def waiting(self) -> int:
         return self._waiting
 
+    @property
+    def room(self) -> bool:
+        """Whether `try_acquire` would get a place now."""
+        return not self._waiting and len(self._held) + self._handed < self._limit
+
     def try_acquire(self) -> Slot | None:
         """A place at once if there is room and nobody is queued before us, else None."""
         if self._waiting or len(self._held) + self._handed >= self._limit:

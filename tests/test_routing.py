@@ -3,16 +3,17 @@
 """
 
 import logging
+import pickle
 import uuid
 
 import anyio
 import pytest
 
 import gemimg_async as gi
-from gemimg_async import Client, ConfigurationError, LocalLimiter, RedisLimiter
+from gemimg_async import Client, ConfigurationError, Endpoint, LocalLimiter, RedisLimiter
 from gemimg_async._limiter import endpoint_key
-from gemimg_async.testing import FakeClock, FakeRelay
-from helpers import API_KEY, free_port, wait_for
+from gemimg_async.testing import FakeClock, FakeRelay, Fault
+from helpers import API_KEY, closed_port_url, free_port, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -23,11 +24,10 @@ def key_of(relay: FakeRelay) -> str:
 
 
 @pytest.fixture
-async def slow(relay):
-    """The session's relay, taking 0.3 s per generation for this test."""
-    relay.latency = 0.3
-    yield relay
-    relay.latency = 0.0
+async def slow():
+    """A relay of the test's own (nothing left over in flight), 0.3 s per generation."""
+    async with FakeRelay(api_keys=API_KEY, latency=0.3) as relay:
+        yield relay
 
 
 @pytest.fixture
@@ -191,3 +191,163 @@ async def test_redis_down_by_default_falls_back_to_a_local_share(relay, redis_li
     warnings = [r for r in caplog.records if "cannot reach Redis" in r.getMessage()]
     assert len(warnings) == 1
     assert relay.generation_count == 3
+
+
+# --- endpoints: values --------------------------------------------------------------------------
+
+
+def test_an_endpoint_hides_its_key_and_pickles():
+    """An Endpoint's repr never shows its key; it pickles whole (key included) as a value."""
+    endpoint = Endpoint("https://relay-a.example", "sk-very-secret", name="a", weight=2)
+    assert "sk-very-secret" not in repr(endpoint)
+    again = pickle.loads(pickle.dumps(endpoint))  # noqa: S301 - our own bytes
+    assert again == endpoint
+    assert again.api_key == "sk-very-secret"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"weight": 0}, "weight must be above 0"),
+        ({"max_concurrency": 0}, "max_concurrency must be at least 1"),
+        ({"rpm": -1}, "rpm must be above 0"),
+    ],
+)
+def test_an_endpoint_refuses_bad_limits(fields, message):
+    """Weights, max_concurrency and rpm of an endpoint are checked when it is made."""
+    with pytest.raises(ConfigurationError, match=message):
+        Endpoint("https://relay.example", "sk-1", **fields)
+
+
+def test_an_endpoint_table_reads_its_key_from_the_variable_it_names():
+    """[[endpoints]] tables name the variable holding the key; an unset one is a clear error,
+    and a key written in the file is refused."""
+    table = {"base_url": "https://a.example", "api_key_env": "RELAY_A_KEY", "name": "a"}
+    endpoint = Endpoint.from_table(table, {"RELAY_A_KEY": "sk-a"})
+    assert (endpoint.api_key, endpoint.name) == ("sk-a", "a")
+    with pytest.raises(ConfigurationError, match="endpoint a: the variable RELAY_A_KEY is not"):
+        Endpoint.from_table(table, {})
+    with pytest.raises(ConfigurationError, match="never the key itself"):
+        Endpoint.from_table({**table, "api_key": "sk-in-the-file"}, {"RELAY_A_KEY": "sk-a"})
+
+
+def test_endpoints_exclude_api_key_and_need_distinct_names(relay):
+    """endpoints= goes without api_key/base_url; two endpoints of one name are refused."""
+    one = Endpoint(relay.url, API_KEY)
+    with pytest.raises(ConfigurationError, match="not both"):
+        Client(API_KEY, relay.url, endpoints=[one])
+    with pytest.raises(ConfigurationError, match="named"):
+        Client(endpoints=[one, Endpoint(relay.url, "sk-other")])
+
+
+# --- endpoints: routing and failover ------------------------------------------------------------
+
+
+@pytest.fixture
+async def relays():
+    """Two fake relays of the test's own, A and B."""
+    async with (
+        FakeRelay(api_keys=API_KEY) as a,
+        FakeRelay(api_keys=API_KEY) as b,
+    ):
+        yield a, b
+
+
+def endpoints_client(*endpoints: Endpoint, **options) -> Client:
+    return Client(endpoints=list(endpoints), clock=options.pop("clock", FakeClock()), **options)
+
+
+async def test_traffic_is_spread_by_weight(relays):
+    """Two healthy endpoints weighted 3:1 both serve, the heavier one more; each result
+    names its endpoint, and stats count each one's successes."""
+    a, b = relays
+    async with endpoints_client(
+        Endpoint(a.url, API_KEY, name="a", weight=3), Endpoint(b.url, API_KEY, name="b")
+    ) as client:
+        results = [await client.generate(f"a fox {i}") for i in range(60)]
+        stats = {s.name: s for s in client.stats.endpoints}
+    served = [r.endpoint for r in results]
+    assert served.count("a") == a.generation_count > b.generation_count == served.count("b") > 0
+    assert (stats["a"].successes, stats["b"].successes) == (served.count("a"), served.count("b"))
+    assert {s.state for s in stats.values()} == {"closed"}
+
+
+async def test_an_endpoint_that_is_down_is_taken_out_and_nothing_is_lost(relays):
+    """An endpoint whose connections are refused: requests that went there move to the other
+    at once (never sent, so never billed), its breaker opens after 3 failures in a row, and
+    every call gets its image; the relays saw exactly the attempts reported."""
+    a, _ = relays
+    clock = FakeClock()
+    async with endpoints_client(
+        Endpoint(closed_port_url(), API_KEY, name="down", weight=5),
+        Endpoint(a.url, API_KEY, name="up"),
+        clock=clock,
+    ) as client:
+        results = [await client.generate(f"a fox {i}") for i in range(10)]
+        down, up = client.stats.endpoints
+    assert all(r.endpoint == "up" for r in results)
+    assert a.generation_count == up.successes == 10
+    assert sum(r.attempts for r in results) == 10 + down.failures
+    assert down.failures == 3
+    assert (down.state, down.down, down.cooling_until) == ("open", True, clock.now + 30)
+    assert clock.sleeps == []  # moving on took no pause
+
+
+async def test_a_throttling_endpoint_sends_its_requests_to_the_other(relays):
+    """429s from one endpoint move those requests to the other at once; the throttled
+    requests did no work, and the attempts reported equal the requests the relays saw."""
+    a, b = relays
+    a.script(*[Fault.rate_limited()] * 2)
+    async with endpoints_client(
+        Endpoint(a.url, API_KEY, name="a", weight=1e6), Endpoint(b.url, API_KEY, name="b")
+    ) as client:
+        results = [await client.generate(f"a fox {i}") for i in range(4)]
+        stats = {s.name: s for s in client.stats.endpoints}
+    assert [r.endpoint for r in results[:2]] == ["b", "b"]
+    assert [r.attempts for r in results[:2]] == [2, 2]
+    assert sum(r.attempts for r in results) == len(a.requests) + len(b.requests)
+    assert stats["a"].failures == 2
+    assert stats["a"].state == "closed"  # two in a row are not three
+
+
+async def test_an_outcome_unknown_request_never_moves(relays):
+    """A request whose answer was lost after it was sent (it may have made a paid image)
+    is not sent to the other endpoint: OutcomeUnknownError naming where it went."""
+    a, b = relays
+    a.script(Fault.reset(), Fault.reset())
+    async with endpoints_client(
+        Endpoint(a.url, API_KEY, name="a", weight=1e6),
+        Endpoint(b.url, API_KEY, name="b"),
+        retry=gi.RetryPolicy(outcome_unknown_attempts=2),
+    ) as client:
+        with pytest.raises(gi.OutcomeUnknownError) as info:
+            await client.generate("a fox")
+        assert info.value.endpoint == "a"
+        stats = {s.name: s for s in client.stats.endpoints}
+    assert len(a.requests) == 2  # retried where it was, with the same Idempotency-Key
+    assert len({r.idempotency_key for r in a.requests}) == 1
+    assert b.requests == []
+    assert stats["a"].state == "closed"  # an unknown outcome says nothing of its health
+
+
+async def test_traffic_returns_to_an_endpoint_after_its_cool_down(relays):
+    """An endpoint taken out by 503s gets one probe once its cool-down has passed on the
+    client's clock; the probe succeeds, the breaker closes, and it serves again."""
+    a, b = relays
+    a.script(*[Fault.server_error(503)] * 3)
+    clock = FakeClock()
+    async with endpoints_client(
+        Endpoint(a.url, API_KEY, name="a", weight=1e6),
+        Endpoint(b.url, API_KEY, name="b"),
+        clock=clock,
+    ) as client:
+        first = [await client.generate(f"a fox {i}") for i in range(3)]
+        assert client.stats.endpoints[0].state == "open"
+        before = await client.generate("while a is out")
+        clock.now += 30
+        assert client.stats.endpoints[0].state == "half-open"
+        after = [await client.generate(f"a cat {i}") for i in range(3)]
+        assert client.stats.endpoints[0].state == "closed"
+    assert [r.endpoint for r in first] == ["b", "b", "b"]
+    assert before.endpoint == "b"
+    assert [r.endpoint for r in after] == ["a", "a", "a"]
