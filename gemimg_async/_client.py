@@ -63,6 +63,10 @@ class Client:
     task that uses it, fewer while the relay throttles, started at most `rpm` times a minute.
     Use it as `async with Client(...) as client:`, or call `aclose()` when done.
     `api_key` and `base_url` default to the GEMIMG_API_KEY and GEMIMG_BASE_URL variables.
+    `endpoints=[gi.Endpoint(base_url, api_key, weight=..., ...), ...]` instead spreads the calls
+    over several relays or keys, each with its own pool, weighted, a failing one taken out for
+    a while (circuit breaker); an attempt that did no work where it went (not sent, throttled,
+    5xx) is retried at another, one whose outcome is unknown never is (see `_routing`).
 
     `dialect` is the shape of API the relay speaks: "images" (`/v1/images/generations`), "chat"
     (`/v1/chat/completions`) or "gemini" (Google's `generateContent`), or a dialect value such as

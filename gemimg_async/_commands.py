@@ -28,7 +28,7 @@ from ._jobtext import JobText
 from ._limiter import SharedLimiter
 from ._prices import DEFAULT_PRICES, Prices
 from ._progress import PlainProgress, Progress, RichProgress, rich_available
-from ._sharing import limiter_of
+from ._sharing import endpoints_of, limiter_of
 from ._summary import BatchSummary
 
 __all__ = [
@@ -56,7 +56,26 @@ def _client(
     prices: Prices = DEFAULT_PRICES,
     limiter: SharedLimiter | None = None,
 ) -> Client:
-    """The relay's client, its key and URL checked first with the flags' names."""
+    """The relay's client, its key and URL checked first with the flags' names (or the
+    relays of --endpoints)."""
+    endpoints = endpoints_of(args)
+    key, url = (None, None) if endpoints else _relay(args)
+    return Client(
+        key,
+        url,
+        endpoints=endpoints,
+        max_concurrency=args.concurrency,
+        rpm=rpm,
+        allow_insecure_http=args.allow_insecure_http,
+        dialect=args.dialect,
+        size_style=args.size_style,
+        prices=prices,
+        metadata=args.metadata,
+        limiter=limiter,
+    )
+
+
+def _relay(args: argparse.Namespace) -> tuple[str, str]:
     key = args.api_key if args.api_key is not None else os.environ.get(ENV_API_KEY)
     if args.api_key is not None and not args.api_key.strip():
         raise ConfigurationError(
@@ -84,18 +103,7 @@ def _client(
             f"--base-url {url} would send the API key unencrypted: use https, or add "
             "--allow-insecure-http for a relay you trust on your own network"
         ) from None
-    return Client(
-        key,
-        url,
-        max_concurrency=args.concurrency,
-        rpm=rpm,
-        allow_insecure_http=args.allow_insecure_http,
-        dialect=args.dialect,
-        size_style=args.size_style,
-        prices=prices,
-        metadata=args.metadata,
-        limiter=limiter,
-    )
+    return key, url
 
 
 def generate(args: argparse.Namespace) -> int:

@@ -61,8 +61,11 @@ class Lease:
         return self.route.via if self.route is not None else default
 
     async def release(self) -> None:
-        """Give the place back; a second call does nothing."""
+        """Give the place back; a second call does nothing. (A probe of an endpoint that ended
+        neither way, cancelled, lets another probe go.)"""
         place, self.place = self.place, None
+        if self.route is not None:
+            self.route.breaker.gave_up()
         if place is not None:
             await (self.route.pool if self.route is not None else self._pool_of()).release(place)
 

@@ -122,14 +122,15 @@ def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
 @attrs.frozen
 class Endpoint:
     """One relay and key among a client's `endpoints`: its `weight` (share of the traffic),
-    its own `max_concurrency` and `rpm` (the client's when None), its `dialect`, and a `name`
+    its own `max_concurrency`, `rpm` and `dialect` (the client's when None), and a `name`
     for stats, results and manifests (the URL's host and port unless given). The key's repr is
     hidden."""
 
     base_url: str
     api_key: Secret = attrs.field(converter=_secret)
     name: str | None = None
-    dialect: str | Dialect = "images"
+    dialect: str | Dialect | None = None
+    """The client's `dialect` when None."""
     weight: float = attrs.field(default=1.0, validator=_positive)
     max_concurrency: int | None = None
     rpm: float | None = None

@@ -75,7 +75,7 @@ def build_engine(
     for endpoint in endpoints:
         base = relay_base(endpoint.base_url, allow_insecure_http=allow_insecure_http)
         network.check_relay(base)
-        speaks = dialect_for(endpoint.dialect, size_style)
+        speaks = dialect_for(endpoint.dialect or dialect, size_style)
         relay = Relay(speaks.auth_headers(endpoint.api_key), timeouts, clock, pacer, network)
         pool = make_pool(
             max_concurrency=endpoint.max_concurrency or max_concurrency,
