@@ -43,7 +43,7 @@ from ._limits import Pool
 from ._models import ImageRequest, Timings
 from ._prices import DEFAULT_PRICES, Prices, estimate, header_cost, reported_cost
 from ._results import GenerationResult, SaveError, report_shortfalls
-from ._retry import GenerationRetrier, RetryBudget
+from ._retry import GenerationRetrier, RetryBudget, Verdict, classify
 from ._routing import Router, Via
 from ._save import Delivery, Placed, Saver, Tagging, refuse_taken_names, tagging_of
 from ._transport import Relay
@@ -219,7 +219,8 @@ class Engine:
             try:
                 return await self._attempt(outgoing, request, delivery, trace)
             except GemimgError as error:
-                verdict = retrier.judge(error)
+                moves = lease.can_move(kind := classify(error))  # to another endpoint, at once
+                verdict = Verdict(kind, 0.0) if moves else retrier.judge(error)
                 lease.failed(verdict.kind)
                 status = getattr(error, "status", None)
                 failed = AttemptFailed(

@@ -40,6 +40,9 @@ class Lease:
     route: Route | None = None
     """The endpoint the place is at (with several)."""
     _last: Failure | None = None
+    _tried: list[Route] = attrs.Factory(list)
+    """The endpoints this request failed at without doing work: it moves to each once."""
+    _moving: bool = False
 
     async def acquire(self) -> None:
         patience, self.patience = self.patience, None
@@ -50,9 +53,7 @@ class Lease:
         if isinstance(pool, Router):
             was, moves = self.route, self._last in MOVES
             stay = was if was is not None and not moves else None
-            self.route, self.place = await pool.acquire(
-                patience, avoid=was if moves else None, stay=stay
-            )
+            self.route, self.place = await pool.acquire(patience, avoid=self._tried, stay=stay)
         else:
             self.place = await pool.acquire(patience)
 
@@ -73,12 +74,26 @@ class Lease:
         assert isinstance(self._pool, Pool)
         return self._pool
 
+    def can_move(self, kind: Failure) -> bool:
+        """Whether, after a failure of `kind` here, the request may go to another endpoint now
+        (one it has not failed at): then it goes at once, without a retry's pause or budget."""
+        pool, route = self._pool, self.route
+        self._moving = (
+            kind in MOVES
+            and route is not None
+            and isinstance(pool, Router)
+            and pool.can_move([*self._tried, route])
+        )
+        return self._moving
+
     def failed(self, kind: Failure) -> None:
         """The attempt under this place failed so: shrink the limit if throttled; with several
         endpoints, count it against this one."""
         self._last = kind
         if self.place is None:
             return
+        if self.route is not None and kind in MOVES:
+            self._tried.append(self.route)
         if self.route is not None and isinstance(self._pool, Router):
             self._pool.failed(self.route, self.place, kind)
         elif kind is Failure.THROTTLED:
@@ -91,16 +106,10 @@ class Lease:
             self._pool_of().limit.succeeded()
 
     async def wait(self, seconds: float, clock: Clock) -> None:
-        """Wait without the place, then queue again under the limit and rate of then; a request
-        moving to another healthy endpoint goes at once (the pause was for this one)."""
-        moving = (
-            self._last in MOVES
-            and self.route is not None
-            and isinstance(self._pool, Router)
-            and self._pool.can_move(self.route)
-        )
+        """Wait without the place, then queue again under the limit and rate of then (at once,
+        when moving to another endpoint: the pause was for this one)."""
         await self.release()
-        if not moving:
+        if not self._moving:
             await clock.sleep(seconds)
         await self.acquire()
 

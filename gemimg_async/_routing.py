@@ -18,7 +18,7 @@ import enum
 import math
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -265,12 +265,12 @@ class Router:
     def maximum(self) -> int:
         return sum(route.pool.limit.maximum for route in self.routes)
 
-    def _healthy(self, avoid: Route | None) -> list[Route]:
-        healthy = [r for r in self.routes if r is not avoid and r.breaker.available()]
+    def _healthy(self, avoid: Collection[Route]) -> list[Route]:
+        healthy = [r for r in self.routes if r not in avoid and r.breaker.available()]
         if healthy:
             return healthy
-        if avoid is not None and avoid.breaker.available():
-            return [avoid]
+        if tried := [r for r in self.routes if r.breaker.available()]:
+            return tried
         # every endpoint is out: the one whose cool-down ends first is tried (a probe)
         return [min(self.routes, key=lambda r: r.breaker.until or 0.0)]
 
@@ -280,10 +280,10 @@ class Router:
         return [routes[i] for _, i in sorted(keyed, reverse=True)]
 
     async def acquire(
-        self, patience: float | None, *, avoid: Route | None = None, stay: Route | None = None
+        self, patience: float | None, *, avoid: Collection[Route] = (), stay: Route | None = None
     ) -> tuple[Route, Place]:
         """A place at `stay` if given (an outcome-unknown request never moves), else at a
-        healthy endpoint other than `avoid` if there is one."""
+        healthy endpoint not in `avoid` if there is one."""
         if stay is not None:
             return stay, await stay.pool.acquire(patience)
         ordered = self._order(self._healthy(avoid))
@@ -292,9 +292,9 @@ class Router:
         chosen.breaker.took()
         return chosen, place
 
-    def can_move(self, route: Route) -> bool:
-        """Whether another endpoint than `route` is healthy now."""
-        return any(r is not route and r.breaker.available() for r in self.routes)
+    def can_move(self, avoid: Collection[Route]) -> bool:
+        """Whether an endpoint not in `avoid` is healthy now."""
+        return any(r not in avoid and r.breaker.available() for r in self.routes)
 
     def succeeded(self, route: Route) -> None:
         route.pool.limit.succeeded()

@@ -351,3 +351,39 @@ async def test_traffic_returns_to_an_endpoint_after_its_cool_down(relays):
     assert [r.endpoint for r in first] == ["b", "b", "b"]
     assert before.endpoint == "b"
     assert [r.endpoint for r in after] == ["a", "a", "a"]
+
+
+async def test_three_endpoints_down_throttling_and_slow_lose_nothing():
+    """Three endpoints under 30 concurrent calls, one down, one throttling, one slow: every call
+    gets its image, no request is sent twice after its outcome became unknown (none did here),
+    and the relays saw exactly the attempts the results report."""
+    async with (
+        FakeRelay(api_keys=API_KEY) as throttling,
+        FakeRelay(api_keys=API_KEY, latency=0.2) as slow,
+    ):
+        throttling.script(*[Fault.rate_limited()] * 4)
+        async with endpoints_client(
+            Endpoint(closed_port_url(), API_KEY, name="down"),
+            Endpoint(throttling.url, API_KEY, name="throttling"),
+            Endpoint(slow.url, API_KEY, name="slow"),
+            max_concurrency=4,
+        ) as client:
+            results = []
+
+            async def one(i: int) -> None:
+                results.append(await client.generate(f"a fox {i}"))
+
+            async with anyio.create_task_group() as group:
+                for i in range(30):
+                    group.start_soon(one, i)
+            stats = {s.name: s for s in client.stats.endpoints}
+        assert len(results) == 30
+        assert all(r.images for r in results)
+        served = [r.endpoint for r in results]
+        assert "down" not in served
+        assert served.count("throttling") == throttling.generation_count - 4
+        assert served.count("slow") == slow.generation_count
+        sent = len(throttling.requests) + len(slow.requests) + stats["down"].failures
+        assert sum(r.attempts for r in results) == sent
+        assert stats["down"].state == "open"
+        assert slow.max_in_flight <= 4
