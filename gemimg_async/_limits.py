@@ -262,9 +262,7 @@ class Pool:
         if slot is None:
             if patience is not None and patience <= 0:
                 raise self._timed_out(patience)
-            slot = await self._within(patience, self.limit.acquire)
-            if slot is None:
-                raise self._timed_out(patience)
+            slot = await self._within(patience, patience, self.limit.acquire)
         place = Place(slot)
         try:
             left = None if patience is None else patience - (self.clock.monotonic() - asked)
@@ -292,36 +290,26 @@ class Pool:
         if left is not None:
             left = max(left, MIN_SHARED_WAIT)
         started = self.clock.monotonic()
-        lease = await self._within(left, lambda: limiter.acquire(key, self.limit.maximum))
-        if lease is None:
-            raise self._timed_out(patience)
+        lease = await self._within(left, patience, lambda: limiter.acquire(key, self.limit.maximum))
         try:
             if rpm is not None:
                 if left is not None:
                     left = max(left - (self.clock.monotonic() - started), MIN_SHARED_WAIT)
-                await self._shared_start(limiter, key, rpm, left, patience)
+                await self._within(left, patience, lambda: limiter.start(key, rpm))
         except BaseException:
             await limiter.release(lease)
             raise
         return lease
 
-    async def _shared_start(
-        self,
-        limiter: SharedLimiter,
-        key: str,
-        rpm: float,
-        left: float | None,
-        patience: float | None,
-    ) -> None:
-        if await self._within(left, lambda: _started(limiter, key, rpm)) is None:
-            raise self._timed_out(patience)
-
-    async def _within(self, seconds: float | None, wait: Callable[[], Awaitable[T]]) -> T | None:
-        """What `wait()` gives, or None once `seconds` have passed on the clock (it is then
-        cancelled, which never leaks a place)."""
+    async def _within(
+        self, seconds: float | None, patience: float | None, wait: Callable[[], Awaitable[T]]
+    ) -> T:
+        """What `wait()` gives; PoolTimeoutError once `seconds` have passed on the clock (the
+        wait is then cancelled, which never leaks a place)."""
         if seconds is None:
             return await wait()
-        got: T | None = None
+        got: list[T] = []
+        failure: Exception | None = None
 
         async with anyio.create_task_group() as group:
 
@@ -330,9 +318,16 @@ class Pool:
                 group.cancel_scope.cancel()
 
             group.start_soon(timer)
-            got = await wait()
+            try:
+                got.append(await wait())
+            except Exception as error:  # noqa: BLE001 - raised as itself, not in a group
+                failure = error
             group.cancel_scope.cancel()
-        return got
+        if failure is not None:
+            raise failure
+        if not got:
+            raise self._timed_out(patience)
+        return got[0]
 
     def _timed_out(self, patience: float | None) -> PoolTimeoutError:
         limit = self.limit
@@ -350,8 +345,3 @@ class Pool:
                 await self.shared.limiter.release(place.shared)
         finally:
             self.limit.release(place.slot)
-
-
-async def _started(limiter: SharedLimiter, key: str, rpm: float) -> bool:
-    await limiter.start(key, rpm)
-    return True

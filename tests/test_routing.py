@@ -168,11 +168,14 @@ async def test_a_cancelled_call_frees_its_redis_lease(slow, redis_limiters, redi
     assert result.images
 
 
-async def test_redis_down_with_fail_raises_limiter_unavailable_unsent(relay, redis_limiters):
-    """on_unreachable="fail": a call raises LimiterUnavailableError (503 for a web backend)
-    and nothing reaches the relay."""
+@pytest.mark.parametrize("pool_timeout", [None, 5])
+async def test_redis_down_with_fail_raises_limiter_unavailable_unsent(
+    relay, redis_limiters, pool_timeout
+):
+    """on_unreachable="fail": a call raises LimiterUnavailableError (503 for a web backend),
+    as itself whether or not a pool_timeout bounds the wait, and nothing reaches the relay."""
     limiter = redis_limiters(f"redis://127.0.0.1:{free_port()}/0", on_unreachable="fail")
-    async with Client(API_KEY, relay.url, limiter=limiter) as client:
+    async with Client(API_KEY, relay.url, limiter=limiter, pool_timeout=pool_timeout) as client:
         with pytest.raises(gi.LimiterUnavailableError, match="nothing was sent") as info:
             await client.generate("a fox")
         assert client.stats.in_flight == 0
