@@ -7,7 +7,7 @@ whose outcome is unknown stays where it was.
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Self, cast
 
 import attrs
 
@@ -40,20 +40,22 @@ class Lease:
     route: Route | None = None
     """The endpoint the place is at (with several)."""
     _last: Failure | None = None
-    _tried: list[Route] = attrs.Factory(list)
+    _tried: list[Route] | None = None
     """The endpoints this request failed at without doing work: it moves to each once."""
     _moving: bool = False
 
     async def acquire(self) -> None:
         patience, self.patience = self.patience, None
         pool = self._pool
-        if isinstance(patience, UseClientDefault):
+        if patience is USE_CLIENT_DEFAULT:
             patience = (pool.routes[0].pool if isinstance(pool, Router) else pool).timeout
-        patience = check_pool_timeout(patience)
+        elif patience is not None:
+            patience = check_pool_timeout(patience)
         if isinstance(pool, Router):
             was, moves = self.route, self._last in MOVES
             stay = was if was is not None and not moves else None
-            self.route, self.place = await pool.acquire(patience, avoid=self._tried, stay=stay)
+            avoid = self._tried or ()
+            self.route, self.place = await pool.acquire(patience, avoid=avoid, stay=stay)
         else:
             self.place = await pool.acquire(patience)
 
@@ -65,10 +67,15 @@ class Lease:
         """Give the place back; a second call does nothing. (A probe of an endpoint that ended
         neither way, cancelled, lets another probe go.)"""
         place, self.place = self.place, None
-        if self.route is not None:
-            self.route.breaker.gave_up()
+        route = self.route
+        if route is not None:
+            route.breaker.gave_up()
         if place is not None:
-            await (self.route.pool if self.route is not None else self._pool_of()).release(place)
+            pool = route.pool if route is not None else cast("Pool", self._pool)
+            if place.shared is None:
+                pool.limit.release(place.slot)  # no await: nothing shared to give back
+            else:
+                await pool.release(place)
 
     def _pool_of(self) -> Pool:
         assert isinstance(self._pool, Pool)
@@ -82,7 +89,7 @@ class Lease:
             kind in MOVES
             and route is not None
             and isinstance(pool, Router)
-            and pool.can_move([*self._tried, route])
+            and pool.can_move([*(self._tried or ()), route])
         )
         return self._moving
 
@@ -93,7 +100,7 @@ class Lease:
         if self.place is None:
             return
         if self.route is not None and kind in MOVES:
-            self._tried.append(self.route)
+            self._tried = [*(self._tried or ()), self.route]
         if self.route is not None and isinstance(self._pool, Router):
             self._pool.failed(self.route, self.place, kind)
         elif kind is Failure.THROTTLED:

@@ -219,7 +219,7 @@ class RateLimit:
             await self.clock.sleep(wait)
 
 
-@attrs.frozen(eq=False)
+@attrs.define(eq=False)
 class Place:
     """A request's place: a slot in this process's limit, and a lease of the shared limiter."""
 
@@ -257,8 +257,10 @@ class Pool:
 
     async def acquire(self, patience: float | None = None) -> Place:
         """A place, within `patience` seconds (None: as long as it takes)."""
-        asked = self.clock.monotonic()
         slot = self.limit.try_acquire()
+        if slot is not None and self.shared is None and self.rate is None:
+            return Place(slot)  # the fast path: no await, no clock
+        asked = self.clock.monotonic()
         if slot is None:
             if patience is not None and patience <= 0:
                 raise self._timed_out(patience)

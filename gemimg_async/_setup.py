@@ -61,7 +61,8 @@ def build_engine(
     if endpoints is not None:
         endpoints = _checked_endpoints(endpoints, api_key, base_url)
     else:
-        endpoints = [Endpoint(checked_url(base_url), checked_key(api_key), dialect=dialect)]
+        api_key = checked_key(api_key)  # said first, as before
+        endpoints = [Endpoint(checked_url(base_url), api_key, dialect=dialect)]
     network = Network.configure(
         proxy=proxy,
         trust_env=trust_env,
