@@ -1,6 +1,7 @@
 """The example web apps end to end (examples/fastapi_app.py, examples/aiohttp_app.py): each on a
 real port with the fake relay behind it, called over HTTP: the image streamed back or saved,
-/health, errors as HTTP statuses, 50 callers against a pool of 4, a caller that hangs up.
+/health, errors as HTTP statuses, 50 callers against a pool of 4, a caller that hangs up, and
+two app processes sharing one pool through Redis (the uvicorn --workers recipe).
 
 They use the package's own pytest plugin: `fake_relay` (reset per test) and `fake_relay_server`.
 """
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import anyio
 import pytest
-from webapps import POOL, running
+from webapps import POOL, fastapi_app, running
 
-from gemimg_async.testing import Fault
+from gemimg_async.testing import FakeRelay, Fault
 from helpers import PNG_SIGNATURE, TIER_2K, served_pngs, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -221,3 +222,31 @@ async def test_the_aiohttp_app_counts_each_event(fake_relay, http, tmp_path):
     assert metrics['gemimg_generations_total{outcome="ok"}'] == "1"
     assert metrics["gemimg_pool_in_flight"] == "0"
     assert metrics["gemimg_pool_limit"] == str(POOL)
+
+
+async def test_two_workers_with_redis_share_one_pool(http, tmp_path, redis_server):
+    """The uvicorn --workers recipe: two FastAPI app processes with GEMIMG_REDIS_URL, 16
+    callers spread over both, a pool of 4 each: the relay never sees more than 4 in flight
+    from the two together, and every caller gets its image."""
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+    async with FakeRelay(api_keys="sk-test", latency=0.4) as relay:
+        redis = {"GEMIMG_REDIS_URL": redis_server.url, "GEMIMG_POOL_TIMEOUT": "60"}
+        with (
+            fastapi_app(relay.url, tmp_path / "one", **redis) as one,
+            fastapi_app(relay.url, tmp_path / "two", **redis) as two,
+        ):
+            statuses = []
+
+            async def call(app):
+                status, _, body = await post_image(http, app, "a crowd")
+                statuses.append(status)
+                assert status != 200 or body.startswith(PNG_SIGNATURE)
+
+            with anyio.fail_after(120):
+                async with anyio.create_task_group() as callers:
+                    for i in range(16):
+                        callers.start_soon(call, (one, two)[i % 2])
+        assert statuses == [200] * 16
+        assert relay.generation_count == 16
+        assert relay.max_in_flight == POOL
