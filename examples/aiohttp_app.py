@@ -23,7 +23,6 @@ pool; 10), GEMIMG_SAVE_DIR ("images"), GEMIMG_DRAIN_SECONDS (30), GEMIMG_RESPONS
 from __future__ import annotations
 
 import collections
-import inspect
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -59,16 +58,13 @@ class Settings:
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
-    options: dict[str, Any] = {
+    # pool_timeout: a handler that finds the pool full waits at most this long, then gets
+    # PoolTimeoutError (answered 503 with Retry-After) having sent nothing.
+    return {
         "max_concurrency": settings.max_concurrency,
+        "pool_timeout": settings.pool_timeout,
         "trust_env": settings.trust_env,
     }
-    # POOL_TIMEOUT: with it, a handler that finds the pool full waits at most this long, then
-    # gets PoolTimeoutError (answered 503 with Retry-After) having sent nothing. Client takes
-    # it once the pool rework lands; until then a full pool makes handlers queue.
-    if "pool_timeout" in inspect.signature(gi.Client).parameters:
-        options["pool_timeout"] = settings.pool_timeout
-    return options
 
 
 class EventCounter:

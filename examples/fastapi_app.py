@@ -18,13 +18,13 @@ left, so the handler watches for the disconnect itself. Every event the client e
 Settings, from the environment: GEMIMG_API_KEY, GEMIMG_BASE_URL (read by the client itself),
 GEMIMG_MAX_CONCURRENCY (8), GEMIMG_POOL_TIMEOUT (seconds a handler waits for a place in the
 pool; 10), GEMIMG_SAVE_DIR ("images"), GEMIMG_DRAIN_SECONDS (30), GEMIMG_RESPONSE_FORMAT
-("b64_json"), GEMIMG_TRUST_ENV (1: take proxies from HTTPS_PROXY and NO_PROXY).
+("b64_json"), GEMIMG_TRUST_ENV (1: take proxies from HTTPS_PROXY and NO_PROXY), GEMIMG_REDIS_URL
+(share the limits with every worker through Redis: `uvicorn --workers 8`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable
@@ -52,6 +52,7 @@ class Settings:
     drain_seconds: float = 30.0
     response_format: gi.ResponseFormat = "b64_json"
     trust_env: bool = False
+    redis_url: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -63,20 +64,18 @@ class Settings:
             drain_seconds=float(env("GEMIMG_DRAIN_SECONDS", "30")),
             response_format="url" if env("GEMIMG_RESPONSE_FORMAT") == "url" else "b64_json",
             trust_env=env("GEMIMG_TRUST_ENV", "") == "1",
+            redis_url=env("GEMIMG_REDIS_URL") or None,
         )
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
-    options: dict[str, Any] = {
+    # pool_timeout: a handler that finds the pool full waits at most this long, then gets
+    # PoolTimeoutError (answered 503 with Retry-After) having sent nothing.
+    return {
         "max_concurrency": settings.max_concurrency,
+        "pool_timeout": settings.pool_timeout,
         "trust_env": settings.trust_env,
     }
-    # POOL_TIMEOUT: with it, a handler that finds the pool full waits at most this long, then
-    # gets PoolTimeoutError (answered 503 with Retry-After) having sent nothing. Client takes
-    # it once the pool rework lands; until then a full pool makes handlers queue.
-    if "pool_timeout" in inspect.signature(gi.Client).parameters:
-        options["pool_timeout"] = settings.pool_timeout
-    return options
 
 
 def log_event(event: gi.Event) -> None:
@@ -145,12 +144,17 @@ def make_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = gi.Client(**client_options(settings), on_event=log_event)
+        # Under `uvicorn --workers N`, every worker makes its own limiter: they meet in Redis,
+        # so max_concurrency and rpm hold for all the workers together.
+        limiter = gi.RedisLimiter(settings.redis_url) if settings.redis_url else None
+        client = gi.Client(**client_options(settings), limiter=limiter, on_event=log_event)
         app.state.client = client
         try:
             yield
         finally:  # requests already sent are paid for: let them finish, for a while
             await client.aclose(drain=settings.drain_seconds)
+            if limiter is not None:
+                await limiter.aclose()
 
     app = FastAPI(lifespan=lifespan)
 

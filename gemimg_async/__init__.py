@@ -11,7 +11,7 @@ gallery, image info) and `RedisLimiter` are imported on first use, as is `__vers
 import importlib
 import typing
 
-from ._client import ENV_API_KEY, ENV_BASE_URL, Client, ClientStats, GenerateOptions
+from ._client import ENV_API_KEY, ENV_BASE_URL, Client, GenerateOptions
 from ._clock import Clock, SystemClock
 from ._config import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -22,9 +22,11 @@ from ._config import (
     DEFAULT_READ_TIMEOUT_4K,
     MAX_INLINE_IMAGE_BYTES,
     MAX_INPUT_IMAGES,
+    USE_CLIENT_DEFAULT,
     Backoff,
     RetryPolicy,
     Timeouts,
+    UseClientDefault,
 )
 from ._dialects import (
     DIALECTS,
@@ -67,6 +69,7 @@ from ._exceptions import (
     MalformedResponseError,
     ModelNotServedError,
     OutcomeUnknownError,
+    PoolTimeoutError,
     RateLimitError,
     RefusalError,
     ServerError,
@@ -75,6 +78,7 @@ from ._exceptions import (
     ValidationError,
 )
 from ._http import DEFAULT_RETRY_AFTER, ErrorResponse, error_response
+from ._limiter import LocalLimiter, SharedLimiter
 from ._models import (
     ASPECT_RATIOS,
     GeneratedImage,
@@ -89,7 +93,9 @@ from ._models import (
 from ._prices import DEFAULT_PRICES, Cost, Prices, TokenPrices, estimate
 from ._provenance import Provenance
 from ._results import GenerationResult, Outcome, SaveError
+from ._routing import Endpoint
 from ._sizes import PIXELS_1K, TIERS, Asked, Delivered, Tier
+from ._stats import ClientStats, EndpointStats
 from ._stream import ImageStream
 
 if typing.TYPE_CHECKING:
@@ -141,6 +147,7 @@ __all__ = [
     "SIZE_STYLES",
     "STATUSES",
     "TIERS",
+    "USE_CLIENT_DEFAULT",
     "APIError",
     "AnswerReceived",
     "Asked",
@@ -164,6 +171,8 @@ __all__ = [
     "Delivered",
     "Dialect",
     "DownloadError",
+    "Endpoint",
+    "EndpointStats",
     "ErrorResponse",
     "Event",
     "EventLoopError",
@@ -190,6 +199,7 @@ __all__ = [
     "JobDefaults",
     "LimiterUnavailableError",
     "Listener",
+    "LocalLimiter",
     "MalformedResponseError",
     "ManifestEntry",
     "Model",
@@ -197,6 +207,7 @@ __all__ = [
     "Outcome",
     "OutcomeUnknownError",
     "PlainProgress",
+    "PoolTimeoutError",
     "Prices",
     "Progress",
     "Provenance",
@@ -211,6 +222,7 @@ __all__ = [
     "RichProgress",
     "SaveError",
     "ServerError",
+    "SharedLimiter",
     "SizeStyle",
     "Status",
     "SystemClock",
@@ -221,6 +233,7 @@ __all__ = [
     "TooManyImagesError",
     "TransportError",
     "Usage",
+    "UseClientDefault",
     "ValidationError",
     "__version__",
     "build_gallery",

@@ -141,6 +141,7 @@ class BatchRun:
             elapsed=0.0 if self._began is None else self._clock.monotonic() - self._began,
             limit=self.client.stats.limit,
             stopping=self._stopping,
+            down=tuple(e.name for e in self.client.stats.endpoints if e.down),
         )
 
     async def run(

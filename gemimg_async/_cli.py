@@ -14,10 +14,10 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import NoReturn
 
+from ._cli_cost import add_cost_options
 from ._cli_shards import add_shard_commands
 from ._commands import (
     EXIT_FAILED,
@@ -34,6 +34,7 @@ from ._dialects import DIALECTS, SIZE_STYLES
 from ._exceptions import ConfigurationError, GemimgError, ValidationError
 from ._jobtext import STDIN
 from ._models import ASPECT_RATIOS
+from ._sharing import add_sharing_options
 
 __all__ = ["main"]
 
@@ -129,18 +130,6 @@ def _above_zero(text: str) -> float:
     return value
 
 
-def _amount(text: str) -> Decimal:
-    try:
-        value = Decimal(text.strip().removeprefix("$"))
-    except InvalidOperation:
-        value = Decimal(-1)
-    if not value.is_finite() or value < 0:
-        raise argparse.ArgumentTypeError(
-            f"must be an amount of at least 0, such as 5.00, not {text!r}"
-        )
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gemimg-async",
@@ -198,6 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_request_options(many)
     _add_connection_options(many)
     many.add_argument("--rpm", type=_above_zero, help="start at most this many requests a minute")
+    add_sharing_options(many)
     many.add_argument(
         "--retry-unknown",
         action="store_true",
@@ -217,33 +207,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds between status lines when stdout is no terminal (default 10)",
     )
-    many.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="check every job and print what the batch would cost, sending nothing (exit 0 when "
-        "every job is valid, 2 when a line is bad); with a manifest in DIR, what the next run "
-        "would send",
-    )
-    many.add_argument(
-        "--prices",
-        type=Path,
-        metavar="FILE",
-        help="the relay's prices, a .toml or .json table (default Google's list prices: $0.134 "
-        "per 1K or 2K image, $0.24 per 4K image)",
-    )
-    many.add_argument(
-        "--max-cost",
-        type=_amount,
-        metavar="AMOUNT",
-        help="start no request that could take what DIR's batch has cost (every run, requests "
-        "in flight and outcome_unknown ones counted) past AMOUNT; run again with a higher cap "
-        "to go on",
-    )
-    many.add_argument(
-        "--gallery",
-        action="store_true",
-        help="write DIR/index.html when the batch ends (the gallery extra: Pillow)",
-    )
+    add_cost_options(many)
     _add_metadata_option(many)
     many.set_defaults(run=batch)
 

@@ -13,32 +13,32 @@ from typing import Any, Self, TypedDict, Unpack
 
 import aiohttp
 import anyio
-import attrs
 
-from ._clock import Clock, SystemClock
-from ._config import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_IMAGE_BYTES, RetryPolicy, Timeouts
-from ._dialects import Dialect, SizeStyle, dialect_for
-from ._dialects import base_url as relay_base
+from ._clock import Clock
+from ._config import (
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_IMAGE_BYTES,
+    USE_CLIENT_DEFAULT,
+    RetryPolicy,
+    Timeouts,
+    UseClientDefault,
+)
+from ._dialects import Dialect, SizeStyle
 from ._events import Listener
-from ._exceptions import ConfigurationError
 from ._fanout import FanOut
 from ._generation import Engine
-from ._limits import AdaptiveLimit, Pool, RateLimit
+from ._limiter import SharedLimiter
 from ._models import ImageInput, ImageRequest, Model, ResponseFormat
-from ._network import Network
-from ._pacing import Pacer
 from ._prices import DEFAULT_PRICES, Prices
 from ._results import GenerationResult, Outcome
-from ._retry import RetryBudget
-from ._save import Delivery, Saver
+from ._routing import ENV_API_KEY, ENV_BASE_URL, Endpoint
+from ._save import Delivery
 from ._secrets import forgetting
+from ._setup import build_engine, relays_of, stats_of
+from ._stats import ClientStats
 from ._stream import Streaming
-from ._transport import ImageHost, Relay
 
-__all__ = ["ENV_API_KEY", "ENV_BASE_URL", "Client", "ClientStats", "GenerateOptions"]
-
-ENV_API_KEY = "GEMIMG_API_KEY"
-ENV_BASE_URL = "GEMIMG_BASE_URL"
+__all__ = ["ENV_API_KEY", "ENV_BASE_URL", "Client", "GenerateOptions"]
 
 
 class GenerateOptions(TypedDict, total=False):
@@ -53,24 +53,7 @@ class GenerateOptions(TypedDict, total=False):
     extra_body: Mapping[str, Any] | None
     timeouts: Timeouts | None
     on_event: Listener | None
-
-
-@attrs.frozen
-class ClientStats:
-    """A snapshot of the client's pool."""
-
-    max_concurrency: int
-    limit: int
-    """The in-flight limit now: below `max_concurrency` after the relay throttled."""
-    in_flight: int
-    waiting: int
-    """Requests waiting for a place in the pool now."""
-    pool_waits: int
-    """Requests that have had to wait for a place, since the client was made."""
-    rate_waits: int
-    """Requests that have had to wait for the `rpm` limit."""
-    retry_tokens: float
-    """What is left of the retry budget; retries stop at half of `RetryPolicy.budget_tokens`."""
+    pool_timeout: float | UseClientDefault | None
 
 
 class Client:
@@ -80,6 +63,10 @@ class Client:
     task that uses it, fewer while the relay throttles, started at most `rpm` times a minute.
     Use it as `async with Client(...) as client:`, or call `aclose()` when done.
     `api_key` and `base_url` default to the GEMIMG_API_KEY and GEMIMG_BASE_URL variables.
+    `endpoints=[gi.Endpoint(base_url, api_key, weight=..., ...), ...]` instead spreads the calls
+    over several relays or keys, each with its own pool, weighted, a failing one taken out for
+    a while (circuit breaker); an attempt that did no work where it went (not sent, throttled,
+    5xx) is retried at another, one whose outcome is unknown never is (see `_routing`).
 
     `dialect` is the shape of API the relay speaks: "images" (`/v1/images/generations`), "chat"
     (`/v1/chat/completions`) or "gemini" (Google's `generateContent`), or a dialect value such as
@@ -94,6 +81,18 @@ class Client:
     `session` is an `aiohttp.ClientSession` of yours for relay requests (the key goes on each
     request; the client never closes it); image downloads use a session of the client's own,
     which never carries the key nor your session's headers.
+
+    `pool_timeout` is how long a call waits for a place in the pool (and its start under `rpm`)
+    before it raises PoolTimeoutError, having sent nothing: None (the default) waits as long as
+    it takes, 0 fails at once when the pool is full; each call may give its own. `map` always
+    waits: it pulls a request only once it has a place.
+
+    `limiter` shares `max_concurrency` and `rpm` with every process (and client) using the same
+    relay with the same key: `gi.RedisLimiter(url)` across processes and machines (the uvicorn
+    `--workers` recipe), `gi.LocalLimiter()` among the clients of one process. The client never
+    closes it. Its places are taken after this client's own, given back when each attempt is
+    over (a cancelled call's too); if Redis cannot be reached, the RedisLimiter's
+    `on_unreachable` decides: a local share of the limits (its default) or LimiterUnavailableError.
 
     `prices` is the table each result's `cost` is estimated by (Google's list prices unless the
     relay's own are given). Saved images say where they came from (PNG text chunks, or a JSON
@@ -121,48 +120,32 @@ class Client:
         session: aiohttp.ClientSession | None = None,
         prices: Prices = DEFAULT_PRICES,
         metadata: bool = True,
+        pool_timeout: float | None = None,
+        limiter: SharedLimiter | None = None,
+        endpoints: Sequence[Endpoint] | None = None,
     ) -> None:
-        api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
-        base_url = base_url if base_url is not None else os.environ.get(ENV_BASE_URL)
-        if not api_key:
-            raise ConfigurationError(f"no API key: pass api_key= or set {ENV_API_KEY}")
-        if api_key != api_key.strip() or any(c in api_key for c in "\r\n\t "):
-            raise ConfigurationError("the API key contains whitespace: check how it was pasted")
-        if not base_url:
-            raise ConfigurationError(
-                "no relay: pass base_url= (such as 'https://api.example.com') "
-                f"or set {ENV_BASE_URL}"
-            )
-        if not isinstance(prices, Prices):
-            raise ConfigurationError(
-                f"prices= takes a gi.Prices (Prices.from_file reads a table), not {prices!r:.40}"
-            )
-        base = relay_base(base_url, allow_insecure_http=allow_insecure_http)
-        network = Network.configure(
+        self._engine: Engine = build_engine(
+            api_key=api_key,
+            base_url=base_url,
+            endpoints=endpoints,
+            max_concurrency=max_concurrency,
+            rpm=rpm,
+            timeouts=timeouts,
+            retry=retry,
+            max_image_bytes=max_image_bytes,
+            allow_insecure_http=allow_insecure_http,
+            dialect=dialect,
+            size_style=size_style,
+            on_event=on_event,
+            clock=clock,
             proxy=proxy,
             trust_env=trust_env,
             ssl=ssl,
             session=session,
-            allow_insecure_http=allow_insecure_http,
-        )
-        network.check_relay(base)
-        speaks = dialect_for(dialect, size_style)
-        clock = clock or SystemClock()
-        pacer = Pacer()
-        limit = AdaptiveLimit(max_concurrency)
-        self._engine = Engine(
-            relay=Relay(speaks.auth_headers(api_key), timeouts, clock, pacer, network),
-            base=base,
-            dialect=speaks,
-            pool=Pool(limit, RateLimit(rpm, clock) if rpm is not None else None),
-            retry=retry,
-            budget=RetryBudget(retry.budget_tokens, retry.budget_ratio),
-            saver=Saver(
-                max_image_bytes, retry, timeouts, clock, ImageHost(pacer, network), metadata
-            ),
-            clock=clock,
-            on_event=on_event,
             prices=prices,
+            metadata=metadata,
+            pool_timeout=pool_timeout,
+            limiter=limiter,
         )
         self._fanout = FanOut(self._engine)
 
@@ -170,7 +153,7 @@ class Client:
         return (
             f"Client(base_url={str(self._engine.base)!r}, "
             f"dialect={self._engine.dialect.name!r}, "
-            f"max_concurrency={self._engine.pool.limit.maximum})"
+            f"max_concurrency={stats_of(self._engine).max_concurrency})"
         )
 
     async def __aenter__(self) -> Self:
@@ -198,7 +181,8 @@ class Client:
                     await self._engine.drained()
             await self._fanout.aclose()
             with anyio.CancelScope(shield=True):
-                await self._engine.relay.aclose()
+                for relay in relays_of(self._engine):
+                    await relay.aclose()
                 await self._engine.saver.host.aclose()
 
     @property
@@ -213,16 +197,7 @@ class Client:
 
     @property
     def stats(self) -> ClientStats:
-        pool = self._engine.pool
-        return ClientStats(
-            max_concurrency=pool.limit.maximum,
-            limit=pool.limit.limit,
-            in_flight=pool.limit.in_flight,
-            waiting=pool.limit.waiting,
-            pool_waits=pool.limit.waits,
-            rate_waits=pool.rate.waits if pool.rate else 0,
-            retry_tokens=self._engine.budget.tokens,
-        )
+        return stats_of(self._engine)
 
     async def generate(
         self,
@@ -238,6 +213,7 @@ class Client:
         extra_body: Mapping[str, Any] | None = None,
         timeouts: Timeouts | None = None,
         on_event: Listener | None = None,
+        pool_timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> GenerationResult:
         """Generate `n` images of `prompt`, from `images` if given; with `save_to`, on disk.
 
@@ -254,7 +230,13 @@ class Client:
             allow_any_size=allow_any_size,
             extra_body=extra_body,
         )
-        return await self.send(request, save_to=save_to, timeouts=timeouts, on_event=on_event)
+        return await self.send(
+            request,
+            save_to=save_to,
+            timeouts=timeouts,
+            on_event=on_event,
+            pool_timeout=pool_timeout,
+        )
 
     async def generate_2k(
         self, prompt: str, **options: Unpack[GenerateOptions]
@@ -276,11 +258,13 @@ class Client:
         overwrite: bool = False,
         timeouts: Timeouts | None = None,
         on_event: Listener | None = None,
+        pool_timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> GenerationResult:
-        """Generate what `request` asks, waiting for a place in the pool first."""
+        """Generate what `request` asks, waiting for a place in the pool first (at most
+        `pool_timeout` seconds, the client's unless given: then PoolTimeoutError, nothing sent)."""
         delivery = Delivery.to(save_to, overwrite=overwrite, timeouts=timeouts, on_event=on_event)
         with forgetting():
-            return await self._engine.send(request, delivery)
+            return await self._engine.send(request, delivery, pool_timeout)
 
     def stream(
         self,
@@ -295,6 +279,7 @@ class Client:
         extra_body: Mapping[str, Any] | None = None,
         timeouts: Timeouts | None = None,
         on_event: Listener | None = None,
+        pool_timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> Streaming:
         """One image of `prompt`, to hand on as it is read: ``async with client.stream(...) as
         image:`` gives its `media_type`, then ``async for chunk in image`` its bytes, in
@@ -317,7 +302,7 @@ class Client:
             extra_body=extra_body,
         )
         delivery = Delivery.to(None, timeouts=timeouts, on_event=on_event)
-        return Streaming(self._engine, request, delivery)
+        return Streaming(self._engine, request, delivery, pool_timeout)
 
     def map(
         self,

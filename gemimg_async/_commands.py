@@ -25,8 +25,10 @@ from ._gallery import build_gallery, require_pillow
 from ._info import read_info
 from ._jobs import JobDefaults
 from ._jobtext import JobText
+from ._limiter import SharedLimiter
 from ._prices import DEFAULT_PRICES, Prices
 from ._progress import PlainProgress, Progress, RichProgress, rich_available
+from ._sharing import endpoints_of, limiter_of
 from ._summary import BatchSummary
 
 __all__ = [
@@ -48,9 +50,32 @@ EXIT_INTERRUPTED = 130
 
 
 def _client(
-    args: argparse.Namespace, *, rpm: float | None = None, prices: Prices = DEFAULT_PRICES
+    args: argparse.Namespace,
+    *,
+    rpm: float | None = None,
+    prices: Prices = DEFAULT_PRICES,
+    limiter: SharedLimiter | None = None,
 ) -> Client:
-    """The relay's client, its key and URL checked first with the flags' names."""
+    """The relay's client, its key and URL checked first with the flags' names (or the
+    relays of --endpoints)."""
+    endpoints = endpoints_of(args)
+    key, url = (None, None) if endpoints else _relay(args)
+    return Client(
+        key,
+        url,
+        endpoints=endpoints,
+        max_concurrency=args.concurrency,
+        rpm=rpm,
+        allow_insecure_http=args.allow_insecure_http,
+        dialect=args.dialect,
+        size_style=args.size_style,
+        prices=prices,
+        metadata=args.metadata,
+        limiter=limiter,
+    )
+
+
+def _relay(args: argparse.Namespace) -> tuple[str, str]:
     key = args.api_key if args.api_key is not None else os.environ.get(ENV_API_KEY)
     if args.api_key is not None and not args.api_key.strip():
         raise ConfigurationError(
@@ -78,17 +103,7 @@ def _client(
             f"--base-url {url} would send the API key unencrypted: use https, or add "
             "--allow-insecure-http for a relay you trust on your own network"
         ) from None
-    return Client(
-        key,
-        url,
-        max_concurrency=args.concurrency,
-        rpm=rpm,
-        allow_insecure_http=args.allow_insecure_http,
-        dialect=args.dialect,
-        size_style=args.size_style,
-        prices=prices,
-        metadata=args.metadata,
-    )
+    return key, url
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -133,7 +148,8 @@ def batch(args: argparse.Namespace) -> int:
     if args.gallery:
         require_pillow()  # said before anything is paid for
     check_folder(args.out, what="--out", probe_bytes=BATCH_PROBE_BYTES)
-    client = _client(args, rpm=args.rpm, prices=prices)
+    limiter = limiter_of(args)
+    client = _client(args, rpm=args.rpm, prices=prices, limiter=limiter)
     progress: Progress = (
         RichProgress()
         if sys.stdout.isatty() and rich_available()
@@ -153,8 +169,12 @@ def batch(args: argparse.Namespace) -> int:
                 max_cost=args.max_cost,
                 shard=args.shard,
             )
-            with _CtrlC(run, progress):
-                return await run.run(jobs)
+            try:
+                with _CtrlC(run, progress):
+                    return await run.run(jobs)
+            finally:
+                if limiter is not None:
+                    await limiter.aclose()
 
     summary = anyio.run(run)
     if args.gallery:

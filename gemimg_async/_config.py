@@ -6,6 +6,7 @@ a user can see it, override it per client or per call, and serialise it with the
 
 from __future__ import annotations
 
+import enum
 import random
 
 import attrs
@@ -19,10 +20,22 @@ __all__ = [
     "DEFAULT_READ_TIMEOUT_4K",
     "MAX_INLINE_IMAGE_BYTES",
     "MAX_INPUT_IMAGES",
+    "USE_CLIENT_DEFAULT",
     "Backoff",
     "RetryPolicy",
     "Timeouts",
+    "UseClientDefault",
 ]
+
+
+class UseClientDefault(enum.Enum):
+    """The type of `USE_CLIENT_DEFAULT`."""
+
+    USE_CLIENT_DEFAULT = "USE_CLIENT_DEFAULT"
+
+
+USE_CLIENT_DEFAULT = UseClientDefault.USE_CLIENT_DEFAULT
+"""A call's `pool_timeout=` when not given: the client's own (None, waiting, is a value)."""
 
 DEFAULT_MAX_CONCURRENCY = 8
 """Generations in flight at once per client, across every task that uses it."""

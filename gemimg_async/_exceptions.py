@@ -6,6 +6,7 @@ Every error is a `GemimgError`; catch that to catch them all::
     ├── ClientClosedError           the client was closed (by `aclose`) while it was in use
     ├── ConfigurationError          no key, a bad base URL, http:// to a remote host
     ├── LimiterUnavailableError     Redis, which shares the limits, is unreachable (and "fail")
+    ├── PoolTimeoutError            no place in the pool within `pool_timeout`: nothing was sent
     ├── ValidationError (ValueError)  bad input, caught before anything is sent or paid
     │   ├── InvalidModelError
     │   ├── InvalidPromptError
@@ -34,8 +35,8 @@ Every error is a `GemimgError`; catch that to catch them all::
         └── ImageExpiredError       the URL is past its ~24 h life (403/404/410)
 
 Errors from a request carry `request_id` (the relay's, when it sent one), `request_ids` (one per
-attempt that got one), `idempotency_key`, `attempts` and `reported_cost`. The API key never
-appears in any of them.
+attempt that got one), `idempotency_key`, `attempts`, `reported_cost` and `endpoint`. The API key
+never appears in any of them.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ __all__ = [
     "MalformedResponseError",
     "ModelNotServedError",
     "OutcomeUnknownError",
+    "PoolTimeoutError",
     "RateLimitError",
     "RefusalError",
     "ServerError",
@@ -87,6 +89,8 @@ class GemimgError(Exception):
     `usage` priced): a refusal may be billed. None when it said nothing."""
     hint: str | None = None
     """What to try, when the library can tell (another dialect, say)."""
+    endpoint: str | None = None
+    """The endpoint the last attempt went to, with `Client(endpoints=...)`."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -123,6 +127,11 @@ class ConfigurationError(GemimgError):
 class LimiterUnavailableError(GemimgError):
     """The limiter shared through Redis cannot reach it, and was told to fail rather than fall
     back to a local share of the limits. Nothing was sent for the request that got it."""
+
+
+class PoolTimeoutError(GemimgError):
+    """No place in the pool came within `pool_timeout` seconds: nothing was sent, nothing is
+    billed. A web backend answers it 503 with Retry-After (`error_response`)."""
 
 
 class ValidationError(GemimgError, ValueError):

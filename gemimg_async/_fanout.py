@@ -21,7 +21,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from ._exceptions import ClientClosedError
 from ._folders import check_folder
 from ._generation import Engine
-from ._lease import Lease
+from ._lease import Lease, width_of
 from ._models import ImageRequest, Timings
 from ._prices import estimate
 from ._results import Outcome
@@ -56,7 +56,7 @@ class FanOut:
             self.engine.check_loop()
             if delivery.folder is not None:
                 check_folder(delivery.folder)  # once, before anything is sent
-        width = self.engine.pool.limit.maximum
+        width = width_of(self.engine.pool)
         source = _Source(requests)
         send, receive = anyio.create_memory_object_stream[Outcome]()
         window = anyio.Semaphore(2 * width) if ordered else None
@@ -114,7 +114,7 @@ class FanOut:
                         *item, lease, queued=clock.monotonic() - asked, delivery=delivery
                     )
                 finally:
-                    lease.release()
+                    await lease.release()
                     if window is not None and item is None:
                         window.release()
                 await send.send(outcome)

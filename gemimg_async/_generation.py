@@ -24,7 +24,7 @@ import yarl
 
 from ._answer import Received, receive
 from ._clock import Clock
-from ._config import RetryPolicy
+from ._config import USE_CLIENT_DEFAULT, RetryPolicy
 from ._dialects import Dialect, Outgoing
 from ._events import (
     AnswerReceived,
@@ -38,12 +38,13 @@ from ._events import (
 from ._exceptions import APIError, ClientClosedError, EventLoopError, GemimgError
 from ._folders import check_folder
 from ._inputs import encode_images
-from ._lease import Lease
+from ._lease import Lease, Patience
 from ._limits import Pool
 from ._models import ImageRequest, Timings
 from ._prices import DEFAULT_PRICES, Prices, estimate, header_cost, reported_cost
-from ._results import GenerationResult, SaveError
-from ._retry import Failure, GenerationRetrier, RetryBudget
+from ._results import GenerationResult, SaveError, report_shortfalls
+from ._retry import GenerationRetrier, RetryBudget, Verdict, classify
+from ._routing import Router, Via
 from ._save import Delivery, Placed, Saver, Tagging, refuse_taken_names, tagging_of
 from ._transport import Relay
 
@@ -64,6 +65,8 @@ class _Trace:
     """What the relay said the last answer cost (a header, or its usage priced)."""
     tagging: Tagging | None = None
     """The provenance of the last answer's images, for the files they go to."""
+    via: Via | None = None
+    """Where the last attempt went (its endpoint's name, with several)."""
 
     def saw(self, request_id: str | None) -> None:
         if request_id:
@@ -75,6 +78,7 @@ class _Trace:
         error.request_id = error.request_id or (self.request_ids[-1] if self.request_ids else None)
         error.attempts = self.attempts
         error.reported_cost = self.reported
+        error.endpoint = self.via.name if self.via else None
 
 
 @attrs.define
@@ -84,7 +88,7 @@ class Engine:
     relay: Relay
     base: yarl.URL
     dialect: Dialect
-    pool: Pool
+    pool: Pool | Router
     retry: RetryPolicy
     budget: RetryBudget
     saver: Saver
@@ -118,13 +122,15 @@ class Engine:
                 "per event loop, and close it there"
             )
 
-    async def send(self, request: ImageRequest, delivery: Delivery) -> GenerationResult:
-        """See that the folder takes files, wait for a place in the pool, then `run`."""
+    async def send(
+        self, request: ImageRequest, delivery: Delivery, pool_timeout: Patience = USE_CLIENT_DEFAULT
+    ) -> GenerationResult:
+        """See that the folder takes files, wait for a place (`pool_timeout`), then `run`."""
         self.check_loop()
         if delivery.folder is not None:
             check_folder(delivery.folder)
         asked = self.clock.monotonic()
-        async with Lease(self.pool) as lease:
+        async with Lease(self.pool, pool_timeout) as lease:
             return await self.run(
                 request, lease, queued=self.clock.monotonic() - asked, delivery=delivery
             )
@@ -163,10 +169,10 @@ class Engine:
     ) -> GenerationResult:
         if delivery.folder is not None and request.id is not None and not delivery.overwrite:
             refuse_taken_names(delivery.folder, request.id, request.n)
-        outgoing = self.dialect.outgoing(self.base, request, await encode_images(request.images))
+        encoded = await encode_images(request.images)
         began = self.clock.monotonic()
-        received = await self._retrying(outgoing, request, lease, trace, delivery)
-        self.pool.limit.succeeded()
+        received = await self._retrying(encoded, request, lease, trace, delivery)
+        lease.succeeded()
         self.budget.succeeded()
         generated = self.clock.monotonic()
         placed = await self._place(request, received, trace, delivery)
@@ -184,8 +190,9 @@ class Engine:
             text=received.reading.text,
             saver=self.saver,
             cost=cost,
+            endpoint=trace.via.name if trace.via else None,
         )
-        _report(result)
+        report_shortfalls(result)
         if placed.unsaved:
             raise SaveError(
                 f"the images were made (and paid for) but could not all be written to "
@@ -197,7 +204,7 @@ class Engine:
 
     async def _retrying(
         self,
-        outgoing: Outgoing,
+        encoded: list[str],
         request: ImageRequest,
         lease: Lease,
         trace: _Trace,
@@ -207,12 +214,14 @@ class Engine:
         retrier = GenerationRetrier(self.retry, self.budget, self.rng)
         for number in itertools.count(1):
             trace.attempts = number
+            via = trace.via = lease.via(Via(self.relay, self.base, self.dialect))
+            outgoing = via.dialect.outgoing(via.base, request, encoded)
             try:
                 return await self._attempt(outgoing, request, delivery, trace)
             except GemimgError as error:
-                verdict = retrier.judge(error)
-                if verdict.kind is Failure.THROTTLED:
-                    lease.throttled()
+                moves = lease.can_move(kind := classify(error))  # to another endpoint, at once
+                verdict = Verdict(kind, 0.0) if moves else retrier.judge(error)
+                lease.failed(verdict.kind)
                 status = getattr(error, "status", None)
                 failed = AttemptFailed(
                     request, number, _said(error), verdict.kind.value, status, verdict.delay
@@ -276,13 +285,13 @@ class Engine:
     async def _post(
         self, outgoing: Outgoing, request: ImageRequest, delivery: Delivery, trace: _Trace
     ) -> Received:
-        answered = False
+        answered, via = False, trace.via or Via(self.relay, self.base, self.dialect)
         listeners = (self.on_event, delivery.on_event)
         sent = self.clock.monotonic()
         trace.reported = trace.tagging = None
         emit(listeners, RequestSent(request, trace.attempts, trace.key, sent))
         try:
-            async with self.relay.post(
+            async with via.relay.post(
                 outgoing, idempotency_key=trace.key, model=request.model, timeouts=delivery.timeouts
             ) as answer:
                 answered = True
@@ -298,7 +307,7 @@ class Engine:
                 emit(listeners, got)
                 received = await receive(
                     answer.chunks,
-                    self.dialect,
+                    via.dialect,
                     request,
                     self.saver.sink_opener(delivery, trace.tagging),
                     request_id=answer.request_id,
@@ -309,7 +318,7 @@ class Engine:
             if not answered:
                 trace.saw(error.request_id)
             if isinstance(error, APIError) and error.status != 200:  # noqa: PLR2004
-                self.dialect.explain(error)
+                via.dialect.explain(error)
             raise
 
 
@@ -338,19 +347,3 @@ def _unique(key: str) -> str:
 def _said(error: BaseException) -> str:
     """`ErrorType: message`, as events and manifests name an error."""
     return f"{type(error).__name__}: {error}"
-
-
-def _report(result: GenerationResult) -> None:
-    """Warn about what relays do silently: fewer images than asked, a lower tier or another
-    shape than asked (judged by pixel count and ratio, never by name)."""
-    request = result.request
-    if len(result.images) < request.n:
-        log.warning("asked for %d images, the relay answered %d", request.n, len(result.images))
-    for delivered in result.delivered:
-        if delivered is not None and not delivered.as_asked:
-            log.warning(
-                "asked for %s, got %s: the relay %s",
-                result.asked,
-                delivered,
-                "downgraded the image" if delivered.smaller else "may have ignored size",
-            )

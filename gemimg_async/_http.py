@@ -7,6 +7,7 @@
     BadRequestError (the relay's 4xx)      400     rejected
     RateLimitError                         429     rate_limited         the relay's, or default
     PoolTimeoutError (the pool was full)   503     busy                 default
+    LimiterUnavailableError (Redis down)   503     busy                 default
     ClientClosedError (shutting down)      503     shutting_down
     ConnectError (relay unreachable)       503     relay_unreachable    default
     ServerError 503 / 5xx, 408             503/502 relay_unavailable / relay_error
@@ -47,8 +48,7 @@ class _Row:
     retry: bool = False
 
 
-# Looked up by class name along the error's MRO, so the most specific row wins and a row can
-# name a class this version does not define yet (PoolTimeoutError lands with the pool rework).
+# Looked up by class name along the error's MRO, so the most specific row wins.
 _TABLE: dict[str, _Row] = {
     "InvalidDestinationError": _Row(500, "storage", "the server cannot store images"),
     "ValidationError": _Row(422, "invalid_request", "the request is invalid"),
@@ -60,6 +60,7 @@ _TABLE: dict[str, _Row] = {
     "BadRequestError": _Row(400, "rejected", "the image service rejected the request"),
     "RateLimitError": _Row(429, "rate_limited", "too many requests: try again later", True),
     "PoolTimeoutError": _Row(503, "busy", "the server is busy: try again shortly", True),
+    "LimiterUnavailableError": _Row(503, "busy", "the server is busy: try again shortly", True),
     "ClientClosedError": _Row(503, "shutting_down", "the server is shutting down"),
     "ConnectError": _Row(503, "relay_unreachable", "the image service is unreachable", True),
     "AuthenticationError": _Row(502, "relay_auth", "the image service refused our credentials"),

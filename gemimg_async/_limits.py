@@ -5,27 +5,50 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
+import anyio
 import attrs
 
-from ._clock import Clock
-from ._exceptions import ConfigurationError
+from ._clock import Clock, SystemClock
+from ._exceptions import ConfigurationError, PoolTimeoutError
+from ._limiter import Lease as SharedLease
+from ._limiter import SharedLimiter
 
 __all__ = [
     "DEFAULT_DECREASE_FACTOR",
     "DEFAULT_INCREASE_AFTER",
+    "MIN_SHARED_WAIT",
     "AdaptiveLimit",
+    "Place",
     "Pool",
     "RateLimit",
+    "Shared",
     "Slot",
+    "check_pool_timeout",
 ]
+
+T = TypeVar("T")
 
 DEFAULT_DECREASE_FACTOR = 0.7
 """On 429/503 the in-flight limit is multiplied by this (and kept at least 1)."""
 DEFAULT_INCREASE_AFTER = 10
 """Successes in a row after which the in-flight limit grows by one, up to its maximum."""
+MIN_SHARED_WAIT = 0.1
+"""Seconds a shared limiter is given at least under a `pool_timeout` (a Redis round trip)."""
+
+
+def check_pool_timeout(seconds: float | None) -> float | None:
+    """A `pool_timeout`: None (wait as long as it takes) or seconds, 0 or more."""
+    if seconds is not None and (
+        isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0
+    ):
+        raise ConfigurationError(
+            f"pool_timeout is None (wait for a place) or seconds, 0 or more; not {seconds!r}"
+        )
+    return seconds
 
 
 @attrs.frozen(eq=False)
@@ -85,6 +108,11 @@ class AdaptiveLimit:
     @property
     def waiting(self) -> int:
         return self._waiting
+
+    @property
+    def room(self) -> bool:
+        """Whether `try_acquire` would get a place now."""
+        return not self._waiting and len(self._held) + self._handed < self._limit
 
     def try_acquire(self) -> Slot | None:
         """A place at once if there is room and nobody is queued before us, else None."""
@@ -174,31 +202,148 @@ class RateLimit:
         if not self.rpm > 0:
             raise ConfigurationError(f"rpm must be above 0, not {self.rpm}")
 
-    async def wait(self) -> None:
+    def reserve(self, within: float | None = None) -> float | None:
+        """Reserve the next start; the seconds to wait for it, or None (nothing reserved) when
+        that is more than `within`."""
         now = self.clock.monotonic()
         start = max(now, self._next)
+        if within is not None and start - now > within:
+            return None
         self._next = start + 60.0 / self.rpm
-        if start > now:
+        return start - now
+
+    async def wait(self) -> None:
+        wait = self.reserve()
+        if wait:
             self.waits += 1
-            await self.clock.sleep(start - now)
+            await self.clock.sleep(wait)
+
+
+@attrs.define(eq=False)
+class Place:
+    """A request's place: a slot in this process's limit, and a lease of the shared limiter."""
+
+    slot: Slot
+    shared: SharedLease | None = None
+
+
+@attrs.define
+class Shared:
+    """A shared limiter (`LocalLimiter`, `RedisLimiter`) and the endpoint's key in it."""
+
+    limiter: SharedLimiter
+    key: str
 
 
 @attrs.define
 class Pool:
-    """The client-wide pool: a place under the adaptive limit, then a start under the rate."""
+    """The pool of one endpoint: a place under the adaptive limit (this process's), then a
+    lease under the shared limiter if there is one (every process's `max_concurrency`), then a
+    start under the rate (the shared limiter's, else this process's `rpm`).
+
+    `acquire(patience)` waits at most `patience` seconds on `clock` for all three, then raises
+    PoolTimeoutError having taken nothing; 0 fails at once when the pool is full. A shared
+    limiter is given at least `MIN_SHARED_WAIT` (a Redis round trip).
+    """
 
     limit: AdaptiveLimit
     rate: RateLimit | None = None
+    shared: Shared | None = None
+    clock: Clock = attrs.field(factory=SystemClock, kw_only=True)
+    timeout: float | None = attrs.field(default=None, kw_only=True)
+    """The client's `pool_timeout`: how long a call waits for a place unless it says."""
+    rpm: float | None = attrs.field(default=None, kw_only=True)
+    """The shared limiter's rate (with a shared limiter, `rate` is None)."""
 
-    async def acquire(self) -> Slot:
-        slot = self.limit.try_acquire() or await self.limit.acquire()
+    async def acquire(self, patience: float | None = None) -> Place:
+        """A place, within `patience` seconds (None: as long as it takes)."""
+        slot = self.limit.try_acquire()
+        if slot is not None and self.shared is None and self.rate is None:
+            return Place(slot)  # the fast path: no await, no clock
+        asked = self.clock.monotonic()
+        if slot is None:
+            if patience is not None and patience <= 0:
+                raise self._timed_out(patience)
+            slot = await self._within(patience, patience, self.limit.acquire)
+        place = Place(slot)
         try:
-            if self.rate is not None:
-                await self.rate.wait()
+            left = None if patience is None else patience - (self.clock.monotonic() - asked)
+            if self.shared is not None:
+                place = Place(slot, await self._lease(left, patience))
+            elif self.rate is not None:
+                await self._start(self.rate, left, patience)
         except BaseException:
-            self.limit.release(slot)
+            await self.release(place)
             raise
-        return slot
+        return place
 
-    def release(self, slot: Slot) -> None:
-        self.limit.release(slot)
+    async def _start(self, rate: RateLimit, left: float | None, patience: float | None) -> None:
+        wait = rate.reserve(left)
+        if wait is None:
+            raise self._timed_out(patience)
+        if wait:
+            rate.waits += 1
+            await self.clock.sleep(wait)
+
+    async def _lease(self, left: float | None, patience: float | None) -> SharedLease:
+        """A lease of the shared limiter and its start, within `left` seconds (or forever)."""
+        assert self.shared is not None
+        limiter, key, rpm = self.shared.limiter, self.shared.key, self.rpm
+        if left is not None:
+            left = max(left, MIN_SHARED_WAIT)
+        started = self.clock.monotonic()
+        lease = await self._within(left, patience, lambda: limiter.acquire(key, self.limit.maximum))
+        try:
+            if rpm is not None:
+                if left is not None:
+                    left = max(left - (self.clock.monotonic() - started), MIN_SHARED_WAIT)
+                await self._within(left, patience, lambda: limiter.start(key, rpm))
+        except BaseException:
+            await limiter.release(lease)
+            raise
+        return lease
+
+    async def _within(
+        self, seconds: float | None, patience: float | None, wait: Callable[[], Awaitable[T]]
+    ) -> T:
+        """What `wait()` gives; PoolTimeoutError once `seconds` have passed on the clock (the
+        wait is then cancelled, which never leaks a place)."""
+        if seconds is None:
+            return await wait()
+        got: list[T] = []
+        failure: Exception | None = None
+
+        async with anyio.create_task_group() as group:
+
+            async def timer() -> None:
+                await self.clock.sleep(seconds)
+                group.cancel_scope.cancel()
+
+            group.start_soon(timer)
+            try:
+                got.append(await wait())
+            except Exception as error:  # noqa: BLE001 - raised as itself, not in a group
+                failure = error
+            group.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if not got:
+            raise self._timed_out(patience)
+        return got[0]
+
+    def _timed_out(self, patience: float | None) -> PoolTimeoutError:
+        limit = self.limit
+        return PoolTimeoutError(
+            f"no place in the pool within {patience or 0:g} s ({limit.in_flight} in flight of "
+            f"{limit.limit} allowed, max_concurrency={limit.maximum}, {limit.waiting} waiting"
+            f"{', shared with other processes' if self.shared else ''}); nothing was sent"
+        )
+
+    async def release(self, place: Place) -> None:
+        """Give the place back: the shared lease (leak-free even if cancelled meanwhile, as
+        every SharedLimiter's release is), and this process's slot whatever happens."""
+        try:
+            if place.shared is not None and self.shared is not None:
+                await self.shared.limiter.release(place.shared)
+        finally:
+            self.limit.release(place.slot)

@@ -84,6 +84,8 @@ class ManifestEntry:
     cost: Cost | None = None
     """What this sending of the job cost: the estimate, and the figure the relay reported where
     it did. None in manifests written before costs were kept."""
+    endpoint: str | None = None
+    """The endpoint its last attempt went to, with several (`--endpoints`); else None."""
 
     @classmethod
     def from_outcome(cls, outcome: Outcome, *, fingerprint: str | None = None) -> ManifestEntry:
@@ -110,6 +112,7 @@ class ManifestEntry:
             downgraded=outcome.result.downgraded if outcome.result else False,
             fingerprint=fingerprint,
             cost=outcome.cost,
+            endpoint=outcome.endpoint,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -131,6 +134,7 @@ class ManifestEntry:
             "downgraded": self.downgraded,
             "fingerprint": self.fingerprint,
             "cost": None if self.cost is None else self.cost.to_json(),
+            **({"endpoint": self.endpoint} if self.endpoint else {}),
         }
 
     def to_line(self) -> bytes:
@@ -167,6 +171,7 @@ class ManifestEntry:
             downgraded=doc.get("downgraded") is True,
             fingerprint=optional_str(doc.get("fingerprint")),
             cost=None if doc.get("cost") is None else Cost.from_json(doc["cost"]),
+            endpoint=optional_str(doc.get("endpoint")),
         )
 
 

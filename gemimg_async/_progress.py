@@ -90,6 +90,8 @@ def status_line(stats: BatchStats) -> str:
         f"ETA {format_duration(stats.eta)}",
         f"limit {stats.limit}",
     ]
+    if stats.down:
+        parts.append(f"down: {' '.join(stats.down)}")
     if stats.stopping:
         parts.append("stopping")
     return ", ".join(parts)
@@ -226,6 +228,7 @@ class RichProgress:
                 Text(f"{stats.images_per_minute:.1f} img/min"),
                 Text(f"limit {stats.limit}"),
                 *([Text(f"{stats.skipped} done before", "dim")] if stats.skipped else []),
+                *([Text(f"down: {' '.join(stats.down)}", "red")] if stats.down else []),
                 *([Text("stopping", "bold yellow")] if stats.stopping else []),
             ]
         )

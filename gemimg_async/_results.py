@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ from ._prices import Cost, estimate
 from ._save import Saver, tagging_of
 from ._sizes import Asked, Delivered
 
-__all__ = ["GenerationResult", "Outcome", "SaveError"]
+__all__ = ["GenerationResult", "Outcome", "SaveError", "report_shortfalls"]
+
+log = logging.getLogger("gemimg_async")
 
 
 @attrs.frozen
@@ -53,6 +56,8 @@ class GenerationResult:
     )
     """What it cost: the estimate by the client's price table, and the figure the relay
     reported, where it did (`cost.total` prefers that)."""
+    endpoint: str | None = None
+    """The name of the endpoint that served it, with `Client(endpoints=...)`."""
 
     @property
     def request_id(self) -> str | None:
@@ -158,6 +163,13 @@ class Outcome:
             return self.result.request_ids
         return tuple(getattr(self.error, "request_ids", ()))
 
+    @property
+    def endpoint(self) -> str | None:
+        """The endpoint its last attempt went to, with `Client(endpoints=...)`."""
+        if self.result is not None:
+            return self.result.endpoint
+        return getattr(self.error, "endpoint", None)
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready summary (no image bytes)."""
         return {
@@ -172,4 +184,21 @@ class Outcome:
             "started": self.started,
             "finished": self.finished,
             "cost": None if self.cost is None else self.cost.to_json(),
+            "endpoint": self.endpoint,
         }
+
+
+def report_shortfalls(result: GenerationResult) -> None:
+    """Warn about what relays do silently: fewer images than asked, a lower tier or another
+    shape than asked (judged by pixel count and ratio, never by name)."""
+    request = result.request
+    if len(result.images) < request.n:
+        log.warning("asked for %d images, the relay answered %d", request.n, len(result.images))
+    for delivered in result.delivered:
+        if delivered is not None and not delivered.as_asked:
+            log.warning(
+                "asked for %s, got %s: the relay %s",
+                result.asked,
+                delivered,
+                "downgraded the image" if delivered.smaller else "may have ignored size",
+            )

@@ -17,6 +17,7 @@ from typing import IO
 import anyio
 import attrs
 
+from ._config import USE_CLIENT_DEFAULT, UseClientDefault
 from ._exceptions import InvalidCountError
 from ._generation import Engine
 from ._media import SNIFF_BYTES, sniff
@@ -55,6 +56,9 @@ class Streaming:
     _engine: Engine = attrs.field(alias="engine")
     _request: ImageRequest = attrs.field(alias="request")
     _delivery: Delivery = attrs.field(alias="delivery")
+    _pool_timeout: float | UseClientDefault | None = attrs.field(
+        alias="pool_timeout", default=USE_CLIENT_DEFAULT
+    )
     _spools: list[SpoolFile] = attrs.Factory(list)
     _download: AsyncGenerator[bytes, None] | None = None
 
@@ -73,7 +77,7 @@ class Streaming:
         delivery = attrs.evolve(self._delivery, opener=self._open)
         with forgetting():
             try:
-                result = await self._engine.send(self._request, delivery)
+                result = await self._engine.send(self._request, delivery, self._pool_timeout)
                 return await self._stream(result)
             except BaseException:
                 self._close()

@@ -37,6 +37,8 @@ class BatchStats:
     limit: int
     """The client's in-flight limit now (lower while the relay throttles)."""
     stopping: bool = False
+    down: tuple[str, ...] = ()
+    """The endpoints taken out now (`--endpoints`): cooling down, or being probed."""
 
     @property
     def done(self) -> int:

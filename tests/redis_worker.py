@@ -2,10 +2,14 @@
 
     python redis_worker.py '{"mode": "run", ...}'   requests to a relay, each under a lease
     python redis_worker.py '{"mode": "hold", ...}'  take leases and keep them until killed
+    python redis_worker.py '{"mode": "client", ...}'  a gi.Client(limiter=RedisLimiter(...))
 
 "run" prints "ready", waits for the file `go` to exist, then for each of its `phases` sends
 `requests` POSTs at once (a plain aiohttp POST each, inside a lease and after its start) and
 waits for them; it ends with a JSON line of the statuses.
+"client" prints "ready", waits for `go`, then makes `requests` client.generate calls at once
+through a Client of `max_concurrency` and `rpm` whose limiter is a RedisLimiter; it ends with a
+JSON line of how many got images.
 "hold" takes `hold` leases, prints "held", and sleeps (renewing them) until it is killed.
 """
 
@@ -15,7 +19,7 @@ import sys
 import aiohttp
 import anyio
 
-from gemimg_async import RedisLimiter
+from gemimg_async import Client, RedisLimiter
 
 AUTH = {"Authorization": "Bearer sk-test"}
 BODY = {"prompt": "a lighthouse", "response_format": "url"}
@@ -62,6 +66,25 @@ async def hold(config: dict) -> None:
     await anyio.sleep_forever()
 
 
+async def client(config: dict) -> None:
+    limiter = RedisLimiter(config["redis"], prefix=config["prefix"], lease_ttl=config["ttl"])
+    images: list[int] = []
+    options = {"max_concurrency": config["max_concurrency"], "rpm": config["rpm"]}
+    async with Client("sk-test", config["relay"], limiter=limiter, **options) as gi_client:
+
+        async def one() -> None:
+            images.append(len((await gi_client.generate("a lighthouse")).images))
+
+        say("ready")
+        while not await anyio.Path(config["go"]).exists():  # noqa: ASYNC110 - another process's
+            await anyio.sleep(0.01)
+        async with anyio.create_task_group() as group:
+            for _ in range(config["requests"]):
+                group.start_soon(one)
+    await limiter.aclose()
+    say(json.dumps({"images": images}))
+
+
 if __name__ == "__main__":
     settings = json.loads(sys.argv[1])
-    anyio.run({"run": run, "hold": hold}[settings["mode"]], settings)
+    anyio.run({"run": run, "hold": hold, "client": client}[settings["mode"]], settings)

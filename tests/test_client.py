@@ -292,6 +292,95 @@ async def test_max_concurrency_one_serialises():
     assert relay.max_in_flight == 1
 
 
+# --- pool_timeout: a full pool fails fast, having sent nothing ----------------------------------
+
+
+@pytest.fixture
+def slow_relay(relay):
+    """The session's relay, taking half a second per generation for this test."""
+    relay.latency = 0.5
+    yield relay
+    relay.latency = 0.0
+
+
+async def test_a_call_that_finds_the_pool_full_times_out_unsent(slow_relay):
+    """Client(pool_timeout=) bounds the wait for a place: PoolTimeoutError (a GemimgError, 503
+    for a web backend), nothing sent for it, the clock moved on by exactly that long."""
+    clock = FakeClock()
+    async with (
+        Client(API_KEY, slow_relay.url, max_concurrency=1, pool_timeout=3, clock=clock) as client,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(client.generate, "first")
+        await wait_for(lambda: slow_relay.in_flight == 1)
+        with pytest.raises(gi.PoolTimeoutError, match=r"within 3 s.*max_concurrency=1") as info:
+            await client.generate("second")
+        assert isinstance(info.value, GemimgError)
+        assert gi.error_response(info.value).status == 503
+        assert clock.sleeps == [3]
+    assert [r.prompt for r in slow_relay.requests] == ["first"]
+
+
+async def second(client, call):
+    """Call `call` for a second image, with pool_timeout=0."""
+    if call == "send":
+        await client.send(ImageRequest("second"), pool_timeout=0)
+    elif call == "stream":
+        async with client.stream("second", pool_timeout=0):
+            pass
+    else:
+        await getattr(client, call)("second", pool_timeout=0)
+
+
+@pytest.mark.parametrize("call", ["generate", "generate_2k", "send", "stream"])
+async def test_each_call_may_give_its_own_pool_timeout(slow_relay, call):
+    """pool_timeout= on generate, generate_2k, send and stream overrides the client's (here
+    None, waiting for ever): 0 fails at once while the one place is taken."""
+    async with (
+        Client(API_KEY, slow_relay.url, max_concurrency=1, clock=FakeClock()) as client,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(client.generate, "first")
+        await wait_for(lambda: slow_relay.in_flight == 1)
+        with pytest.raises(gi.PoolTimeoutError, match="within 0 s"):
+            await second(client, call)
+        assert client.stats.waiting == 0
+    assert len(slow_relay.requests) == 1
+
+
+async def test_a_call_may_wait_without_limit_despite_the_clients_pool_timeout(slow_relay):
+    """pool_timeout=None on a call waits for its place however long, whatever the client's."""
+    async with (
+        Client(
+            API_KEY, slow_relay.url, max_concurrency=1, pool_timeout=0, clock=FakeClock()
+        ) as client,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(client.generate, "first")
+        await wait_for(lambda: slow_relay.in_flight == 1)
+        result = await client.generate("second", pool_timeout=None)
+    assert result.images
+    assert len(slow_relay.requests) == 2
+
+
+async def test_a_retry_waits_for_its_place_again_without_the_pool_timeout(relay):
+    """Only the first wait is bounded: a request throttled once (maybe sent) waits for its
+    place again after the pause however long it takes, and is never cut short as unsent."""
+    relay.script(Fault.rate_limited())
+    async with Client(
+        API_KEY, relay.url, max_concurrency=1, pool_timeout=0, clock=FakeClock()
+    ) as client:
+        result = await client.generate("a fox")
+    assert result.attempts == 2
+
+
+@pytest.mark.parametrize("bad", [-0.5, "10"])
+def test_a_bad_client_pool_timeout_is_refused(relay, bad):
+    """Client(pool_timeout=) is None or seconds, 0 or more."""
+    with pytest.raises(ConfigurationError, match="pool_timeout"):
+        Client(API_KEY, relay.url, pool_timeout=bad)
+
+
 # --- shutting down: drain what is paid for ------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ def test_the_error_tree_is_rooted_at_gemimg_error():
         ClientClosedError: GemimgError,
         ConfigurationError: GemimgError,
         LimiterUnavailableError: GemimgError,
+        gi.PoolTimeoutError: GemimgError,
         ValidationError: GemimgError,
         InvalidModelError: ValidationError,
         InvalidPromptError: ValidationError,

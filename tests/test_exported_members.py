@@ -29,9 +29,11 @@ USER_FACING_MODULES = (
     "_provenance",
     "_results",
     "_sizes",
+    "_stats",
     "_summary",
 )
 INTERNAL = {
+    "_results.report_shortfalls",  # the engine warns with it once a result is made
     "_budget.Budget",  # run_batch(max_cost=) keeps one; the manifest is its ledger
     "_budget.charge_of",  # the rule Budget applies to a finished job
     "_gallery.Card",  # one tile of the page, built from manifest entries

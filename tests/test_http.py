@@ -13,10 +13,7 @@ pytestmark = pytest.mark.anyio
 
 RELAY_TEXT = "upstream channel 7 at http://10.0.0.5 failed"
 
-PoolTimeoutError = getattr(gi, "PoolTimeoutError", None) or type(
-    "PoolTimeoutError", (gi.TransportError,), {}
-)
-"""The pool rework's error, or a stand-in of that name until it lands: rows go by class name."""
+PoolTimeoutError = gi.PoolTimeoutError
 
 
 def api(cls, status, **kwargs):
@@ -49,6 +46,7 @@ MAPPING = [
     (api(gi.RateLimitError, 429, retry_after=7.2), 429, "rate_limited", 8),
     (api(gi.RateLimitError, 429), 429, "rate_limited", 5),
     (PoolTimeoutError("no place in the pool within 0.5 s"), 503, "busy", 5),
+    (gi.LimiterUnavailableError("the shared limiter cannot reach Redis"), 503, "busy", 5),
     (gi.ClientClosedError("the client is closing"), 503, "shutting_down", None),
     (gi.ConnectError(f"POST {RELAY_TEXT}: could not connect"), 503, "relay_unreachable", 5),
     (api(gi.ServerError, 503, retry_after=30), 503, "relay_unavailable", 30),

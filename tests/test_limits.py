@@ -8,15 +8,18 @@ from contextlib import AsyncExitStack
 
 import anyio
 import anyio.lowlevel
+import attrs
 import pytest
 
-from gemimg_async import Client, ConfigurationError, RateLimitError, RetryPolicy
+from gemimg_async import Client, ConfigurationError, PoolTimeoutError, RateLimitError, RetryPolicy
 from gemimg_async._limits import (
     DEFAULT_DECREASE_FACTOR,
     DEFAULT_INCREASE_AFTER,
     AdaptiveLimit,
+    Pool,
     RateLimit,
     Slot,
+    check_pool_timeout,
 )
 from gemimg_async.testing import FakeClock, Fault
 from helpers import API_KEY
@@ -470,3 +473,85 @@ async def test_without_rpm_nothing_waits(relay, client, clock):
     assert client.stats.rate_waits == 0
     assert clock.sleeps == []
     assert relay.generation_count == attempts == 3
+
+
+# --- Pool: pool_timeout ------------------------------------------------------------------------
+
+
+@attrs.define
+class GatedClock(FakeClock):
+    """A FakeClock whose sleeps wait for `gate` first: time passes only when the test says."""
+
+    gate: anyio.Event = attrs.Factory(anyio.Event)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.gate.wait()
+        await super().sleep(seconds)
+
+
+async def test_a_full_pool_times_out_after_its_patience_holding_nothing():
+    """A waiter gives up after `patience` seconds on the clock: PoolTimeoutError naming the
+    pool's size and the wait, and it holds no place and waits no longer."""
+    clock = FakeClock()
+    pool = Pool(AdaptiveLimit(2), clock=clock)
+    held = [await pool.acquire(), await pool.acquire()]
+    with pytest.raises(PoolTimeoutError, match=r"within 2\.5 s .*max_concurrency=2.*nothing was"):
+        await pool.acquire(2.5)
+    assert clock.sleeps == [2.5]
+    assert (pool.limit.in_flight, pool.limit.waiting) == (2, 0)
+    await pool.release(held[0])
+    assert pool.limit.try_acquire() is not None
+
+
+async def test_zero_patience_fails_at_once_without_waiting():
+    """pool_timeout=0 takes a free place at once, and fails at once (no wait, no sleep) when
+    the pool is full."""
+    clock = FakeClock()
+    pool = Pool(AdaptiveLimit(1), clock=clock)
+    await pool.acquire(0)
+    with pytest.raises(PoolTimeoutError, match="within 0 s"):
+        await pool.acquire(0)
+    assert clock.sleeps == []
+    assert pool.limit.waits == 0
+
+
+async def test_a_place_freed_within_the_patience_is_taken():
+    """A place given back before the timeout passes goes to the waiter, which keeps it."""
+    clock = GatedClock()
+    pool = Pool(AdaptiveLimit(1), clock=clock)
+    holder = await pool.acquire()
+    async with anyio.create_task_group() as group:
+        got = []
+
+        async def wait():
+            got.append(await pool.acquire(10))
+
+        group.start_soon(wait)
+        while pool.limit.waiting == 0:
+            await anyio.lowlevel.checkpoint()
+        await pool.release(holder)
+    assert len(got) == 1
+    assert pool.limit.in_flight == 1
+    assert clock.sleeps == []  # the timer never fired
+
+
+async def test_the_rate_counts_towards_the_patience():
+    """A start the rate would make wait longer than what is left of the patience is not
+    reserved: PoolTimeoutError at once, the place given back, the next start unchanged."""
+    clock = FakeClock()
+    pool = Pool(AdaptiveLimit(4), RateLimit(6, clock), clock=clock)  # a start every 10 s
+    first = await pool.acquire(5)
+    with pytest.raises(PoolTimeoutError):
+        await pool.acquire(5)
+    assert pool.limit.in_flight == 1
+    assert clock.sleeps == []
+    await pool.acquire(10)  # waits out the rest of the 10 s gap
+    assert clock.sleeps == [10.0]
+    await pool.release(first)
+
+
+@pytest.mark.parametrize("bad", [-1, "5", True, math.nan])
+def test_a_bad_pool_timeout_is_refused(bad):
+    """pool_timeout is None or seconds, 0 or more."""
+    with pytest.raises(ConfigurationError, match="pool_timeout"):
+        check_pool_timeout(bad)

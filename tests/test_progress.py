@@ -70,6 +70,12 @@ def test_the_status_line_says_done_failed_in_flight_rate_eta_and_limit():
     assert line.endswith(", stopping")
 
 
+def test_the_status_line_names_the_endpoints_that_are_down():
+    """With several endpoints, those taken out (cooling down or probed) are named."""
+    line = status_line(stats(down=("relay-b", "relay-c")))
+    assert line.endswith(", limit 8, down: relay-b relay-c")
+
+
 def test_plain_progress_prints_a_line_per_interval_and_a_summary():
     """PlainProgress writes a status line when its interval has passed, then the summary."""
     out = io.StringIO()

@@ -554,6 +554,38 @@ async def test_four_processes_share_max_concurrency_and_rpm(redis_server, prefix
     assert all(sum(t <= s < t + 1 for s in starts) <= 10 + 3 for t in starts)
 
 
+async def test_four_processes_of_clients_share_their_limits(redis_server, prefix, tmp_path):
+    """4 processes, each a gi.Client(max_concurrency=8, rpm=6000, limiter=RedisLimiter(...))
+    making 12 calls at once against one slow relay: every call gets its image, and the relay
+    never has more than 8 in flight from the four together (the places did bind)."""
+    go = tmp_path / "go"
+    async with FakeRelay(api_keys=frozenset({API_KEY}), latency=0.5) as relay:
+        config = {
+            "mode": "client",
+            "redis": redis_server.url,
+            "prefix": prefix,
+            "relay": relay.url,
+            "max_concurrency": 8,
+            "rpm": 6000,
+            "requests": 12,
+            "ttl": 5.0,
+            "go": str(go),
+        }
+        processes = [worker(**config) for _ in range(4)]
+        try:
+            assert [await read_line(p) for p in processes] == ["ready"] * 4
+            go.touch()
+            reports = [json.loads(await read_line(p)) for p in processes]
+        finally:
+            for process in processes:
+                process.kill()
+                process.wait()
+                process.stdout.close()
+    assert [n for report in reports for n in report["images"]] == [1] * 48
+    assert relay.generation_count == 48
+    assert most_at_once(relay.requests) == 8
+
+
 async def test_a_killed_process_gives_its_places_back_within_the_ttl(
     redis_server, limiters, prefix
 ):

@@ -1,27 +1,25 @@
 """The example web apps end to end (examples/fastapi_app.py, examples/aiohttp_app.py): each on a
 real port with the fake relay behind it, called over HTTP: the image streamed back or saved,
-/health, errors as HTTP statuses, 50 callers against a pool of 4, a caller that hangs up.
+/health, errors as HTTP statuses, 50 callers against a pool of 4, a caller that hangs up, and
+two app processes sharing one pool through Redis (the uvicorn --workers recipe).
 
 They use the package's own pytest plugin: `fake_relay` (reset per test) and `fake_relay_server`.
 """
 
 import asyncio
-import inspect
 import json
 from pathlib import Path
 
 import anyio
 import pytest
-from webapps import POOL, running
+from webapps import POOL, fastapi_app, running
 
-import gemimg_async as gi
-from gemimg_async.testing import Fault
+from gemimg_async.testing import FakeRelay, Fault
 from helpers import PNG_SIGNATURE, TIER_2K, served_pngs, wait_for
 
 pytestmark = pytest.mark.anyio
 
 CALLERS = 50
-TAKES_POOL_TIMEOUT = "pool_timeout" in inspect.signature(gi.Client).parameters
 
 
 def part_files(folder: Path) -> list[Path]:
@@ -139,8 +137,6 @@ async def test_fifty_callers_share_a_pool_of_four(app, http, fake_relay):
 async def test_with_pool_timeout_a_full_pool_answers_503(fake_relay, http, tmp_path, app):
     """With pool_timeout, callers that find the pool of 4 full get 503 (Retry-After) without
     anything sent for them; none hangs, and the relay never sees more than 4."""
-    if not TAKES_POOL_TIMEOUT:
-        pytest.skip("pool_timeout lands with the pool rework")
     fake_relay.latency = 1.0
     async with running(app.name, fake_relay.url, tmp_path, GEMIMG_POOL_TIMEOUT="0.2") as limited:
         statuses = await many_callers(http, limited, CALLERS)
@@ -226,3 +222,31 @@ async def test_the_aiohttp_app_counts_each_event(fake_relay, http, tmp_path):
     assert metrics['gemimg_generations_total{outcome="ok"}'] == "1"
     assert metrics["gemimg_pool_in_flight"] == "0"
     assert metrics["gemimg_pool_limit"] == str(POOL)
+
+
+async def test_two_workers_with_redis_share_one_pool(http, tmp_path, redis_server):
+    """The uvicorn --workers recipe: two FastAPI app processes with GEMIMG_REDIS_URL, 16
+    callers spread over both, a pool of 4 each: the relay never sees more than 4 in flight
+    from the two together, and every caller gets its image."""
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+    async with FakeRelay(api_keys="sk-test", latency=0.4) as relay:
+        redis = {"GEMIMG_REDIS_URL": redis_server.url, "GEMIMG_POOL_TIMEOUT": "60"}
+        with (
+            fastapi_app(relay.url, tmp_path / "one", **redis) as one,
+            fastapi_app(relay.url, tmp_path / "two", **redis) as two,
+        ):
+            statuses = []
+
+            async def call(app):
+                status, _, body = await post_image(http, app, "a crowd")
+                statuses.append(status)
+                assert status != 200 or body.startswith(PNG_SIGNATURE)
+
+            with anyio.fail_after(120):
+                async with anyio.create_task_group() as callers:
+                    for i in range(16):
+                        callers.start_soon(call, (one, two)[i % 2])
+        assert statuses == [200] * 16
+        assert relay.generation_count == 16
+        assert relay.max_in_flight == POOL
