@@ -17,6 +17,7 @@ import attrs
 
 from ._clock import Clock, SystemClock
 from ._config import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_IMAGE_BYTES, RetryPolicy, Timeouts
+from ._destination import Destination
 from ._dialects import Dialect, SizeStyle, dialect_for
 from ._dialects import base_url as relay_base
 from ._events import Listener
@@ -323,7 +324,7 @@ class Client:
         self,
         requests: Iterable[ImageRequest] | AsyncIterable[ImageRequest],
         *,
-        save_to: str | os.PathLike[str] | None = None,
+        save_to: str | os.PathLike[str] | Destination | None = None,
         ordered: bool = False,
         overwrite: bool = False,
         timeouts: Timeouts | None = None,

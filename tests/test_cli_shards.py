@@ -203,3 +203,47 @@ async def test_a_shard_killed_mid_run_then_rerun_pays_for_nothing_twice(relay, t
     assert doc["saved"] + doc["outcome_unknown"] == 24
     assert doc["saved"] <= len(sent)
     assert code == (1 if doc["outcome_unknown"] else 0)
+
+
+async def test_a_shard_into_s3_killed_mid_run_then_rerun_pays_for_nothing_twice(
+    relay, s3, tmp_path, capsys
+):
+    """`batch --out s3://...` killed (-9) with requests in flight, then run again: every job
+    sent at most once (the send log was in the store before each POST), every job once in the
+    status, and every image in the store a whole PNG."""
+    relay.latency = 0.1
+    jobs = write_jobs(tmp_path, 12)
+    args = batch_command(
+        "jobs.jsonl", "--out", s3, "--base-url", relay.url, "--shard", "1/1", "--concurrency", "2"
+    )
+    store = open_store(s3)
+    manifest = Shard(1, 1).manifest_name
+    try:
+        killed = await anyio.open_process(
+            args, cwd=tmp_path, env=child_env(), stdout=DEVNULL, stderr=DEVNULL
+        )
+        try:
+            await wait_for(lambda: len(relay.requests) >= 3 and relay.in_flight >= 1)
+        finally:
+            killed.kill()
+            await killed.wait()
+            await killed.aclose()
+        sent_before = collections.Counter(r.prompt for r in relay.requests)
+        again = await anyio.run_process(args, cwd=tmp_path, env=child_env(), check=False)
+    finally:
+        relay.latency = 0.0
+    assert again.returncode in (0, 1), again.stderr.decode()
+    sent = collections.Counter(r.prompt for r in relay.requests)
+    assert set(sent.values()) == {1}  # nothing sent twice
+    assert len(sent_before) < len(sent) <= 12
+    code, said = await status_of(capsys, s3, str(jobs), "--json")
+    doc = json.loads(said)
+    assert (doc["jobs"], doc["left"], doc["duplicates"]) == (12, 0, [])
+    assert doc["outcome_unknown"] >= 1
+    assert doc["saved"] + doc["outcome_unknown"] == 12
+    assert code == 1
+    for name in await store.images():
+        data = await store.run(store.fs.cat_file, store.path(name))
+        assert data.startswith(b"\x89PNG")
+        assert data.endswith(b"IEND\xaeB`\x82")
+    assert await store.logs() == [manifest]
