@@ -10,7 +10,7 @@ uploads), behind one small interface, so `BatchRun` reads the same either way.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Protocol
@@ -72,9 +72,12 @@ class BatchOutput:
 
 
 @asynccontextmanager
-async def batch_output(out: str | Path, shard: Shard) -> AsyncIterator[BatchOutput]:
+async def batch_output(
+    out: str | Path, shard: Shard, lost: Callable[[str], None]
+) -> AsyncIterator[BatchOutput]:
     """`out` open for one run of `shard`: its journal locked and read (ConfigurationError when
-    it cannot be used); unlocked, and in a store its uploads aborted or done, at the end."""
+    it cannot be used); unlocked, and in a store its uploads aborted or done, at the end. A
+    store's lock taken over by another run meanwhile is told to `lost`."""
     if isinstance(out, Path):
         journal = Journal.open(out, shard)
         try:
@@ -88,7 +91,7 @@ async def batch_output(out: str | Path, shard: Shard) -> AsyncIterator[BatchOutp
         own = await StoreJournal.open(store, shard)
         aborts = Aborts()
         try:
-            async with background(own.keep_lock()):
+            async with background(own.keep_lock(lost)):
                 yield BatchOutput(
                     own, upload_destination(store, aborts, own.flush_sent), store=store
                 )

@@ -164,7 +164,7 @@ class BatchRun:
             self._total = None if self._total is None else round(self._total / self.shard.n)
         summary: BatchSummary | None = None
         try:
-            async with batch_output(self.out_dir, self.shard) as output:
+            async with batch_output(self.out_dir, self.shard, self._halt) as output:
                 journal = output.journal
                 self._flights = Flights(journal, self._clock)
                 if self.progress is not None:

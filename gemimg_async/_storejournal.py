@@ -22,11 +22,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import attrs
 
+from ._exceptions import ConfigurationError
 from ._ledger import Ledger
 from ._manifest import ManifestEntry, scan
 from ._models import ImageRequest
@@ -197,11 +199,18 @@ class StoreJournal:
         `aclose` (unless a job is sent meanwhile)."""
         self._forgot_at = self._sent_count
 
-    async def keep_lock(self) -> None:
-        """Renew the shard's lock until cancelled (LockLostError when another run took it)."""
+    async def keep_lock(self, lost: Callable[[str], None]) -> None:
+        """Renew the shard's lock until cancelled; tell `lost` why when another run took it
+        over (the batch then takes no new job) or it cannot be renewed."""
         while True:
             await anyio.sleep(self.lock.ttl / 3)
-            await self.lock.renew()
+            try:
+                await self.lock.renew()
+            except OSError as exc:  # LockLostError is a ConfigurationError
+                log.warning("could not renew %s in %s: %s", self.lock.name, self.store.url, exc)
+            except ConfigurationError as exc:
+                lost(str(exc))
+                return
 
     async def aclose(self) -> None:
         """Clear the send log when `forget_sent` still holds, fold the manifest, unlock."""

@@ -14,6 +14,7 @@ from gemimg_async._objlock import ObjectLock
 from gemimg_async._objstore import open_store
 from gemimg_async._sentjob import SentJob
 from gemimg_async._shards import Shard
+from gemimg_async._storejournal import StoreJournal
 from helpers import (
     PNG_SIGNATURE,
     jsonl,
@@ -111,3 +112,16 @@ async def test_a_shard_held_by_a_live_run_is_refused(relay, client, s3, tmp_path
     with pytest.raises(ConfigurationError, match="holds"):
         await run_batch(client, three_jobs(tmp_path), s3, shard=Shard(1, 2))
     assert relay.requests == []
+
+
+async def test_a_lock_taken_over_is_told_and_the_run_halts(s3):
+    """A run that stalled past its lock's TTL while another took the shard over is told so by
+    its renewal (the batch then takes no new job)."""
+    store = open_store(s3)
+    journal = await StoreJournal.open(store, Shard(1, 2), ttl=0.3)
+    await anyio.sleep(0.4)  # expired: the next run takes over
+    await ObjectLock(store, ".manifest.1-of-2.lock").acquire()
+    told: list[str] = []
+    with anyio.fail_after(30):
+        await journal.keep_lock(told.append)
+    assert "took over" in told[0]
