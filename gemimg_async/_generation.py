@@ -281,8 +281,7 @@ class Engine:
         sent = self.clock.monotonic()
         trace.reported = trace.tagging = None
         emit(listeners, RequestSent(request, trace.attempts, trace.key, sent))
-        if delivery.before_send is not None:  # a batch's send log, durable before the POST
-            await delivery.before_send(request)
+        await delivery.before_post(request)  # a batch's send log: durable before the POST
         try:
             async with self.relay.post(
                 outgoing, idempotency_key=trace.key, model=request.model, timeouts=delivery.timeouts

@@ -61,6 +61,8 @@ class StoreJournal:
     """The send log as the run found it."""
     _lines: bytearray = attrs.Factory(bytearray)
     _sent_lines: bytearray = attrs.Factory(bytearray)
+    _unsynced: list[bytes] = attrs.Factory(list)
+    _unsent: list[bytes] = attrs.Factory(list)
     _sent_lock: anyio.Lock = attrs.Factory(anyio.Lock)
     _sent_count: int = 0
     _forgot_at: int | None = None
@@ -168,15 +170,19 @@ class StoreJournal:
         once it returns, the line of `request` (logged before) is there."""
         del request  # every line kept so far goes: this one's among them
         async with self._sent_lock:
-            if not self._sent_lines:
-                return
-            lines, self._sent_lines = self._sent_lines, bytearray()
-            try:
-                with anyio.CancelScope(shield=True):  # a line half put is not known to be there
-                    await self.store.append(self.shard.sent_log_name, bytes(lines))
-            except BaseException:
-                self._sent_lines = lines + self._sent_lines
-                raise
+            if self._sent_lines:
+                self._unsent.append(bytes(self._sent_lines))
+                self._sent_lines = bytearray()
+            await self._put(self.shard.sent_log_name, self._unsent)
+
+    async def _put(self, log: str, pieces: list[bytes]) -> None:
+        """Append `pieces` to `log` in order, each removed once it is there. A piece whose
+        append failed stays first, to be appended again as it was (an append whose answer was
+        lost, retried with the same bytes, is the same object)."""
+        with anyio.CancelScope(shield=True):  # a piece half put is not known to be there
+            while pieces:
+                await self.store.append(log, pieces[0])
+                del pieces[0]
 
     def write(self, entry: ManifestEntry) -> None:
         """Keep `entry`'s line; `sync` puts it in the store."""
@@ -190,9 +196,9 @@ class StoreJournal:
 
     async def sync(self) -> None:
         if self._lines:
-            lines, self._lines = self._lines, bytearray()
-            with anyio.CancelScope(shield=True):
-                await self.store.append(self.shard.manifest_name, bytes(lines))
+            self._unsynced.append(bytes(self._lines))
+            self._lines = bytearray()
+        await self._put(self.shard.manifest_name, self._unsynced)
 
     def forget_sent(self) -> None:
         """Every job in the send log has its line, in the store: the log is cleared at
@@ -217,7 +223,7 @@ class StoreJournal:
         with anyio.CancelScope(shield=True):
             try:
                 await self.sync()
-                if self._forgot_at == self._sent_count and not self._sent_lines:
+                if self._forgot_at == self._sent_count and not (self._sent_lines or self._unsent):
                     await self.store.clear_log(self.shard.sent_log_name)
                 await self.store.compact(self.shard.manifest_name)
             finally:

@@ -141,6 +141,15 @@ async def test_status_usage_mistakes_exit_2(tmp_path, capsys, monkeypatch, args,
     assert says in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", ["--dry-run", "--gallery"])
+def test_dry_run_and_gallery_refuse_an_object_storage_output(tmp_path, capsys, flag):
+    """--dry-run and --gallery read a folder: with --out s3://... they say so and exit 2."""
+    jobs = write_jobs(tmp_path, 2)
+    code = main(["batch", str(jobs), "--out", "s3://bucket/out", flag])
+    assert code == 2
+    assert "s3://bucket/out" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("shard", ["0/3", "4/3", "3", "a/b"])
 def test_a_bad_shard_flag_exits_2_naming_it(tmp_path, capsys, shard):
     """--shard K/N that is no shard of N is a usage mistake, said before anything is sent."""
