@@ -3,7 +3,7 @@
 Data flows one way::
 
     jobs file --read_jobs--> ImageRequest (with an id) --BatchRun--> Client.map
-        --> OUT/{id}_{i}.{ext} (fsynced, then renamed into place)
+        --> OUT/{id}_{i}.{ext} (fsynced, then renamed into place; or uploaded: `_batchout`)
         --> one line of OUT/manifest.jsonl (written once the images are in place)
 
 `_jobs` reads job files; `_resume` decides what each job needs; `_flights` follows the jobs in
@@ -177,7 +177,7 @@ class BatchRun:
                 journal.forget_sent()  # every job sent has its line now, synced
                 summary = self._summary(journal)
         finally:
-            if self.progress is not None:
+            if self.progress is not None and self._flights is not None:  # started
                 self.progress.update(self.stats)
                 self.progress.finish(summary)
         return summary
