@@ -248,9 +248,9 @@ async def test_a_shard_into_s3_killed_mid_run_then_rerun_pays_for_nothing_twice(
     code, said = await status_of(capsys, s3, str(jobs), "--json")
     doc = json.loads(said)
     assert (doc["jobs"], doc["left"], doc["duplicates"]) == (12, 0, [])
-    assert doc["outcome_unknown"] >= 1
     assert doc["saved"] + doc["outcome_unknown"] == 12
-    assert code == 1
+    assert doc["saved"] <= len(sent)
+    assert code == (1 if doc["outcome_unknown"] else 0)
     for name in await store.images():
         data = await store.run(store.fs.cat_file, store.path(name))
         assert data.startswith(b"\x89PNG")
