@@ -12,6 +12,9 @@ against the image and prints the table.
 Peers (the image arrives as 64 KiB chunks, as a relay's answer does):
   gemimg_async  FsspecStore.open_image(): 5 MiB multipart parts, each sent from a worker thread
   naive         the chunks joined in memory, then s3fs `pipe_file` (one PUT, from a thread)
+  batch         the whole batch path: `run_batch(client, [one job], "s3://...")` against the fake
+                relay (its own process, noise PNGs, b64_json): the answer decoded as it streams
+                into an UploadSink, the manifest and send log appended as objects
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 CHUNK = 64 * 1024
 MiB = 1024 * 1024
-PEERS = ("gemimg_async", "naive")
+PEERS = ("gemimg_async", "naive", "batch")
 ENV = {
     "AWS_ACCESS_KEY_ID": "bench",
     "AWS_SECRET_ACCESS_KEY": "bench",
@@ -59,6 +62,33 @@ def status(field: str) -> int:
 def reset_peak() -> None:
     """Start VmHWM afresh from the RSS now (Linux): making the image peaked higher."""
     Path("/proc/self/clear_refs").write_text("5")
+
+
+async def batch_worker(url: str, relay: str, quick: bool) -> dict:
+    """One 4K job (2K with --quick) through `run_batch` into the store at `url`."""
+    sys.path.insert(0, str(HERE))
+    from _loopstall import StallProbe  # noqa: PLC0415
+    from gemimg_async import Client, ImageRequest, Model, run_batch  # noqa: PLC0415
+    from gemimg_async._objstore import open_store  # noqa: PLC0415
+
+    model = Model.RES_2K if quick else Model.RES_4K
+    job = ImageRequest("a storm", id="image", model=model, size="16:9", response_format="b64_json")
+    await open_store(url).check()  # the filesystem's session made before the baseline
+    async with Client("sk-test", relay) as client:  # the fake relay's default key
+        base = status("VmRSS")
+        reset_peak()
+        began = time.perf_counter()
+        async with StallProbe() as probe:
+            summary = await run_batch(client, [job], url)
+        wall = time.perf_counter() - began
+    assert summary.saved == 1, summary
+    return {
+        "peer": "batch",
+        "extra_rss": max(status("VmHWM") - base, 0),
+        "wall": wall,
+        "stall": probe.worst,
+        "stall_own": probe.worst_own,
+    }
 
 
 async def worker(peer: str, url: str, quick: bool) -> dict:
@@ -129,13 +159,42 @@ def start_moto(log: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"moto's server did not start: {log.read_text()[-2000:]}")
 
 
+def start_relay(url_file: Path) -> tuple[subprocess.Popen, str]:
+    """The fake relay (noise PNGs) in its own process, and its URL."""
+    command = [sys.executable, "-m", "gemimg_async", "fake-server", "--port", "0"]
+    command += ["--style", "noise", "--url-file", str(url_file)]
+    relay = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (url_file.exists() and url_file.read_text().strip()):
+        if relay.poll() is not None or time.monotonic() > deadline:
+            relay.kill()
+            raise SystemExit("the fake relay did not start")
+        time.sleep(0.05)
+    return relay, url_file.read_text().strip()
+
+
+def check_object(fs: object, path: str, row: dict) -> None:
+    """The object is the worker's image (its sha256), or for the batch the relay's: a whole PNG."""
+    got = fs.cat_file(path)  # type: ignore[attr-defined]
+    if row["peer"] == "batch":
+        assert got.startswith(b"\x89PNG")
+        assert got.endswith(b"IEND\xaeB`\x82")
+        row["bytes"] = len(got)
+    else:
+        assert hashlib.sha256(got).hexdigest() == row["sha256"], f"{row['peer']}: corrupt"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--worker", choices=PEERS, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--relay", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker == "batch":
+        print(json.dumps(asyncio.run(batch_worker(args.url, args.relay, args.quick))))
+        return
     if args.worker:
         print(json.dumps(asyncio.run(worker(args.worker, args.url, args.quick))))
         return
@@ -143,6 +202,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         process, endpoint = start_moto(Path(tmp) / "moto.log")
         env = {**os.environ, **ENV, "AWS_ENDPOINT_URL": endpoint}
+        relay = start_relay(Path(tmp) / "relay-url")
         try:
             import s3fs  # noqa: PLC0415
 
@@ -155,17 +215,21 @@ def main() -> None:
                     url = f"s3://bench/{peer}-{run}"
                     done = subprocess.run(
                         [sys.executable, __file__, "--worker", peer, "--url", url]
+                        + ["--relay", relay[1]]
                         + (["--quick"] if args.quick else []),
                         capture_output=True,
                         text=True,
                         env=env,
-                        check=True,
+                        check=False,
                     )
+                    if done.returncode:
+                        raise SystemExit(f"{peer} failed:\n{done.stderr[-3000:]}")
                     row = json.loads(done.stdout.strip().splitlines()[-1])
-                    got = fs.cat_file(f"bench/{peer}-{run}/image_0.png")
-                    assert hashlib.sha256(got).hexdigest() == row["sha256"], f"{peer}: corrupt"
+                    check_object(fs, f"bench/{peer}-{run}/image_0.png", row)
                     rows.append(row)
         finally:
+            relay[0].terminate()
+            relay[0].wait()
             process.terminate()
             process.wait()
     size = rows[0]["bytes"]
@@ -177,6 +241,8 @@ def main() -> None:
         wall = sorted(r["wall"] for r in mine)[len(mine) // 2]
         stall = max(r["stall_own"] for r in mine) * 1000
         print(f"{peer:<14}{extra / MiB:>13.1f} MiB{wall:>13.2f} s{stall:>18.1f} ms")
+    batch = max(r["bytes"] for r in rows if r["peer"] == "batch")
+    print(f"(batch: the relay's own {batch / 1e6:.1f} MB PNG, sent as b64_json, through run_batch)")
 
 
 if __name__ == "__main__":

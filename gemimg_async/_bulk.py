@@ -3,7 +3,7 @@
 Data flows one way::
 
     jobs file --read_jobs--> ImageRequest (with an id) --BatchRun--> Client.map
-        --> OUT/{id}_{i}.{ext} (fsynced, then renamed into place)
+        --> OUT/{id}_{i}.{ext} (fsynced, then renamed into place; or uploaded: `_batchout`)
         --> one line of OUT/manifest.jsonl (written once the images are in place)
 
 `_jobs` reads job files; `_resume` decides what each job needs; `_flights` follows the jobs in
@@ -23,13 +23,13 @@ from pathlib import Path
 import anyio
 import attrs
 
+from ._batchout import BatchJournal, BatchOutput, batch_output, out_location
 from ._client import Client
 from ._clock import Clock
 from ._exceptions import AuthenticationError
 from ._flights import Flights
 from ._jobs import BadLine, JobDefaults, iterable_jobs, text_jobs
 from ._jobtext import JobText
-from ._journal import Journal
 from ._manifest import ManifestEntry
 from ._models import ImageRequest
 from ._outdir import FolderImages
@@ -74,7 +74,8 @@ class BatchRun:
     """
 
     client: Client
-    out_dir: Path = attrs.field(converter=Path)
+    out_dir: Path | str = attrs.field(converter=out_location)
+    """A folder, or object storage: `s3://bucket/prefix` (any fsspec URL; `_batchout`)."""
     defaults: JobDefaults = JobDefaults()
     retry_unknown: bool = False
     """Send again jobs recorded `outcome_unknown`: they may have been billed already."""
@@ -162,22 +163,22 @@ class BatchRun:
         if not self.shard.is_whole:  # about its share: the ids' hash spreads them evenly
             requests = self.shard.select(requests, lambda job: job[0].id or "")
             self._total = None if self._total is None else round(self._total / self.shard.n)
-        journal = Journal.open(self.out_dir, self.shard)
-        self._flights = Flights(journal, self._clock)
         summary: BatchSummary | None = None
         try:
-            if self.progress is not None:
-                self.progress.start(self.stats)
-            images = FolderImages.scan(self.out_dir)
-            await self._settle_dangling(journal, images)
-            self._spending.resume(journal.ledger)
-            async with background(self._tick() if self.progress is not None else None):
-                await self._send_all(journal, self._to_send(requests, journal, images))
-            journal.forget_sent()  # every job sent has its line now, synced
-            summary = self._summary(journal)
+            async with batch_output(self.out_dir, self.shard, self._halt) as output:
+                journal = output.journal
+                self._flights = Flights(journal, self._clock)
+                if self.progress is not None:
+                    self.progress.start(self.stats)
+                images = await output.images(sweep=True)
+                await self._settle_dangling(journal, images)
+                self._spending.resume(journal.ledger)
+                async with background(self._tick() if self.progress is not None else None):
+                    await self._send_all(output, self._to_send(requests, journal, images))
+                journal.forget_sent()  # every job sent has its line now, synced
+                summary = self._summary(journal)
         finally:
-            journal.close()
-            if self.progress is not None:
+            if self.progress is not None and self._flights is not None:  # started
                 self.progress.update(self.stats)
                 self.progress.finish(summary)
         return summary
@@ -192,7 +193,7 @@ class BatchRun:
             await anyio.sleep(_TICK)  # a display's refresh, in real time whatever the clock
             self.progress.update(self.stats)
 
-    async def _settle_dangling(self, journal: Journal, images: FolderImages) -> None:
+    async def _settle_dangling(self, journal: BatchJournal, images: FolderImages) -> None:
         """Record the jobs a dead run sent without recording them (at their estimates)."""
         journal.settle(images, reason=_DANGLING, now=self._clock.time())
         await journal.sync()
@@ -201,7 +202,7 @@ class BatchRun:
     async def _to_send(
         self,
         requests: Iterator[tuple[ImageRequest, str]],
-        journal: Journal,
+        journal: BatchJournal,
         images: FolderImages,
     ) -> AsyncIterator[ImageRequest]:
         """The jobs to send, each taken as `Client.map` pulls it (sent once its first attempt
@@ -240,11 +241,11 @@ class BatchRun:
                 journal.write(step.entry)
             self._tally.skip(step.entry, changed=step.step is Step.CHANGED)
 
-    async def _send_all(self, journal: Journal, requests: AsyncIterator[ImageRequest]) -> None:
+    async def _send_all(self, output: BatchOutput, requests: AsyncIterator[ImageRequest]) -> None:
         assert self._flights is not None
-        flights = self._flights
+        flights, journal = self._flights, output.journal
         outcomes = self.client.map(
-            requests, save_to=self.out_dir, overwrite=True, on_event=flights.hear
+            requests, save_to=output.save_to, overwrite=True, on_event=flights.hear
         )
         try:
             with self._scope:
@@ -264,7 +265,8 @@ class BatchRun:
         finally:
             with anyio.CancelScope(shield=True):
                 await outcomes.aclose()
-                self._abandon(journal)
+                left = await output.images() if flights.sent else FolderImages.from_names(())
+                self._abandon(journal, left)
                 await journal.sync()
 
     def _halt_on(self, error: Exception | None) -> None:
@@ -282,16 +284,17 @@ class BatchRun:
             log.error("%s; taking no more jobs", reason)
         self._stopping = True
 
-    def _abandon(self, journal: Journal) -> None:
+    def _abandon(self, journal: BatchJournal, images: FolderImages) -> None:
         """Record the jobs cancelled after they were sent: perhaps billed."""
         assert self._flights is not None
         reason = self._abort_reason or _STOPPED
-        for entry, reserved in self._flights.abandon(reason=reason, now=self._clock.time()):
+        now = self._clock.time()
+        for entry, reserved in self._flights.abandon(images, reason=reason, now=now):
             journal.write(entry)
             self._tally.ended(entry)
             self._spending.settle(reserved, entry)
 
-    def _summary(self, journal: Journal) -> BatchSummary:
+    def _summary(self, journal: BatchJournal) -> BatchSummary:
         assert self._began is not None
         return self._tally.summary(
             bad_lines=tuple(self._bad_lines),

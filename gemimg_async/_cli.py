@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from ._batchout import out_location
 from ._cli_cost import add_cost_options
 from ._cli_shards import add_shard_commands
 from ._commands import (
@@ -174,10 +175,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     many.add_argument(
         "--out",
-        type=Path,
+        type=out_location,
         required=True,
         metavar="DIR",
-        help="the folder for the images and manifest.jsonl",
+        help="the folder for the images and manifest.jsonl, or object storage: "
+        "s3://bucket/prefix (pip install 'gemimg-async[s3]')",
     )
     many.add_argument(
         "--encoding",

@@ -23,6 +23,7 @@ from ._config import (
     Timeouts,
     UseClientDefault,
 )
+from ._destination import Destination
 from ._dialects import Dialect, SizeStyle
 from ._events import Listener
 from ._fanout import FanOut
@@ -308,7 +309,7 @@ class Client:
         self,
         requests: Iterable[ImageRequest] | AsyncIterable[ImageRequest],
         *,
-        save_to: str | os.PathLike[str] | None = None,
+        save_to: str | os.PathLike[str] | Destination | None = None,
         ordered: bool = False,
         overwrite: bool = False,
         timeouts: Timeouts | None = None,

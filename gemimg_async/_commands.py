@@ -132,6 +132,12 @@ def batch(args: argparse.Namespace) -> int:
     defaults = JobDefaults(model=args.model, size=args.size, response_format=args.response_format)
     jobs = JobText.open(args.jobs, encoding=args.encoding)
     prices = Prices.from_file(args.prices) if args.prices is not None else DEFAULT_PRICES
+    in_store = not isinstance(args.out, Path)  # s3://bucket/prefix: `_batchout`
+    if in_store and (args.dry_run or args.gallery):
+        raise ConfigurationError(
+            f"--{'dry-run' if args.dry_run else 'gallery'} reads a folder, not {args.out}: "
+            "leave it out (gemimg-async status reads object storage)"
+        )
     if args.dry_run:
         found = dry_run(
             jobs,
@@ -147,7 +153,8 @@ def batch(args: argparse.Namespace) -> int:
         return EXIT_OK if found.ok else EXIT_USAGE
     if args.gallery:
         require_pillow()  # said before anything is paid for
-    check_folder(args.out, what="--out", probe_bytes=BATCH_PROBE_BYTES)
+    if not in_store:  # a store is checked by the run, before anything is sent
+        check_folder(args.out, what="--out", probe_bytes=BATCH_PROBE_BYTES)
     limiter = limiter_of(args)
     client = _client(args, rpm=args.rpm, prices=prices, limiter=limiter)
     progress: Progress = (

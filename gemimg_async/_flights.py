@@ -10,20 +10,27 @@ request ids the relay gave (`AnswerReceived`).
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 import attrs
 
 from ._clock import Clock
 from ._events import AnswerReceived, Event, RequestSent
-from ._journal import Journal, SentJob
 from ._manifest import ManifestEntry
 from ._models import ImageRequest
 from ._outdir import FolderImages
 from ._prices import Cost
+from ._sentjob import SentJob
 
 __all__ = ["Flight", "Flights"]
 
 log = logging.getLogger("gemimg_async")
+
+
+class SendLog(Protocol):
+    """Where a job is noted sent (`Journal`, `StoreJournal`)."""
+
+    def log_sent(self, sent: SentJob) -> SentJob: ...
 
 
 @attrs.define
@@ -44,7 +51,7 @@ class Flight:
 class Flights:
     """The batch's jobs in `Client.map`, by id; `hear` is the map's event listener."""
 
-    journal: Journal
+    journal: SendLog
     clock: Clock
     _flights: dict[str, Flight] = attrs.Factory(dict)
 
@@ -80,18 +87,18 @@ class Flights:
         """The job ended (its outcome came): it is in flight no more."""
         return self._flights.pop(job_id, None)
 
-    def abandon(self, *, reason: str, now: float) -> list[tuple[ManifestEntry, Cost | None]]:
+    def abandon(
+        self, images: FolderImages, *, reason: str, now: float
+    ) -> list[tuple[ManifestEntry, Cost | None]]:
         """The entries of the jobs cancelled after they were sent (saved, when their images are
-        on disk; otherwise outcome_unknown for `reason`), each with what it reserved. Jobs never
-        sent are let go: the next run sends them."""
+        among `images`; otherwise outcome_unknown for `reason`), each with what it reserved.
+        Jobs never sent are let go: the next run sends them."""
         flights, self._flights = self._flights, {}
         sent = {job_id: f.sent for job_id, f in flights.items() if f.sent is not None}
-        folder = FolderImages.scan(self.journal.folder, sweep=False) if sent else None
         entries = []
         for job_id, line in sent.items():
-            assert folder is not None
             flight = flights[job_id]
-            names = folder.complete(job_id, line.n)
+            names = images.complete(job_id, line.n)
             entry = line.unanswered(
                 names,
                 reason=reason,

@@ -196,7 +196,7 @@ class Engine:
         if placed.unsaved:
             raise SaveError(
                 f"the images were made (and paid for) but could not all be written to "
-                f"{delivery.folder}: {'; '.join(placed.unsaved)}; error.result holds every "
+                f"{delivery.where}: {'; '.join(placed.unsaved)}; error.result holds every "
                 "image: those not written as bytes (data) or by URL",
                 result=result,
             ) from placed.failure
@@ -290,6 +290,7 @@ class Engine:
         sent = self.clock.monotonic()
         trace.reported = trace.tagging = None
         emit(listeners, RequestSent(request, trace.attempts, trace.key, sent))
+        await delivery.before_post(request)  # a batch's send log: durable before the POST
         try:
             async with via.relay.post(
                 outgoing, idempotency_key=trace.key, model=request.model, timeouts=delivery.timeouts

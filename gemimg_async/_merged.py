@@ -284,6 +284,7 @@ async def read_store(
     *,
     jobs: str | os.PathLike[str] | None = None,
     defaults: JobDefaults = JobDefaults(),
+    job_ids: Iterable[str] | None = None,
 ) -> MergedStatus:
     """`read_folder` of a `Store` (object storage: `s3://bucket/prefix`)."""
     manifests: dict[str, dict[str, ManifestEntry]] = {}
@@ -294,7 +295,8 @@ async def read_store(
             manifests[name] = scan(io.BytesIO(data), Path(store.url) / name).entries
         elif _is_sent_log(name):
             sent |= _sent_ids(await store.read_log(name))
-    return merge(manifests, sent=sent, job_ids=_job_ids(jobs, defaults))
+    ids = _job_ids(jobs, defaults) if job_ids is None else job_ids
+    return merge(manifests, sent=sent, job_ids=ids)
 
 
 async def read_status(

@@ -10,7 +10,8 @@ holder died: a kill -9, a lost machine) is taken over by a write conditional on 
 (If-Match), so of two runs taking over at once exactly one wins. The holder renews it every
 `ttl / 3` seconds (`renew`, by the same conditional write: a renewal that finds the object
 changed has lost the lock and says so), and removes it when done. Expiry compares the holder's
-clock with the taker's: clocks apart by more than `ttl` (60 s by default) defeat it.
+clock with the taker's: clocks apart by more than `ttl` (60 s by default) defeat it. A lock of a
+process gone from this very host (same host name, no such pid) is expired at once.
 
 On fsspec filesystems other than S3 there are no conditional writes but create-exclusive: an
 expired lock is removed, then created anew, and a race between two takers is possible there.
@@ -165,8 +166,21 @@ class ObjectLock:
 
 
 def _expired(doc: dict[str, Any]) -> bool:
+    """Past its time, or held by a process of this host that is gone (a kill -9: its rerun
+    need not wait out the TTL)."""
     expires = doc.get("expires")
-    return not isinstance(expires, (int, float)) or expires < time.time()
+    if not isinstance(expires, (int, float)) or expires < time.time():
+        return True
+    pid = doc.get("pid")
+    if doc.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
 
 
 def _held(lock: ObjectLock, doc: dict[str, Any]) -> ConfigurationError:

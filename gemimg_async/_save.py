@@ -23,6 +23,7 @@ import attrs
 from ._answer import BodyImage
 from ._clock import Clock, SystemClock
 from ._config import DEFAULT_MAX_IMAGE_BYTES, RetryPolicy, Timeouts
+from ._destination import Destination
 from ._events import Listener
 from ._exceptions import DownloadError
 from ._folders import check_folder
@@ -81,16 +82,29 @@ class Delivery:
     on_event: Listener | None = None
     opener: Callable[[], ImageSink] | None = attrs.field(default=None, eq=False)
     """Where inline images stream to, instead of memory or `folder` (`Client.stream`)."""
+    destination: Destination | None = attrs.field(default=None, eq=False)
+    """Where images go instead of a folder (object storage), and what waits before a POST."""
+
+    async def before_post(self, request: ImageRequest) -> None:
+        """Await the destination's `before_send`, if any: just before each attempt's POST."""
+        if self.destination is not None and self.destination.before_send is not None:
+            await self.destination.before_send(request)
+
+    @property
+    def where(self) -> str:
+        return str(self.folder if self.destination is None else self.destination)
 
     @classmethod
     def to(
         cls,
-        save_to: str | os.PathLike[str] | None,
+        save_to: str | os.PathLike[str] | Destination | None,
         *,
         overwrite: bool = False,
         timeouts: Timeouts | None = None,
         on_event: Listener | None = None,
     ) -> Delivery:
+        if isinstance(save_to, Destination):
+            return cls(None, overwrite, timeouts, on_event, destination=save_to)
         return cls(None if save_to is None else Path(save_to), overwrite, timeouts, on_event)
 
 
@@ -148,6 +162,9 @@ class Saver:
         image is paid for), tagged by `tagging`."""
         if delivery.opener is not None:
             return delivery.opener
+        if delivery.destination is not None:
+            tags = tagging if self.metadata else None
+            return functools.partial(delivery.destination.open_sink, self.max_image_bytes, tags)
         folder = delivery.folder
         if folder is None:
             return functools.partial(MemoryImage, self.max_image_bytes)
@@ -209,6 +226,11 @@ class Saver:
                 number, stem, overwrite=delivery.overwrite, fallback=paid
             )
         assert image.url is not None
+        if delivery.destination is not None:
+            opener = self.sink_opener(delivery, tagging)
+            return await self.download(
+                image.url, number, stem, None, delivery, fallback=paid, open_sink=opener
+            )
         if delivery.folder is None:
             return GeneratedImage(number, url=image.url)
         return await self.download(
@@ -220,17 +242,23 @@ class Saver:
         url: str,
         index: int,
         stem: str,
-        folder: Path,
+        folder: Path | None,
         delivery: Delivery,
         *,
         fallback: str | None = None,
         tagging: Tagging | None = None,
+        open_sink: Callable[[], ImageSink] | None = None,
     ) -> GeneratedImage:
-        """Stream `url` into `folder/{stem}_{index}.{ext}`, retrying what may succeed later."""
+        """Stream `url` into `folder/{stem}_{index}.{ext}` (or a sink from `open_sink`),
+        retrying what may succeed later."""
         timeouts = delivery.timeouts or self.timeouts
 
         async def attempt(_: int) -> GeneratedImage:
-            sink = self._file(folder, tagging)
+            if open_sink is not None:
+                sink = open_sink()
+            else:
+                assert folder is not None
+                sink = self._file(folder, tagging)
             try:
                 async with self.host.download(
                     url, timeouts, max_bytes=self.max_image_bytes

@@ -17,8 +17,10 @@ merged status of every shard (`MergedStatus`).
 The API key is read from each worker's GEMIMG_API_KEY, as the cluster provides it; given in
 `client_options` instead, it travels to the workers with the task (as a `Secret`, never shown).
 
-Every worker must reach OUT: a shared filesystem, or one machine. The status is that of every
-manifest in OUT (`gemimg-async status OUT JOBS` prints the same).
+Every worker must reach OUT: a shared filesystem, one machine, or object storage
+(`s3://bucket/prefix`, with the credentials in each worker's AWS_* variables: Ray's
+`runtime_env`). The status is that of every manifest in OUT (`gemimg-async status OUT JOBS`
+prints the same).
 
 Importing this module does not import `ray` (the optional extra ``gemimg-async[ray]``); calling
 `run_sharded` does, and starts a local Ray unless `ray.init()` was called before.
@@ -38,9 +40,9 @@ from ._bulk import run_batch
 from ._client import Client
 from ._exceptions import ConfigurationError, GemimgError
 from ._jobs import JobDefaults, read_jobs
-from ._merged import MergedStatus, read_folder
+from ._merged import MergedStatus, read_folder, read_store
 from ._models import ImageRequest
-from ._objstore import is_object_url
+from ._objstore import is_object_url, open_store
 from ._secrets import Secret
 from ._shards import Shard
 from ._summary import BatchSummary
@@ -131,15 +133,10 @@ def run_sharded(
         import ray  # noqa: PLC0415 - an optional extra, loaded only when used
     except ImportError as exc:
         raise ConfigurationError(_MISSING.format(error=exc)) from None
-    if is_object_url(out):
-        raise ConfigurationError(
-            f"run_sharded writes to a folder for now, not {out}: object storage comes with "
-            "the batch runner's --out s3://..."
-        )
     split = [
         Shard(k, shards) for k in (range(1, shards + 1) if only is None else sorted(set(only)))
     ]
-    folder = str(Path(out).resolve())
+    folder = str(out) if is_object_url(out) else str(Path(out).resolve())
     options = _secret_options(client_options)
     runs = [
         ShardRun(
@@ -187,4 +184,14 @@ def sharded_status(
         ids = [r.id for r in read_jobs(jobs, defaults=defaults, encoding=encoding) if r.id]
     else:
         ids = [r.id for r in jobs if r.id]
+    if is_object_url(out):  # the workers' store, read with this process's credentials
+        return anyio.run(_store_status, str(out), ids)
     return read_folder(out, job_ids=ids)
+
+
+async def _store_status(url: str, ids: list[str] | None) -> MergedStatus:
+    store = open_store(url)
+    try:
+        return await read_store(store, job_ids=ids)
+    finally:
+        await store.aclose()

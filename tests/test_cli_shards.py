@@ -141,6 +141,15 @@ async def test_status_usage_mistakes_exit_2(tmp_path, capsys, monkeypatch, args,
     assert says in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", ["--dry-run", "--gallery"])
+def test_dry_run_and_gallery_refuse_an_object_storage_output(tmp_path, capsys, flag):
+    """--dry-run and --gallery read a folder: with --out s3://... they say so and exit 2."""
+    jobs = write_jobs(tmp_path, 2)
+    code = main(["batch", str(jobs), "--out", "s3://bucket/out", flag])
+    assert code == 2
+    assert "s3://bucket/out" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("shard", ["0/3", "4/3", "3", "a/b"])
 def test_a_bad_shard_flag_exits_2_naming_it(tmp_path, capsys, shard):
     """--shard K/N that is no shard of N is a usage mistake, said before anything is sent."""
@@ -203,3 +212,47 @@ async def test_a_shard_killed_mid_run_then_rerun_pays_for_nothing_twice(relay, t
     assert doc["saved"] + doc["outcome_unknown"] == 24
     assert doc["saved"] <= len(sent)
     assert code == (1 if doc["outcome_unknown"] else 0)
+
+
+async def test_a_shard_into_s3_killed_mid_run_then_rerun_pays_for_nothing_twice(
+    relay, s3, tmp_path, capsys
+):
+    """`batch --out s3://...` killed (-9) with requests in flight, then run again: every job
+    sent at most once (the send log was in the store before each POST), every job once in the
+    status, and every image in the store a whole PNG."""
+    relay.latency = 0.1
+    jobs = write_jobs(tmp_path, 12)
+    args = batch_command(
+        "jobs.jsonl", "--out", s3, "--base-url", relay.url, "--shard", "1/1", "--concurrency", "2"
+    )
+    store = open_store(s3)
+    manifest = Shard(1, 1).manifest_name
+    try:
+        killed = await anyio.open_process(
+            args, cwd=tmp_path, env=child_env(), stdout=DEVNULL, stderr=DEVNULL
+        )
+        try:
+            await wait_for(lambda: len(relay.requests) >= 3 and relay.in_flight >= 1)
+        finally:
+            killed.kill()
+            await killed.wait()
+            await killed.aclose()
+        sent_before = collections.Counter(r.prompt for r in relay.requests)
+        again = await anyio.run_process(args, cwd=tmp_path, env=child_env(), check=False)
+    finally:
+        relay.latency = 0.0
+    assert again.returncode in (0, 1), again.stderr.decode()
+    sent = collections.Counter(r.prompt for r in relay.requests)
+    assert set(sent.values()) == {1}  # nothing sent twice
+    assert len(sent_before) < len(sent) <= 12
+    code, said = await status_of(capsys, s3, str(jobs), "--json")
+    doc = json.loads(said)
+    assert (doc["jobs"], doc["left"], doc["duplicates"]) == (12, 0, [])
+    assert doc["saved"] + doc["outcome_unknown"] == 12
+    assert doc["saved"] <= len(sent)
+    assert code == (1 if doc["outcome_unknown"] else 0)
+    for name in await store.images():
+        data = await store.run(store.fs.cat_file, store.path(name))
+        assert data.startswith(b"\x89PNG")
+        assert data.endswith(b"IEND\xaeB`\x82")
+    assert await store.logs() == [manifest]

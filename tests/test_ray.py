@@ -5,17 +5,19 @@ Ray's retry from its manifest without paying twice. Marked `ray`: skip with `-m 
 import json
 import os
 import signal
+import zlib
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
 import pytest
 
-from gemimg_async import ConfigurationError, ImageRequest
+from gemimg_async import ImageRequest
+from gemimg_async._objstore import open_store
 from gemimg_async._shards import Shard
 from gemimg_async.ray import ShardsFailedError, run_sharded, sharded_status
 from gemimg_async.testing import FakeRelay
-from helpers import API_KEY, PNG_SIGNATURE, wait_for
+from helpers import API_KEY, PNG_SIGNATURE, png_chunks, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.anyio]
 
@@ -146,10 +148,32 @@ def test_a_shard_that_fails_for_good_is_reported_with_the_status(ray_instance, t
     assert API_KEY not in str(caught.value)
 
 
-def test_object_storage_waits_for_the_batch_runner(ray_instance, tmp_path):
-    """An s3:// output is refused for now, before any task starts."""
-    with pytest.raises(ConfigurationError, match="folder for now"):
-        run_sharded(write_jobs(tmp_path / "j.jsonl", 1), "s3://bucket/out", shards=2)
+async def test_a_sharded_batch_into_s3_does_every_job_once(ray_instance, relay, s3, tmp_path):
+    """Twelve jobs in three shards on Ray into the local S3 server: twelve requests, each job
+    once in the merged status, every object a whole PNG (its pixels inflate), each shard's
+    manifest kept as objects in the store."""
+    jobs = write_jobs(tmp_path / "jobs.jsonl", 12)
+    env = {name: value for name, value in os.environ.items() if name.startswith("AWS_")}
+    status = await anyio.to_thread.run_sync(
+        lambda: run_sharded(
+            jobs,
+            s3,
+            shards=3,
+            client_options=options(relay),
+            task_options={"runtime_env": {"env_vars": env}},
+        )
+    )
+    assert (status.jobs, status.saved, status.left, status.duplicates) == (12, 12, 0, ())
+    assert len(relay.requests) == 12
+    store = open_store(s3)
+    assert await store.logs() == [Shard(k, 3).manifest_name for k in (1, 2, 3)]
+    names = await store.images()
+    assert names == [f"job-{i:03d}_0.png" for i in range(12)]
+    for name in names:
+        data = await store.run(store.fs.cat_file, store.path(name))
+        chunks = png_chunks(data)
+        assert chunks[-1][0] == b"IEND"
+        zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
 
 
 def test_sharded_status_without_a_run(tmp_path):
