@@ -14,6 +14,9 @@ job once. A task whose worker dies is run again by Ray (its
 recorded `outcome_unknown` from the send log, never sent again unasked. The result is the
 merged status of every shard (`MergedStatus`).
 
+With `redis_url=`, every shard's client shares one key's `max_concurrency` and `rpm` through
+Redis (`RedisLimiter`), so N shards together stay within the relay's limits.
+
 The API key is read from each worker's GEMIMG_API_KEY, as the cluster provides it; given in
 `client_options` instead, it travels to the workers with the task (as a `Secret`, never shown).
 
@@ -73,8 +76,10 @@ def _secret_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     out = dict(options or {})
     if out.get("api_key") is not None:
         out["api_key"] = Secret(out["api_key"])
-    if "clock" in out or "on_event" in out:
-        raise ConfigurationError("client_options cannot travel with a clock or a listener")
+    if "clock" in out or "on_event" in out or "limiter" in out:
+        raise ConfigurationError(
+            "client_options cannot travel with a clock, a listener or a limiter (give redis_url)"
+        )
     return out
 
 
@@ -91,23 +96,34 @@ class ShardRun:
     retry_unknown: bool = False
     redo_changed: bool = False
     encoding: str | None = None
+    redis_url: str | None = attrs.field(default=None, repr=False)
+    """Every shard's client shares its limits through this Redis (`RedisLimiter`)."""
 
 
 def run_shard(run: ShardRun) -> BatchSummary:
     """Run one shard to its end in this process (what each Ray task does)."""
 
     async def main() -> BatchSummary:
-        async with Client(**run.client_options) as client:
-            return await run_batch(
-                client,
-                run.jobs,
-                run.out,
-                defaults=run.defaults,
-                retry_unknown=run.retry_unknown,
-                redo_changed=run.redo_changed,
-                encoding=run.encoding,
-                shard=run.shard,
-            )
+        limiter = None
+        if run.redis_url is not None:
+            from .redis import RedisLimiter  # noqa: PLC0415 - the optional extra, when asked
+
+            limiter = RedisLimiter(run.redis_url)
+        try:
+            async with Client(**run.client_options, limiter=limiter) as client:
+                return await run_batch(
+                    client,
+                    run.jobs,
+                    run.out,
+                    defaults=run.defaults,
+                    retry_unknown=run.retry_unknown,
+                    redo_changed=run.redo_changed,
+                    encoding=run.encoding,
+                    shard=run.shard,
+                )
+        finally:
+            if limiter is not None:
+                await limiter.aclose()
 
     return anyio.run(main)
 
@@ -124,10 +140,13 @@ def run_sharded(
     redo_changed: bool = False,
     encoding: str | None = None,
     task_options: Mapping[str, Any] | None = None,
+    redis_url: str | None = None,
 ) -> MergedStatus:
     """Run the `shards` shards of `jobs` as Ray tasks (`only`: those numbers, 1-based) into
     `out`, and return the merged status; see the module's docstring. `client_options` are
-    `Client`'s arguments; `task_options` go to Ray (`max_retries`, `num_cpus`, ...).
+    `Client`'s arguments; `task_options` go to Ray (`max_retries`, `num_cpus`, ...);
+    `redis_url` makes every shard's client share one key's limits (`max_concurrency`, `rpm`)
+    through Redis, as `Client(limiter=RedisLimiter(redis_url))` (the redis extra).
     ShardsFailedError when a shard fails for good, once the others are done."""
     try:
         import ray  # noqa: PLC0415 - an optional extra, loaded only when used
@@ -150,6 +169,7 @@ def run_sharded(
             retry_unknown=retry_unknown,
             redo_changed=redo_changed,
             encoding=encoding,
+            redis_url=redis_url,
         )
         for shard in split
     ]
