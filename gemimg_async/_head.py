@@ -10,7 +10,7 @@ import attrs
 from ._media import SNIFF_BYTES, MediaInfo, sniff
 from ._models import GeneratedImage
 
-__all__ = ["Head", "NotAnImageError", "TooLargeError"]
+__all__ = ["Head", "HeadSink", "NotAnImageError", "TooLargeError", "head_field"]
 
 _PNG_END = b"IEND\xaeB`\x82"
 
@@ -71,3 +71,26 @@ def _describe_non_image(head: bytes) -> str:
     text = head[:64].decode("utf-8", "replace").strip()
     kind = "an HTML page" if text.lstrip().startswith("<") else f"{len(head)} bytes"
     return f"expected a PNG, JPEG, WEBP or GIF image, got {kind} starting {text[:40]!r}"
+
+
+class HeadSink:
+    """What every sink knows from the head of its bytes: their size, and whether they are a
+    whole image. A sink keeps a `max_bytes` and `_head: Head = head_field()`."""
+
+    __slots__ = ()
+    _head: Head
+
+    @property
+    def size(self) -> int:
+        return self._head.size
+
+    def check(self) -> None:
+        """NotAnImageError unless the bytes so far are a whole image."""
+        self._head.info()
+
+
+def head_field() -> Any:
+    """A sink's `_head`, made for its `max_bytes`."""
+    return attrs.field(
+        init=False, default=attrs.Factory(lambda sink: Head(sink.max_bytes), takes_self=True)
+    )

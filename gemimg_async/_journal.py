@@ -35,7 +35,7 @@ from ._foreign import Foreign
 from ._ledger import Ledger
 from ._manifest import ManifestEntry, scan
 from ._outdir import FolderImages
-from ._sentjob import SentJob
+from ._sentjob import SentJob, record_dangling
 from ._shards import WHOLE, Shard
 
 if sys.platform != "win32":
@@ -147,20 +147,9 @@ class Journal:
         outcome_unknown for `reason` (each at its estimate, as a cap counts it); say so in a
         warning. Returns them; `sync` makes their lines durable."""
         dangling = self.dangling()
-        unknown = 0
-        for sent in dangling:
-            entry = sent.unanswered(images.complete(sent.id, sent.n), reason=reason, finished=now)
-            self.write(entry)
-            unknown += entry.status == "outcome_unknown"
-        if dangling:
-            log.warning(
-                "%d job(s) were in flight when an earlier run ended without recording them: "
-                "%d have their images on disk (saved), %d are outcome_unknown (may have been "
-                "billed; sent again only with --retry-unknown)",
-                len(dangling),
-                len(dangling) - unknown,
-                unknown,
-            )
+        record_dangling(
+            dangling, images.complete, self.write, reason=reason, now=now, where="on disk"
+        )
         return dangling
 
     def log_sent(self, sent: SentJob) -> SentJob:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -11,7 +13,9 @@ from ._manifest import ManifestEntry, optional_str
 from ._models import ImageRequest
 from ._prices import Cost
 
-__all__ = ["SentJob"]
+__all__ = ["SentJob", "record_dangling"]
+
+log = logging.getLogger("gemimg_async")
 
 
 @attrs.frozen(kw_only=True)
@@ -109,4 +113,33 @@ class SentJob:
             prompt=optional_str(doc.get("prompt")),
             fingerprint=optional_str(doc.get("fingerprint")),
             cost=None if doc.get("cost") is None else Cost.from_json(doc["cost"]),
+        )
+
+
+def record_dangling(
+    dangling: Sequence[SentJob],
+    complete: Callable[[str, int], tuple[str, ...] | None],
+    write: Callable[[ManifestEntry], object],
+    *,
+    reason: str,
+    now: float,
+    where: str,
+) -> None:
+    """Write a line for each job an earlier run sent and never recorded: saved when `complete`
+    finds all its images, else outcome_unknown for `reason` (at its estimate, as a cap counts
+    it); say so in a warning naming `where` the images were looked for."""
+    unknown = 0
+    for sent in dangling:
+        entry = sent.unanswered(complete(sent.id, sent.n), reason=reason, finished=now)
+        write(entry)
+        unknown += entry.status == "outcome_unknown"
+    if dangling:
+        log.warning(
+            "%d job(s) were in flight when an earlier run ended without recording them: %d have "
+            "their images %s (saved), %d are outcome_unknown (may have been billed; sent again "
+            "only with --retry-unknown)",
+            len(dangling),
+            len(dangling) - unknown,
+            where,
+            unknown,
         )

@@ -26,7 +26,7 @@ import attrs
 from aiofiles.threadpool.binary import AsyncFileIO
 
 from ._commit import TEMP_PREFIX, in_thread, sync_and_place, temp_name, write_and_place
-from ._head import Head, NotAnImageError, TooLargeError
+from ._head import Head, HeadSink, NotAnImageError, TooLargeError, head_field
 from ._models import GeneratedImage, check_stem
 from ._pngmeta import PngTagger
 from ._tempfiles import claim
@@ -67,7 +67,7 @@ class ImageSink(Protocol):
 
 
 @attrs.define
-class MemoryImage:
+class MemoryImage(HeadSink):
     """An image kept in memory: the bytes themselves, once, and nothing more.
 
     The buffer grows in place and its bytes become the result without a copy. Given a
@@ -77,19 +77,8 @@ class MemoryImage:
 
     max_bytes: int
     failure: OSError | None = None
-    _head: Head = attrs.field(init=False)
+    _head: Head = head_field()
     _data: io.BytesIO = attrs.Factory(io.BytesIO)
-
-    def __attrs_post_init__(self) -> None:
-        self._head = Head(self.max_bytes)
-
-    @property
-    def size(self) -> int:
-        return self._head.size
-
-    def check(self) -> None:
-        """NotAnImageError unless the bytes so far are a whole image."""
-        self._head.info()
 
     async def write(self, data: bytes) -> None:
         self._head.take(data)
@@ -131,7 +120,7 @@ class _GuardedFile(io.FileIO):
 
 
 @attrs.define
-class AtomicFile:
+class AtomicFile(HeadSink):
     """An image written to a temporary file in `folder`, placed under its final name on commit.
 
     A small image (under `WRITE_BLOCK`) stays in memory until `settle`, which then creates the
@@ -147,7 +136,7 @@ class AtomicFile:
     max_bytes: int
     tagger: PngTagger | None = None
     """Turns the relay's bytes into what is written (provenance chunks in a PNG)."""
-    _head: Head = attrs.field(init=False)
+    _head: Head = head_field()
     _pending: bytearray = attrs.Factory(bytearray)
     _tmp: Path | None = None
     _raw: _GuardedFile | None = None
@@ -155,9 +144,6 @@ class AtomicFile:
     _written: int = 0
     _failure: OSError | None = None
     """Why the file takes no more: the bytes since are kept in `_pending` for `salvage`."""
-
-    def __attrs_post_init__(self) -> None:
-        self._head = Head(self.max_bytes)
 
     @classmethod
     def create(cls, folder: Path, *, max_bytes: int, tagger: PngTagger | None = None) -> AtomicFile:
@@ -177,14 +163,6 @@ class AtomicFile:
                 raw.close()
             self._tmp, self._raw, self._file = tmp, raw, aiofiles.threadpool.wrap(raw)
         return self._file
-
-    @property
-    def size(self) -> int:
-        return self._head.size
-
-    def check(self) -> None:
-        """NotAnImageError unless the bytes so far are a whole image."""
-        self._head.info()
 
     async def write(self, data: bytes) -> None:
         self._head.take(data)

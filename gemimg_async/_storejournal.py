@@ -35,7 +35,7 @@ from ._models import ImageRequest
 from ._objlock import DEFAULT_LOCK_TTL, ObjectLock
 from ._objstore import FsspecStore
 from ._outdir import FolderImages
-from ._sentjob import SentJob
+from ._sentjob import SentJob, record_dangling
 from ._shards import MANIFEST_PATTERN, WHOLE, Shard, manifest_shard
 
 __all__ = ["StoreJournal"]
@@ -141,21 +141,14 @@ class StoreJournal:
         """Record each job of `dangling()`: saved when its images are in the store, else
         outcome_unknown for `reason`; `sync` puts the lines in the store."""
         dangling = self.dangling()
-        unknown = 0
-        for sent in dangling:
-            entry = sent.unanswered(images.complete(sent.id, sent.n), reason=reason, finished=now)
-            self.write(entry)
-            unknown += entry.status == "outcome_unknown"
-        if dangling:
-            log.warning(
-                "%d job(s) were in flight in %s when an earlier run ended without recording "
-                "them: %d have their images there (saved), %d are outcome_unknown (may have been "
-                "billed; sent again only with --retry-unknown)",
-                len(dangling),
-                self.store.url,
-                len(dangling) - unknown,
-                unknown,
-            )
+        record_dangling(
+            dangling,
+            images.complete,
+            self.write,
+            reason=reason,
+            now=now,
+            where=f"in {self.store.url}",
+        )
         return dangling
 
     def log_sent(self, sent: SentJob) -> SentJob:

@@ -20,12 +20,13 @@ import attrs
 from ._config import USE_CLIENT_DEFAULT, UseClientDefault
 from ._exceptions import InvalidCountError
 from ._generation import Engine
+from ._head import Head, HeadSink, head_field
 from ._media import SNIFF_BYTES, sniff
 from ._models import GeneratedImage, ImageRequest
 from ._results import GenerationResult
 from ._save import Delivery
 from ._secrets import forgetting
-from ._sinks import Head, ImageSink
+from ._sinks import ImageSink
 
 __all__ = ["ImageStream", "SpoolFile", "Streaming"]
 
@@ -112,26 +113,15 @@ class Streaming:
 
 
 @attrs.define
-class SpoolFile:
+class SpoolFile(HeadSink):
     """An image spooled to an unnamed temporary file (it has no name on disk, and goes when
     closed): memory stays bounded, and it is read back once it is known to be the final image,
     not a draft (`Client.stream`)."""
 
     max_bytes: int
     _file: IO[bytes] = attrs.field(factory=lambda: tempfile.TemporaryFile(buffering=0))  # noqa: SIM115
-    _head: Head = attrs.field(init=False)
+    _head: Head = head_field()
     settled: GeneratedImage | None = None
-
-    def __attrs_post_init__(self) -> None:
-        self._head = Head(self.max_bytes)
-
-    @property
-    def size(self) -> int:
-        return self._head.size
-
-    def check(self) -> None:
-        """NotAnImageError unless the bytes so far are a whole image."""
-        self._head.info()
 
     async def write(self, data: bytes) -> None:
         self._head.take(data)

@@ -24,7 +24,7 @@ import anyio
 import attrs
 
 from ._destination import Destination
-from ._head import Head
+from ._head import Head, HeadSink, head_field
 from ._models import GeneratedImage, ImageRequest, check_stem
 from ._pngmeta import PngTagger
 from ._storage import ImageUpload, Store
@@ -55,27 +55,16 @@ class Aborts:
 
 
 @attrs.define
-class UploadSink:
+class UploadSink(HeadSink):
     """One image on its way to `store`, named and committed at `settle`; see the module."""
 
     store: Store
     max_bytes: int
     aborts: Aborts
-    _head: Head = attrs.field(init=False)
+    _head: Head = head_field()
     _upload: ImageUpload | None = None
     _failure: OSError | None = None
     _over: bool = False
-
-    def __attrs_post_init__(self) -> None:
-        self._head = Head(self.max_bytes)
-
-    @property
-    def size(self) -> int:
-        return self._head.size
-
-    def check(self) -> None:
-        """NotAnImageError unless the bytes so far are a whole image."""
-        self._head.info()
 
     async def write(self, data: bytes) -> None:
         self._head.take(data)
