@@ -3,6 +3,7 @@
 an S3-compatible server (moto) and a bucket of each test's own."""
 
 import importlib.util
+import logging
 import os
 import shutil
 import uuid
@@ -45,6 +46,16 @@ async def noise_relay_server() -> AsyncIterator[FakeRelay]:
 def noisy(noise_relay_server: FakeRelay) -> FakeRelay:
     noise_relay_server.reset()
     return noise_relay_server
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """The CLI's main() sets up the gemimg_async logger: put it back for the other tests."""
+    logger = logging.getLogger("gemimg_async")
+    handlers, level = list(logger.handlers), logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ this event loop. The others call `main()` in a worker thread (it runs its own ev
 """
 
 import collections
-import logging
 import os
 import signal
 import subprocess
@@ -23,17 +22,7 @@ from gemimg_async._cli import main
 from gemimg_async.testing import FakeRelay, Fault, png
 from helpers import API_KEY, is_complete_png, latest, manifest_lines, reference, wait_for
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() sets up the gemimg_async logger; put it back for the other tests."""
-    logger = logging.getLogger("gemimg_async")
-    handlers, level = list(logger.handlers), logger.level
-    yield
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("restore_logging")]
 
 
 def child_env() -> dict[str, str]:

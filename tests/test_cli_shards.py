@@ -5,7 +5,6 @@ on this event loop."""
 
 import collections
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -20,17 +19,7 @@ from gemimg_async._objstore import open_store
 from gemimg_async._shards import Shard
 from helpers import API_KEY, is_complete_png, wait_for
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() sets up the gemimg_async logger; put it back for the other tests."""
-    logger = logging.getLogger("gemimg_async")
-    handlers, level = list(logger.handlers), logger.level
-    yield
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("restore_logging")]
 
 
 def write_jobs(folder: Path, count: int) -> Path:

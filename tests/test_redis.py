@@ -509,6 +509,21 @@ def most_at_once(requests) -> int:
     return most
 
 
+async def run_workers(config, go, count=4):
+    """Start `count` worker processes of `config`, let them go together once all are ready, and
+    return their reports."""
+    processes = [worker(**config) for _ in range(count)]
+    try:
+        assert [await read_line(p) for p in processes] == ["ready"] * count
+        go.touch()
+        return [json.loads(await read_line(p)) for p in processes]
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+            process.stdout.close()
+
+
 async def test_four_processes_share_max_concurrency_and_rpm(redis_server, prefix, tmp_path):
     """4 processes sharing max_concurrency=8 and an rpm through Redis, against one relay, for
     two endpoints (keys) in turn: with slow answers (0.5 s: the places bind) the relay never has
@@ -531,16 +546,7 @@ async def test_four_processes_share_max_concurrency_and_rpm(redis_server, prefix
             "ttl": 5.0,
             "go": str(go),
         }
-        processes = [worker(**config) for _ in range(4)]
-        try:
-            assert [await read_line(p) for p in processes] == ["ready"] * 4
-            go.touch()
-            reports = [json.loads(await read_line(p)) for p in processes]
-        finally:
-            for process in processes:
-                process.kill()
-                process.wait()
-                process.stdout.close()
+        reports = await run_workers(config, go)
     statuses = [status for report in reports for status in report["statuses"]]
     assert statuses == [200] * 80
     assert relay.generation_count == 80
@@ -571,16 +577,7 @@ async def test_four_processes_of_clients_share_their_limits(redis_server, prefix
             "ttl": 5.0,
             "go": str(go),
         }
-        processes = [worker(**config) for _ in range(4)]
-        try:
-            assert [await read_line(p) for p in processes] == ["ready"] * 4
-            go.touch()
-            reports = [json.loads(await read_line(p)) for p in processes]
-        finally:
-            for process in processes:
-                process.kill()
-                process.wait()
-                process.stdout.close()
+        reports = await run_workers(config, go)
     assert [n for report in reports for n in report["images"]] == [1] * 48
     assert relay.generation_count == 48
     assert most_at_once(relay.requests) == 8
