@@ -27,6 +27,7 @@ from ._gallery_page import PAGE, SCRIPT, STYLE
 from ._ledger import charged
 from ._manifest import MANIFEST_NAME, STATUSES, ManifestEntry, Status, read_manifest
 from ._prices import Cost
+from ._shards import MANIFEST_PATTERN
 
 __all__ = [
     "GALLERY_NAME",
@@ -182,15 +183,22 @@ def _thumbs_folder(folder: Path) -> None:
 def build_gallery(
     folder: str | os.PathLike[str], *, title: str | None = None, workers: int | None = None
 ) -> Path:
-    """Write `folder/index.html` from the folder's manifest, making missing thumbnails first
-    (`workers` threads; Pillow decodes outside the GIL). ConfigurationError without Pillow;
-    FileNotFoundError without a manifest."""
+    """Write `folder/index.html` from the folder's manifests (`manifest.jsonl` and every shard's
+    `manifest.K-of-N.jsonl`), making missing thumbnails first (`workers` threads; Pillow decodes
+    outside the GIL). ConfigurationError without Pillow; FileNotFoundError without a manifest."""
     folder = Path(folder)
-    manifest = folder / MANIFEST_NAME
-    if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest}: no manifest, so no batch to show")
+    manifests = sorted(
+        path
+        for path in (folder.iterdir() if folder.is_dir() else ())
+        if MANIFEST_PATTERN.fullmatch(path.name) and path.is_file() and not path.is_symlink()
+    )
+    if not manifests:
+        raise FileNotFoundError(f"{folder / MANIFEST_NAME}: no manifest, so no batch to show")
     _pillow()
-    cards = cards_of(read_manifest(manifest).values())
+    entries: dict[str, ManifestEntry] = {}
+    for manifest in manifests:
+        entries.update(read_manifest(manifest))
+    cards = cards_of(entries.values())
     _thumbs_folder(folder)
     names = [card.image for card in cards if card.image is not None]
     with concurrent.futures.ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1)) as pool:

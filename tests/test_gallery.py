@@ -52,6 +52,23 @@ def test_the_page_shows_every_image_and_every_job_without_one(out):
     assert not [p for p in out.iterdir() if p.suffix == ".part"]
 
 
+def test_a_sharded_folder_shows_every_shards_jobs(out):
+    """The page reads manifest.jsonl and every manifest.K-of-N.jsonl beside it."""
+    batch(out, [entry("whole", paths=("whole_0.png",))], ["whole_0.png", "s1_0.png"])
+    (out / "manifest.1-of-2.jsonl").write_bytes(entry("s1", paths=("s1_0.png",)).to_line())
+    (out / "manifest.2-of-2.jsonl").write_bytes(entry("s2", "failed", error="boom").to_line())
+    text = build_gallery(out).read_text(encoding="utf-8")
+    assert text.count('<article class="card"') == 3
+    assert all(f"prompt of {job}" in text for job in ("whole", "s1", "s2"))
+
+
+def test_a_folder_of_shard_manifests_alone_has_a_gallery(out):
+    """Without manifest.jsonl, shards' manifests are enough."""
+    out.mkdir()
+    (out / "manifest.1-of-1.jsonl").write_bytes(entry("s", "refused", error="no").to_line())
+    assert "prompt of s" in build_gallery(out).read_text(encoding="utf-8")
+
+
 def test_every_value_from_the_manifest_is_escaped():
     """A prompt, error, id or model with markup comes out as text, in content and attributes."""
     card = Card(id="x", status="failed", prompt=EVIL, error=EVIL, model=EVIL, asked=EVIL)
