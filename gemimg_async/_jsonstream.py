@@ -216,18 +216,32 @@ def parse_whole(body: bytes, schema: Schema) -> tuple[Any, list[tuple[Path, byte
     canonical, an empty image, anything invalid)."""
     if len(body) > WHOLE_BODY_BYTES or body.rstrip(_JSON_SPACE)[-1:] not in (b"}", b"]"):
         return None
-    if body.count(b"{") + body.count(b"[") > DEFAULT_MAX_DEPTH:
-        return None  # maybe too deep: the streaming parser counts
     try:
         text = body.decode("utf-8")
         if text.startswith("\ufeff"):
             return None
         document = _WHOLE_DECODER.decode(text)
+        if _depth(document) > DEFAULT_MAX_DEPTH:
+            return None  # the streaming parser says how deep
         pieces: list[tuple[Path, bytes]] = []
         _divert(document, schema, (), pieces)
     except (ValueError, RecursionError, _Undecided):
         return None
     return document, pieces
+
+
+def _depth(document: object) -> int:
+    """How deep the containers of a decoded document nest (a top-level object or array: 1)."""
+    deepest = 0
+    pending: list[tuple[dict[str, Any] | list[Any], int]] = []
+    if isinstance(document, dict | list):
+        pending.append((document, 1))
+    while pending:
+        value, depth = pending.pop()
+        deepest = max(deepest, depth)
+        children = value.values() if isinstance(value, dict) else value
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 def _divert(

@@ -795,6 +795,14 @@ def test_the_fast_path_leaves_the_unusual_to_the_streaming_parser(body: bytes) -
     assert not agrees(body)
 
 
+def test_the_fast_path_takes_nesting_up_to_the_limit_and_many_shallow_containers() -> None:
+    """Containers nested 64 deep, or a hundred side by side, are read whole, as the streaming
+    parser reads them; 65 deep is left to it (it refuses)."""
+    assert agrees(b"[" * 64 + b"]" * 64)
+    assert agrees(b'{"data": [' + b", ".join([b'{"b64_json": "QUJD"}'] * 100) + b"]}")
+    assert not agrees(b'{"a": ' + b"[" * 64 + b"]" * 64 + b"}")
+
+
 GEMINI_INLINE = (
     b'{"candidates": [{"content": {"parts": [{"text": "hi"}, '
     b'{"inlineData": {"mimeType": "image/png", "data": "QUJD"}}]}}]}'
