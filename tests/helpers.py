@@ -370,6 +370,16 @@ def redis_answers(port: int) -> bool:
         return False
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
+    """Ask `process` to end (SIGTERM); kill it if it has not within `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @attrs.define
 class RedisServer:
     """A real `redis-server` (Debian's package) on 127.0.0.1, without persistence, in `folder`;
@@ -410,12 +420,7 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            stop_process(self.process)
             self.process = None
 
 
@@ -474,12 +479,7 @@ class S3Server:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            stop_process(self.process)
             self.process = None
 
 

@@ -18,6 +18,8 @@ import attrs
 import pytest
 from aiohttp import web
 
+from helpers import stop_process
+
 EXAMPLES = Path(__file__).parents[2] / "examples"
 POOL = 4
 START_TIMEOUT = 60.0
@@ -74,12 +76,7 @@ def fastapi_app(relay_url: str, folder: Path, **more: str) -> Iterator[App]:
         url = _started(process, log)
         yield App("fastapi", url, save_dir, log)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=30)
 
 
 def _started(process: subprocess.Popen, log: Path) -> str:
