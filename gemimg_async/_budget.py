@@ -17,7 +17,7 @@ import attrs
 
 from ._manifest import Status
 from ._models import ImageRequest
-from ._prices import DEFAULT_PRICES, Cost, Prices, estimate
+from ._prices import DEFAULT_PRICES, Cost, Prices, estimate, money
 from ._sizes import TIERS, tier_of
 
 __all__ = ["Budget", "Quote", "QuoteRow", "charge_of"]
@@ -34,10 +34,6 @@ def charge_of(status: Status, cost: Cost | None) -> Decimal:
     if status in ("saved", "outcome_unknown"):
         return cost.total
     return cost.reported or _ZERO
-
-
-def _money(amount: Decimal, currency: str) -> str:
-    return f"${amount:,.4f}" if currency == "USD" else f"{amount:,.4f} {currency}"
 
 
 @attrs.define
@@ -111,7 +107,7 @@ class Budget:
             self.possibly_billed += charge
 
     def _show(self, amount: Decimal) -> str:
-        return _money(amount, self.currency)
+        return money(amount, self.currency)
 
 
 @attrs.frozen
@@ -170,12 +166,12 @@ class Quote:
         head = f"{'tier':<6}{'jobs':>8}{'images':>8}{'inputs':>8}{'estimated':>14}"
         body = [
             f"{row.tier:<6}{row.jobs:>8}{row.images:>8}{row.input_images:>8}"
-            f"{_money(row.cost.estimated, self.currency):>14}"
+            f"{money(row.cost.estimated, self.currency):>14}"
             for row in self.rows
         ]
         inputs = sum(row.input_images for row in self.rows)
         total = (
             f"{'total':<6}{self.jobs:>8}{self.images:>8}{inputs:>8}"
-            f"{_money(self.cost.estimated, self.currency):>14}"
+            f"{money(self.cost.estimated, self.currency):>14}"
         )
         return [head, *body, total]

@@ -17,7 +17,6 @@ import os
 import urllib.parse
 import uuid
 from collections.abc import Iterable, Sequence
-from decimal import Decimal
 from pathlib import Path
 
 import attrs
@@ -26,7 +25,7 @@ from ._exceptions import ConfigurationError
 from ._gallery_page import PAGE, SCRIPT, STYLE
 from ._ledger import charged
 from ._manifest import MANIFEST_NAME, STATUSES, ManifestEntry, Status, read_manifest
-from ._prices import Cost
+from ._prices import Cost, money
 from ._shards import MANIFEST_PATTERN
 
 __all__ = [
@@ -227,14 +226,10 @@ def _href(name: str) -> str:
     return _e(urllib.parse.quote(name))
 
 
-def _money(amount: Decimal, currency: str) -> str:
-    return f"${amount:,.4f}" if currency == "USD" else f"{amount:,.4f} {currency}"
-
-
 def _cost_text(cost: Cost) -> str:
-    text = f"{_money(cost.total, cost.currency)}"
+    text = f"{money(cost.total, cost.currency)}"
     if cost.reported is not None and cost.reported != cost.estimated:
-        text += f" (estimated {_money(cost.estimated, cost.currency)})"
+        text += f" (estimated {money(cost.estimated, cost.currency)})"
     elif cost.reported is None:
         text += " (estimated)"
     return text
@@ -289,10 +284,10 @@ def _totals(cards: Sequence[Card]) -> str:
         (c.cost for c in jobs.values() if c.cost is not None and c.status == "outcome_unknown"),
         Cost(currency=total.currency),
     )
-    text = f"cost {_money(total.total, total.currency)}"
+    text = f"cost {money(total.total, total.currency)}"
     if unknown.total:
         text += (
-            f", of which {_money(unknown.total, total.currency)} possibly billed without an image"
+            f", of which {money(unknown.total, total.currency)} possibly billed without an image"
         )
     return f'<span class="cost">{_e(text)}</span>'
 

@@ -24,10 +24,11 @@ from typing import Any
 
 import attrs
 
-from ._budget import charge_of
 from ._jobs import JobDefaults, read_jobs
-from ._manifest import STATUSES, ManifestEntry, Status, read_manifest, scan
+from ._ledger import Ledger
+from ._manifest import STATUSES, ManifestEntry, Status, scan
 from ._objstore import is_object_url, open_store
+from ._prices import money
 from ._shards import MANIFEST_PATTERN, Shard, manifest_shard, owned_counts
 from ._storage import Store
 
@@ -121,12 +122,7 @@ class MergedStatus:
             out.append(f"  {'left':<16}{self.left:>10,}  {sent}".rstrip())
         out += self._shard_lines()
         if self.cost is not None:
-            money = (
-                f"${self.cost:,.4f}"
-                if self.currency == "USD"
-                else f"{self.cost:,.4f} {self.currency}"
-            )
-            out.append(f"cost so far: {money}")
+            out.append(f"cost so far: {money(self.cost, self.currency or 'USD')}")
         if self.duplicates:
             ids = ", ".join(self.duplicates[:_SHOWN])
             more = ", ..." if len(self.duplicates) > _SHOWN else ""
@@ -185,9 +181,11 @@ def merge(
     *,
     sent: Iterable[str] = (),
     job_ids: Iterable[str] | None = None,
+    ledger: Ledger | None = None,
 ) -> MergedStatus:
     """Merge the latest entries of each manifest (by name); `sent` are the ids of the send logs,
-    `job_ids` those of the job file."""
+    `job_ids` those of the job file, `ledger` the charges of every line the manifests hold (a
+    job sent twice has two; without it, the latest entries are charged)."""
     latest: dict[str, ManifestEntry] = {}
     seen: Counter[str] = Counter()
     for entries in manifests.values():
@@ -197,15 +195,13 @@ def merge(
                 latest[job_id] = entry
     counts: dict[Status, int] = dict.fromkeys(STATUSES, 0)
     images = 0
-    cost: Decimal | None = None
-    currency: str | None = None
     for entry in latest.values():
         counts[entry.status] += 1
         images += len(entry.paths) if entry.status == "saved" else 0
-        charge, its_currency = _charge(entry)
-        if charge is not None:
-            cost = (cost or Decimal(0)) + charge
-            currency = currency or its_currency
+    if ledger is None:
+        ledger = Ledger()
+        for entry in latest.values():
+            ledger.add(entry)
     unrecorded = set(sent) - latest.keys()
     missing = None if job_ids is None else list(dict.fromkeys(_unseen(job_ids, latest)))
     left = None if missing is None else len(missing)
@@ -213,8 +209,8 @@ def merge(
         jobs=len(latest) + (left or 0),
         counts=counts,
         images=images,
-        cost=cost,
-        currency=currency,
+        cost=None if ledger.currency is None else ledger.total.total,
+        currency=ledger.currency,
         duplicates=tuple(sorted(job_id for job_id, n in seen.items() if n > 1)),
         left=left,
         sent_unrecorded=len(unrecorded),
@@ -226,17 +222,6 @@ def merge(
 
 def _unseen(job_ids: Iterable[str], latest: Mapping[str, ManifestEntry]) -> Iterable[str]:
     return (job_id for job_id in job_ids if job_id not in latest)
-
-
-def _charge(entry: ManifestEntry) -> tuple[Decimal | None, str | None]:
-    """What `entry` counts for, as a budget counts it, if the entry keeps a cost (manifests
-    written before costs were kept have none)."""
-    cost = getattr(entry, "cost", None)
-    if cost is None:
-        return None, None
-    if isinstance(cost, (int, float, Decimal)) and not isinstance(cost, bool):
-        return Decimal(str(cost)), "USD"
-    return charge_of(entry.status, cost), getattr(cost, "currency", "USD")
 
 
 def _sent_ids(data: bytes) -> set[str]:
@@ -273,10 +258,14 @@ def read_folder(
     `job_ids`, the ids themselves)."""
     path = Path(folder)
     names = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-    manifests = {n: read_manifest(path / n) for n in names if MANIFEST_PATTERN.fullmatch(n)}
+    ledger = Ledger()
+    manifests = {}
+    for name in filter(MANIFEST_PATTERN.fullmatch, names):
+        with (path / name).open("rb") as file:
+            manifests[name] = scan(file, path / name, ledger.add).entries
     sent = set().union(*(_sent_ids((path / n).read_bytes()) for n in names if _is_sent_log(n)))
     ids = _job_ids(jobs, defaults) if job_ids is None else job_ids
-    return merge(manifests, sent=sent, job_ids=ids)
+    return merge(manifests, sent=sent, job_ids=ids, ledger=ledger)
 
 
 async def read_store(
@@ -289,14 +278,15 @@ async def read_store(
     """`read_folder` of a `Store` (object storage: `s3://bucket/prefix`)."""
     manifests: dict[str, dict[str, ManifestEntry]] = {}
     sent: set[str] = set()
+    ledger = Ledger()
     for name in await store.logs():
         if MANIFEST_PATTERN.fullmatch(name):
             data = await store.read_log(name)
-            manifests[name] = scan(io.BytesIO(data), Path(store.url) / name).entries
+            manifests[name] = scan(io.BytesIO(data), Path(store.url) / name, ledger.add).entries
         elif _is_sent_log(name):
             sent |= _sent_ids(await store.read_log(name))
     ids = _job_ids(jobs, defaults) if job_ids is None else job_ids
-    return merge(manifests, sent=sent, job_ids=ids)
+    return merge(manifests, sent=sent, job_ids=ids, ledger=ledger)
 
 
 async def read_status(

@@ -74,7 +74,7 @@ class StoreJournal:
         """Check that `store` takes objects, take the shard's lock, read its manifest and send
         log (and other splits'). ConfigurationError when another run holds the shard."""
         await store.check()
-        lock = ObjectLock(store, f".{shard.manifest_name.removesuffix('.jsonl')}.lock", ttl)
+        lock = ObjectLock(store, shard.lock_name, ttl)
         await lock.acquire()
         try:
             return await cls._read(store, shard, lock)

@@ -193,6 +193,17 @@ def test_read_folder_merges_every_shard_of_a_folder(tmp_path):
     assert sorted(status.manifests) == [Shard(k, 4).manifest_name for k in range(1, 5)]
 
 
+def test_the_cost_so_far_charges_every_sending_as_the_ledger_does(tmp_path):
+    """A job that failed (the relay reporting a charge) and was then saved charges both lines,
+    as the batch's summary and budget count it, not only its latest."""
+    out = tmp_path / "out"
+    failed = entry("a", "failed", finished=1.0, cost=Cost.of(Decimal("0.134"), Decimal("0.05")))
+    saved = entry("a", "saved", finished=2.0, cost=Cost.of(Decimal("0.134")))
+    write_shards(out, {1: [failed, saved]}, 1)
+    status = read_folder(out)
+    assert (status.saved, status.cost) == (1, Decimal("0.184"))
+
+
 def test_read_folder_of_a_folder_not_made_yet(tmp_path):
     """A folder that does not exist has recorded nothing: everything is left."""
     status = read_folder(tmp_path / "none", jobs=write_jobs(tmp_path / "jobs.jsonl", IDS[:3]))
