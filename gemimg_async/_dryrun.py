@@ -23,7 +23,7 @@ from ._inputs import check_files
 from ._jobs import BadLine, JobDefaults, text_jobs
 from ._jobtext import JobText
 from ._ledger import Ledger
-from ._manifest import ManifestEntry, scan
+from ._manifest import ManifestEntry, keep_latest, scan
 from ._models import ImageRequest
 from ._outdir import FolderImages
 from ._prices import DEFAULT_PRICES, Cost, Prices, money
@@ -110,9 +110,7 @@ def dry_run(
     entries = dict(foreign.entries)
     if manifest.is_file():
         with manifest.open("rb") as file:
-            for job_id, entry in scan(file, manifest, ledger.add).entries.items():
-                if job_id not in entries or entry.finished >= entries[job_id].finished:
-                    entries[job_id] = entry
+            keep_latest(entries, scan(file, manifest, ledger.add).entries)
     images = FolderImages.scan(out, sweep=False)
     flags = {"retry_unknown": retry_unknown, "redo_changed": redo_changed}
     again = shard.select(text_jobs(jobs, defaults, None, check_files), _id)  # memory stays flat

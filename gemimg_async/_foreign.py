@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import sys
@@ -27,8 +26,8 @@ from pathlib import Path
 import attrs
 
 from ._exceptions import ConfigurationError
-from ._manifest import ManifestEntry, scan
-from ._sentjob import SentJob
+from ._manifest import ManifestEntry, keep_latest, scan
+from ._sentjob import SentJob, unrecorded
 from ._shards import MANIFEST_PATTERN, Shard, manifest_shard
 
 if sys.platform != "win32":
@@ -98,13 +97,12 @@ class Foreign:
             _share(fd, folder, other)
         with os.fdopen(os.dup(fd), "rb") as file:
             found = scan(file, path, each)
-        for job_id, entry in found.entries.items():
-            mine = self.entries.get(job_id)
-            if mine is None or entry.finished >= mine.finished:
-                self.entries[job_id] = entry
+        keep_latest(self.entries, found.entries)
         assert other is not None
         if other.sent_log_name in names:
-            self.sent += _unrecorded(folder / other.sent_log_name, found.starts)
+            with contextlib.suppress(OSError):
+                data = (folder / other.sent_log_name).read_bytes()
+                self.sent += unrecorded(data.splitlines(), found.starts)
 
     def dangling(self, own: dict[str, ManifestEntry]) -> list[SentJob]:
         """The jobs foreign splits sent and nobody recorded since: not in `own` (the reader's
@@ -120,22 +118,6 @@ class Foreign:
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-
-def _unrecorded(path: Path, starts: dict[str, int]) -> list[SentJob]:
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return []
-    sent = []
-    for line in data.splitlines():
-        try:
-            job = SentJob.from_json(json.loads(line))
-        except ValueError:
-            continue  # a torn line: its job was not sent yet
-        if starts.get(job.id, -1) < job.at:
-            sent.append(job)
-    return sent
 
 
 def _share(fd: int, folder: Path, shard: Shard | None) -> None:

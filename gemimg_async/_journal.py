@@ -19,7 +19,6 @@ written through.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import sys
@@ -33,9 +32,9 @@ from ._exceptions import ConfigurationError
 from ._folders import BATCH_PROBE_BYTES, check_folder
 from ._foreign import Foreign
 from ._ledger import Ledger
-from ._manifest import ManifestEntry, scan
+from ._manifest import ManifestEntry, keep_latest, scan
 from ._outdir import FolderImages
-from ._sentjob import SentJob, record_dangling
+from ._sentjob import SentJob, record_dangling, unrecorded
 from ._shards import WHOLE, Shard
 
 if sys.platform != "win32":
@@ -103,9 +102,7 @@ class Journal:
             os.close(fd)
             raise
         entries = dict(foreign.entries)
-        for job_id, entry in found.entries.items():
-            if job_id not in entries or entry.finished >= entries[job_id].finished:
-                entries[job_id] = entry
+        keep_latest(entries, found.entries)
         return cls(
             folder,
             entries,
@@ -126,15 +123,8 @@ class Journal:
     def dangling(self) -> list[SentJob]:
         """The jobs a dead run sent and never recorded: from the send log, and those of this
         shard in other splits' send logs."""
-        sent = []
         with _reader(self._sent_fd) as file:
-            for line in file:
-                try:
-                    job = SentJob.from_json(json.loads(line))
-                except ValueError:
-                    continue  # a torn line: its job was not sent yet
-                if self._starts.get(job.id, -1) < job.at:
-                    sent.append(job)
+            sent = unrecorded(file, self._starts)
         mine = {job.id for job in sent}
         return sent + [
             job

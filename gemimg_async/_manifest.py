@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, get_args
 
@@ -28,6 +28,7 @@ __all__ = [
     "STATUSES",
     "ManifestEntry",
     "Status",
+    "keep_latest",
     "optional_str",
     "read_manifest",
     "scan",
@@ -229,6 +230,13 @@ def scan(
         if each is not None:
             each(entry)
     return _Scan(entries, starts, good if bad_at is not None else offset, offset)
+
+
+def keep_latest(into: dict[str, ManifestEntry], entries: Mapping[str, ManifestEntry]) -> None:
+    """Put each of `entries` into `into` unless `into` has a later one of its id."""
+    for job_id, entry in entries.items():
+        if job_id not in into or entry.finished >= into[job_id].finished:
+            into[job_id] = entry
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, ManifestEntry]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -13,7 +13,7 @@ from ._manifest import ManifestEntry, optional_str
 from ._models import ImageRequest
 from ._prices import Cost
 
-__all__ = ["SentJob", "record_dangling"]
+__all__ = ["SentJob", "record_dangling", "unrecorded"]
 
 log = logging.getLogger("gemimg_async")
 
@@ -114,6 +114,20 @@ class SentJob:
             fingerprint=optional_str(doc.get("fingerprint")),
             cost=None if doc.get("cost") is None else Cost.from_json(doc["cost"]),
         )
+
+
+def unrecorded(lines: Iterable[bytes], starts: Mapping[str, int]) -> list[SentJob]:
+    """The jobs of send-log `lines` with no manifest line after them (`starts`: where each job's
+    latest manifest line starts); a torn line's job was not sent yet, and is left out."""
+    sent = []
+    for line in lines:
+        try:
+            job = SentJob.from_json(json.loads(line))
+        except ValueError:
+            continue
+        if starts.get(job.id, -1) < job.at:
+            sent.append(job)
+    return sent
 
 
 def record_dangling(

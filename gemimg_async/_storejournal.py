@@ -20,7 +20,6 @@ It keeps `_journal.Journal`'s contract, adapted to a store that has no files:
 from __future__ import annotations
 
 import io
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -30,12 +29,12 @@ import attrs
 
 from ._exceptions import ConfigurationError
 from ._ledger import Ledger
-from ._manifest import ManifestEntry, scan
+from ._manifest import ManifestEntry, keep_latest, scan
 from ._models import ImageRequest
 from ._objlock import DEFAULT_LOCK_TTL, ObjectLock
 from ._objstore import FsspecStore
 from ._outdir import FolderImages
-from ._sentjob import SentJob, record_dangling
+from ._sentjob import SentJob, record_dangling, unrecorded
 from ._shards import MANIFEST_PATTERN, WHOLE, Shard, manifest_shard
 
 __all__ = ["StoreJournal"]
@@ -96,17 +95,13 @@ class StoreJournal:
             theirs = scan(
                 io.BytesIO(await store.read_log(other)), Path(store.url) / other, ledger.add
             )
-            for job_id, entry in theirs.entries.items():
-                if job_id not in entries or entry.finished >= entries[job_id].finished:
-                    entries[job_id] = entry
+            keep_latest(entries, theirs.entries)
             split = manifest_shard(other)
             assert split is not None
             if split.sent_log_name in logs:
                 sent = await store.read_log(split.sent_log_name)
-                foreign_sent += _unrecorded(sent, theirs.starts)
-        for job_id, entry in found.entries.items():
-            if job_id not in entries or entry.finished >= entries[job_id].finished:
-                entries[job_id] = entry
+                foreign_sent += unrecorded(sent.splitlines(), theirs.starts)
+        keep_latest(entries, found.entries)
         sent_data = await store.read_log(shard.sent_log_name)
         return cls(
             store,
@@ -127,7 +122,7 @@ class StoreJournal:
 
     def dangling(self) -> list[SentJob]:
         """The jobs a dead run sent and never recorded (this shard's, in any split's log)."""
-        sent = _unrecorded(self._sent_data, self._starts)
+        sent = unrecorded(self._sent_data.splitlines(), self._starts)
         mine = {job.id for job in sent}
         return sent + [
             job
@@ -221,16 +216,3 @@ class StoreJournal:
                 await self.store.compact(self.shard.manifest_name)
             finally:
                 await self.lock.release()
-
-
-def _unrecorded(data: bytes, starts: dict[str, int]) -> list[SentJob]:
-    """The send-log lines of `data` with no manifest line after them (by `starts`)."""
-    sent = []
-    for line in data.splitlines():
-        try:
-            job = SentJob.from_json(json.loads(line))
-        except ValueError:
-            continue
-        if starts.get(job.id, -1) < job.at:
-            sent.append(job)
-    return sent
