@@ -24,6 +24,7 @@ from ._tempfiles import claim
 __all__ = [
     "TEMP_PREFIX",
     "in_thread",
+    "new_temp",
     "sync_and_place",
     "temp_name",
     "write_all",
@@ -70,17 +71,9 @@ _CREATE = (
 )
 
 
-def write_and_place(  # noqa: PLR0917 - positional, for run_in_executor
-    folder: Path,
-    data: bytearray,
-    final: Path,
-    overwrite: bool,
-    spare: Path | None,
-    tagger: PngTagger | None,
-) -> Path:
-    """A small image's whole commit in one thread hop: a new temporary file (locked, `claim`),
-    `data` written, then `sync_and_place`. On any error the temporary file is gone and `data`
-    untouched."""
+def new_temp(folder: Path) -> tuple[Path, int]:
+    """A new temporary file in `folder` (never through a symlink), open and locked (`claim`)
+    so that a batch's sweep leaves it alone: its path and descriptor."""
     while True:
         tmp = temp_name(folder)
         fd = os.open(tmp, _CREATE, 0o666)
@@ -92,8 +85,22 @@ def write_and_place(  # noqa: PLR0917 - positional, for run_in_executor
                 tmp.unlink()
             raise
         if held:
-            break
+            return tmp, fd
         os.close(fd)  # a sweep took it, and removes it
+
+
+def write_and_place(  # noqa: PLR0917 - positional, for run_in_executor
+    folder: Path,
+    data: bytearray,
+    final: Path,
+    overwrite: bool,
+    spare: Path | None,
+    tagger: PngTagger | None,
+) -> Path:
+    """A small image's whole commit in one thread hop: a new temporary file (locked, `claim`),
+    `data` written, then `sync_and_place`. On any error the temporary file is gone and `data`
+    untouched."""
+    tmp, fd = new_temp(folder)
     try:
         write_all(fd, data)
         return sync_and_place(fd, tmp, final, overwrite, spare, tagger)

@@ -25,8 +25,6 @@ import contextlib
 import errno
 import os
 import re
-import sys
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -35,10 +33,9 @@ import anyio
 import anyio.to_thread
 import attrs
 
+from ._commit import new_temp, sync_and_place, write_all
 from ._folders import BATCH_PROBE_BYTES, check_folder
 from ._outdir import image_key
-from ._sinks import TEMP_PREFIX
-from ._tempfiles import claim
 
 __all__ = [
     "UPLOAD_HOP",
@@ -142,7 +139,7 @@ class _LocalUpload:
         self.size += len(data)
         if len(self._pending) >= UPLOAD_HOP:
             block, self._pending = self._pending, bytearray()
-            await anyio.to_thread.run_sync(_write_all, self._fd, block)
+            await anyio.to_thread.run_sync(write_all, self._fd, block)
 
     async def commit(self, name: str | None = None) -> str:
         if self.done:
@@ -169,27 +166,9 @@ class _LocalUpload:
                 self._tmp.unlink()
 
 
-def _write_all(fd: int, data: bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def _place(fd: int, block: bytearray, tmp: Path, final: Path) -> None:
-    _write_all(fd, block)
-    os.fsync(fd)
-    tmp.replace(final)  # replaces a symlink at `final`; never writes through it
-    _fsync_folder(final.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    if sys.platform == "win32":
-        return
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_all(fd, block)
+    sync_and_place(fd, tmp, final, True, None, None)  # replaces, never writes through a symlink
 
 
 @attrs.define
@@ -208,12 +187,8 @@ class LocalStore:
         if name is not None:
             check_image_name(name)
         self.folder.mkdir(parents=True, exist_ok=True)
-        while True:
-            tmp = self.folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}.part"
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)  # EXCL: no symlink
-            if claim(fd, tmp):
-                return _LocalUpload(self.folder, name, tmp, fd)
-            os.close(fd)
+        tmp, fd = new_temp(self.folder)
+        return _LocalUpload(self.folder, name, tmp, fd)
 
     async def append(self, log: str, data: bytes) -> None:
         _check_lines(data)
