@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
+
+from ._exceptions import ConfigurationError
+from ._spending import max_cost_of
 
 __all__ = ["add_cost_options"]
 
@@ -42,11 +45,8 @@ def add_cost_options(parser: argparse.ArgumentParser) -> None:
 
 def _amount(text: str) -> Decimal:
     try:
-        value = Decimal(text.strip().removeprefix("$"))
-    except InvalidOperation:
-        value = Decimal(-1)
-    if not value.is_finite() or value < 0:
+        return max_cost_of(text.strip().removeprefix("$"))
+    except ConfigurationError:
         raise argparse.ArgumentTypeError(
             f"must be an amount of at least 0, such as 5.00, not {text!r}"
-        )
-    return value
+        ) from None
