@@ -57,6 +57,7 @@ INTERNAL = {
     "_jobs.fingerprint",  # what the manifest keeps of a job, to tell a changed one
     "_jobs.iterable_jobs",  # run_batch takes requests directly; this numbers them
     "_jobs.text_jobs",  # read_jobs of a checked job file, with fingerprints, for BatchRun
+    "_manifest.keep_latest",  # how the journals and readers merge manifests
     "_manifest.optional_str",  # a field check shared with the send log's lines
     "_manifest.scan",  # read_manifest, with where each line starts, for the journal
     "_manifest.status_of",  # ManifestEntry.from_outcome applies it
