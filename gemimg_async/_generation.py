@@ -41,7 +41,7 @@ from ._inputs import encode_images
 from ._lease import Lease, Patience
 from ._limits import Pool
 from ._models import ImageRequest, Timings
-from ._prices import DEFAULT_PRICES, Prices, estimate, header_cost, reported_cost
+from ._prices import DEFAULT_PRICES, Cost, Prices, estimate, header_cost, reported_cost
 from ._results import GenerationResult, SaveError, report_shortfalls
 from ._retry import GenerationRetrier, RetryBudget, Verdict, classify
 from ._routing import Router, Via
@@ -51,6 +51,7 @@ from ._transport import Relay
 __all__ = ["Engine"]
 
 log = logging.getLogger("gemimg_async")
+_COSTS_KEPT = 256
 
 
 @attrs.define
@@ -102,6 +103,18 @@ class Engine:
     """Set by `Client.aclose`: nothing new is sent, what is in flight may finish."""
     _sending: int = 0
     _idle: anyio.Event | None = None
+    _costs: dict[tuple[str, int, int], Cost] = attrs.Factory(dict)
+    """Estimates by (model, n, input images): the same few for every request of a client."""
+
+    def estimate(self, request: ImageRequest) -> Cost:
+        """`estimate(request, self.prices)`, worked out once per kind of request."""
+        key = (request.model, request.n, len(request.images))
+        cost = self._costs.get(key)
+        if cost is None:
+            if len(self._costs) >= _COSTS_KEPT:
+                self._costs.clear()
+            cost = self._costs[key] = estimate(request, self.prices)
+        return cost
 
     async def drained(self) -> None:
         """Return once no request is in flight (sent, its answer not read yet)."""
@@ -140,23 +153,24 @@ class Engine:
     ) -> GenerationResult:
         """Generate what `request` asks under `lease`; its images placed as `delivery` says."""
         trace = _Trace(request.idempotency_key or str(uuid.uuid4()))
-        listeners = (self.on_event, delivery.on_event)
+        listeners = _listeners(self.on_event, delivery)
         try:
             result = await self._run(request, lease, trace, queued, delivery)
         except Exception as error:
             if isinstance(error, GemimgError):
                 trace.stamp(error)
+            if listeners:
+                ids, said = tuple(trace.request_ids), _said(error)
+                emit(
+                    listeners,
+                    GenerationFinished(request, trace.attempts, 0, Timings(queued), ids, said),
+                )
+            raise
+        if listeners:
             done = GenerationFinished(
-                request, trace.attempts, 0, Timings(queued), tuple(trace.request_ids), _said(error)
+                request, result.attempts, len(result.images), result.timings, result.request_ids
             )
             emit(listeners, done)
-            raise
-        emit(
-            listeners,
-            GenerationFinished(
-                request, result.attempts, len(result.images), result.timings, result.request_ids
-            ),
-        )
         return result
 
     async def _run(
@@ -169,14 +183,14 @@ class Engine:
     ) -> GenerationResult:
         if delivery.folder is not None and request.id is not None and not delivery.overwrite:
             refuse_taken_names(delivery.folder, request.id, request.n)
-        encoded = await encode_images(request.images)
+        encoded = await encode_images(request.images) if request.images else []
         began = self.clock.monotonic()
         received = await self._retrying(encoded, request, lease, trace, delivery)
         lease.succeeded()
         self.budget.succeeded()
         generated = self.clock.monotonic()
         placed = await self._place(request, received, trace, delivery)
-        cost = estimate(request, self.prices).with_reported(trace.reported)
+        cost = self.estimate(request).with_reported(trace.reported)
         result = GenerationResult(
             request=request,
             images=placed.images,
@@ -211,7 +225,7 @@ class Engine:
         delivery: Delivery,
     ) -> Received:
         """Attempts until one gets an answer with images, or the retry rules say stop."""
-        retrier = GenerationRetrier(self.retry, self.budget, self.rng)
+        retrier = None  # made at the first failure: most generations never fail
         for number in itertools.count(1):
             trace.attempts = number
             via = trace.via = lease.via(Via(self.relay, self.base, self.dialect))
@@ -220,13 +234,17 @@ class Engine:
                 return await self._attempt(outgoing, request, delivery, trace)
             except GemimgError as error:
                 moves = lease.can_move(kind := classify(error))  # to another endpoint, at once
-                verdict = Verdict(kind, 0.0) if moves else retrier.judge(error)
+                if moves:
+                    verdict = Verdict(kind, 0.0)
+                else:
+                    retrier = retrier or GenerationRetrier(self.retry, self.budget, self.rng)
+                    verdict = retrier.judge(error)
                 lease.failed(verdict.kind)
                 status = getattr(error, "status", None)
                 failed = AttemptFailed(
                     request, number, _said(error), verdict.kind.value, status, verdict.delay
                 )
-                emit((self.on_event, delivery.on_event), failed)
+                emit(_listeners(self.on_event, delivery), failed)
                 if verdict.delay is None:
                     raise
                 log.info(
@@ -253,12 +271,13 @@ class Engine:
         placed = await self.saver.place(
             received.images, stem, delivery, paid=_unique(trace.key), tagging=trace.tagging
         )
-        for image in placed.images:
+        listeners = _listeners(self.on_event, delivery)
+        for image in placed.images if listeners else ():
             if image.path is not None:
                 saved = ImageSaved(
                     request, image.index, image.path, image.byte_size, image.width, image.height
                 )
-                emit((self.on_event, delivery.on_event), saved)
+                emit(listeners, saved)
         log.info(
             "%s: %d image(s) (request id %s)",
             request.model,
@@ -286,10 +305,11 @@ class Engine:
         self, outgoing: Outgoing, request: ImageRequest, delivery: Delivery, trace: _Trace
     ) -> Received:
         answered, via = False, trace.via or Via(self.relay, self.base, self.dialect)
-        listeners = (self.on_event, delivery.on_event)
+        listeners = _listeners(self.on_event, delivery)
         sent = self.clock.monotonic()
         trace.reported = trace.tagging = None
-        emit(listeners, RequestSent(request, trace.attempts, trace.key, sent))
+        if listeners:
+            emit(listeners, RequestSent(request, trace.attempts, trace.key, sent))
         await delivery.before_post(request)  # a batch's send log: durable before the POST
         try:
             async with via.relay.post(
@@ -301,11 +321,12 @@ class Engine:
                 trace.tagging = tagging_of(
                     request, request_id=answer.request_id, key=trace.key, now=self.clock.time()
                 )
-                took = self.clock.monotonic() - sent
-                got = AnswerReceived(
-                    request, trace.attempts, answer.status, answer.request_id, took
-                )
-                emit(listeners, got)
+                if listeners:
+                    took = self.clock.monotonic() - sent
+                    got = AnswerReceived(
+                        request, trace.attempts, answer.status, answer.request_id, took
+                    )
+                    emit(listeners, got)
                 received = await receive(
                     answer.chunks,
                     via.dialect,
@@ -321,6 +342,13 @@ class Engine:
             if isinstance(error, APIError) and error.status != 200:  # noqa: PLR2004
                 via.dialect.explain(error)
             raise
+
+
+def _listeners(own: Listener | None, delivery: Delivery) -> tuple[Listener, ...]:
+    """The client's listener and the call's, those there are: events are made only for them."""
+    if own is None:
+        return () if delivery.on_event is None else (delivery.on_event,)
+    return (own,) if delivery.on_event is None else (own, delivery.on_event)
 
 
 def _default_stem(prompt: str, key: str) -> str:

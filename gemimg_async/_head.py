@@ -13,6 +13,8 @@ from ._models import GeneratedImage
 __all__ = ["Head", "HeadSink", "NotAnImageError", "TooLargeError", "head_field"]
 
 _PNG_END = b"IEND\xaeB`\x82"
+_MAGIC_BYTES = 16
+"""Enough of the head for every type's magic."""
 
 
 class NotAnImageError(ValueError):
@@ -33,26 +35,34 @@ class Head:
     _head: bytearray = attrs.Factory(bytearray)
     _tail: bytes = b""
     _sniffed: bool = False
+    _info: MediaInfo | None = None
+    """What `info` found, until more bytes come."""
 
     def take(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > self.max_bytes:
             raise TooLargeError(f"the image is larger than the {self.max_bytes}-byte cap")
         self._tail = (self._tail + data[-len(_PNG_END) :])[-len(_PNG_END) :]
+        self._info = None
         if len(self._head) < SNIFF_BYTES:
             self._head += data[: SNIFF_BYTES - len(self._head)]
-            if not self._sniffed and len(self._head) >= 16:  # noqa: PLR2004 - every magic fits
+            if not self._sniffed and len(self._head) >= _MAGIC_BYTES:
                 self._sniffed = True
-                if sniff(bytes(self._head)) is None:
+                if sniff(bytes(self._head[:_MAGIC_BYTES])) is None:
                     raise NotAnImageError(_describe_non_image(bytes(self._head)))
 
     def info(self) -> MediaInfo:
         """What the image is; NotAnImageError when it is none, or a PNG cut short."""
-        info = sniff(bytes(self._head))
+        info = self._info
         if info is None:
-            raise NotAnImageError(_describe_non_image(bytes(self._head)))
-        if info.extension == "png" and self._tail != _PNG_END:
-            raise NotAnImageError(f"the PNG is cut short after {self.size} bytes (no IEND chunk)")
+            info = sniff(bytes(self._head))
+            if info is None:
+                raise NotAnImageError(_describe_non_image(bytes(self._head)))
+            if info.extension == "png" and self._tail != _PNG_END:
+                raise NotAnImageError(
+                    f"the PNG is cut short after {self.size} bytes (no IEND chunk)"
+                )
+            self._info = info
         return info
 
     def image(self, index: int, **where: Any) -> GeneratedImage:

@@ -245,6 +245,8 @@ class Cost:
 
     def with_reported(self, reported: Decimal | None) -> Cost:
         """This one call's estimate beside the figure the relay reported (None: unknown)."""
+        if reported is None and self.reported is None:
+            return self
         return Cost.of(self.estimated, reported, self.currency)
 
     def __add__(self, other: object) -> Cost:

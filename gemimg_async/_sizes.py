@@ -8,6 +8,7 @@ complaint of this model's users.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal, TypeAlias
 
@@ -36,6 +37,7 @@ PIXELS_1K: dict[str, tuple[int, int]] = {
 _RATIO_TOLERANCE = 0.05
 
 
+@functools.lru_cache(maxsize=256)  # a few model names, asked of on every request
 def tier_of(model: str) -> Tier | None:
     """The tier a model name asks for: `-2k`/`-4k` names, 1K for the base; None if unknown."""
     lower = model.lower()
@@ -77,7 +79,7 @@ class Asked:
 
     @classmethod
     def of(cls, model: str, size: str | None) -> Asked:
-        return cls(tier_of(model), size)
+        return _asked(model, size)
 
     @property
     def pixels(self) -> tuple[int, int] | None:
@@ -106,6 +108,10 @@ class Delivered:
 
     @classmethod
     def judge(cls, asked: Asked, width: int, height: int) -> Delivered:
+        return _judged(asked, width, height)
+
+    @classmethod
+    def _judge(cls, asked: Asked, width: int, height: int) -> Delivered:
         tier = _tier_by_pixels(width * height)
         smaller = asked.tier is not None and TIERS.index(tier) < TIERS.index(asked.tier)
         other_shape = False
@@ -123,6 +129,16 @@ class Delivered:
             n for n, on in (("smaller", self.smaller), ("other shape", self.other_shape)) if on
         ]
         return f"{self.width}x{self.height} ({self.tier}{', ' if notes else ''}{', '.join(notes)})"
+
+
+@functools.lru_cache(maxsize=256)  # a values' cache: a few asks, fewer sizes, every request
+def _asked(model: str, size: str | None) -> Asked:
+    return Asked(tier_of(model), size)
+
+
+@functools.lru_cache(maxsize=256)
+def _judged(asked: Asked, width: int, height: int) -> Delivered:
+    return Delivered._judge(asked, width, height)  # noqa: SLF001 - its own cache
 
 
 def _tier_by_pixels(count: int) -> Tier:

@@ -11,9 +11,11 @@ sent from one whose answer was lost. Relay answers that are not 2xx become `APIE
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import io
 import logging
+import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -21,6 +23,9 @@ from typing import Any
 import aiohttp
 import attrs
 import yarl
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 
 from ._clock import Clock
 from ._config import Timeouts
@@ -34,7 +39,7 @@ from ._network import Network
 from ._pacing import Pacer
 from ._secrets import Secret
 from ._status import ERROR_BODY_LIMIT, api_error, printable
-from ._transport_errors import Attempt, map_aiohttp_errors, tracing
+from ._transport_errors import Attempt, map_aiohttp_errors
 
 __all__ = ["Answer", "ImageHost", "Relay"]
 
@@ -44,8 +49,12 @@ CHUNK_SIZE = 64 * 1024
 KEEPALIVE_SECONDS = 5.0
 _REQUEST_ID_HEADERS = ("x-request-id", "x-oneapi-request-id", "request-id", "openai-request-id")
 _HEADERS = {"User-Agent": "gemimg-async"}
+_URLS_KEPT = 64
 _INLINE_BODY = 1024 * 1024
 """Request bodies under this are handed to aiohttp as bytes: sent with the headers at once."""
+WHOLE_ANSWER = 128 * 1024
+"""An uncompressed answer that announces at most this many bytes is read in one call (when its
+reader asks) and handed on as one chunk (a tiny image's answer): one slice of the pacer."""
 
 
 @attrs.frozen
@@ -63,10 +72,36 @@ def _request_id(headers: Mapping[str, str]) -> str | None:
     return None if found is None else printable(found)[:200] or None
 
 
-def _connector() -> aiohttp.TCPConnector:
-    # The pool is ours; idle connections are dropped after 5 s (as httpx does), before most
-    # servers drop them: a POST on a connection the server just closed would look sent.
-    return aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS)
+_ATTEMPT: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar(
+    "gemimg_attempt", default=None
+)
+"""The attempt the current task is making through the relay's session (set by `Relay.post`)."""
+
+
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's pool, telling the attempt being made whether its connection was used before
+    (aiohttp's trace signals would say it too, at several objects per request)."""
+
+    def __init__(self) -> None:
+        # The pool is ours; idle connections are dropped after 5 s (as httpx does), before most
+        # servers drop them: a POST on a connection the server just closed would look sent.
+        super().__init__(limit=0, keepalive_timeout=KEEPALIVE_SECONDS)
+        self._used: weakref.WeakSet[object] = weakref.WeakSet()
+
+    async def connect(
+        self,
+        req: ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
+    ) -> Connection:
+        connection = await super().connect(req, traces, timeout)
+        attempt = _ATTEMPT.get()
+        protocol = connection.protocol
+        if attempt is not None and protocol is not None:
+            attempt.reused = protocol in self._used
+            if not attempt.reused:
+                self._used.add(protocol)
+        return connection
 
 
 def _safe_url(url: str | yarl.URL) -> str:
@@ -116,6 +151,9 @@ class Relay:
     network: Network = attrs.Factory(Network)
     _session: aiohttp.ClientSession | None = attrs.field(default=None, repr=False)
     _closed: bool = False
+    _known: dict[yarl.URL, tuple[Mapping[str, str], Mapping[str, Any]]] = attrs.field(
+        factory=dict, repr=False
+    )
 
     def _open(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -127,22 +165,30 @@ class Relay:
             return given
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=_connector(),
+                connector=_Connector(),
                 headers={**_HEADERS, **self._auth} if self.network.key_in_session else _HEADERS,
-                trace_configs=[tracing()],
             )
         return self._session
 
-    def _per_request(self, url: yarl.URL) -> tuple[dict[str, str], dict[str, Any]]:
-        """The headers and aiohttp options a request to `url` adds to its session's."""
+    def _per_request(self, url: yarl.URL) -> tuple[Mapping[str, str], Mapping[str, Any]]:
+        """The headers and aiohttp options a request to `url` adds to its session's: worked out
+        once per URL (a client has few), unless proxies come from the environment."""
+        known = self._known.get(url)
+        if known is not None:
+            return known
         options = self.network.options(url)
         if self.network.key_in_session:
-            return {}, options
-        self.network.check_relay(url)
-        if self.network.session is not None:  # the caller's: answers are read as ours are
-            options |= {"raise_for_status": False, "auto_decompress": True}
-            return {**_HEADERS, **self._auth}, options
-        return dict(self._auth), options
+            known = {}, options
+        else:
+            self.network.check_relay(url)
+            if self.network.session is not None:  # the caller's: answers are read as ours are
+                options |= {"raise_for_status": False, "auto_decompress": True}
+                known = {**_HEADERS, **self._auth}, options
+            else:
+                known = dict(self._auth), options
+        if not self.network.trust_env and len(self._known) < _URLS_KEPT:
+            self._known[url] = known
+        return known
 
     def is_closed(self) -> bool:
         return self._closed
@@ -177,6 +223,7 @@ class Relay:
         attempt = Attempt()
         what = _post_what(outgoing.url)
         body = outgoing.body
+        _ATTEMPT.set(attempt)  # for this task's next connection: its own, ours the only sets
         with map_aiohttp_errors(what, tracker=tracker, attempt=attempt, closed=self.is_closed):
             async with self._open().post(
                 outgoing.url,
@@ -187,7 +234,6 @@ class Relay:
                 timeout=timeout,
                 allow_redirects=False,
                 upload_tracker=tracker,
-                trace_request_ctx=attempt,
                 **options,
             ) as response:
                 attempt.answered = True
@@ -203,12 +249,18 @@ class Relay:
                         now=self.clock.time(),
                         model=model,
                     )
-                yield Answer(
-                    response.status,
-                    response.headers,
-                    request_id,
-                    self.pacer.paced(response.content.iter_chunked(CHUNK_SIZE)),
-                )
+                length = response.content_length
+                if length is not None and length <= WHOLE_ANSWER and _identity(response):
+                    chunks = self.pacer.whole(response.read)
+                else:
+                    chunks = self.pacer.paced(response.content.iter_chunked(CHUNK_SIZE))
+                yield Answer(response.status, response.headers, request_id, chunks)
+
+
+def _identity(response: aiohttp.ClientResponse) -> bool:
+    """Whether the body is what Content-Length counts: no Content-Encoding to inflate it."""
+    encoding = response.headers.get("Content-Encoding")
+    return encoding is None or encoding.strip().lower() in {"", "identity"}
 
 
 @attrs.define
@@ -262,7 +314,12 @@ class ImageHost:
                 session = await stack.enter_async_context(aiohttp.ClientSession(headers=_HEADERS))
             else:
                 if self._session is None:
-                    self._session = aiohttp.ClientSession(connector=_connector(), headers=_HEADERS)
+                    self._session = aiohttp.ClientSession(
+                        connector=aiohttp.TCPConnector(
+                            limit=0, keepalive_timeout=KEEPALIVE_SECONDS
+                        ),
+                        headers=_HEADERS,
+                    )
                 session = self._session
             what = f"GET {_safe_url(url)}"
             with map_aiohttp_errors(what, closed=self.is_closed, download_url=url):

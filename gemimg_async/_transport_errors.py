@@ -9,9 +9,7 @@ an answer, carried a request the server never read: not sent either.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-from types import SimpleNamespace
+from collections.abc import Callable
 
 import aiohttp
 import attrs
@@ -25,7 +23,7 @@ from ._exceptions import (
     OutcomeUnknownError,
 )
 
-__all__ = ["Attempt", "map_aiohttp_errors", "tracing"]
+__all__ = ["Attempt", "map_aiohttp_errors"]
 
 
 def _never() -> bool:
@@ -34,31 +32,13 @@ def _never() -> bool:
 
 @attrs.define
 class Attempt:
-    """What one request's connection did: whether it was a pooled one, reused, and whether
-    an answer began. Filled by aiohttp's trace signals (`trace_request_ctx`)."""
+    """What one request's connection did: whether it was a pooled one, reused (the relay
+    session's connector says), and whether an answer began."""
 
     reused: bool = False
     answered: bool = False
 
 
-async def _on_reuse(
-    session: aiohttp.ClientSession,
-    context: SimpleNamespace,
-    params: aiohttp.TraceConnectionReuseconnParams,
-) -> None:
-    del session, params
-    attempt = context.trace_request_ctx
-    if isinstance(attempt, Attempt):
-        attempt.reused = True
-
-
-def tracing() -> aiohttp.TraceConfig:
-    config = aiohttp.TraceConfig()
-    config.on_connection_reuseconn.append(_on_reuse)
-    return config
-
-
-@contextlib.contextmanager
 def map_aiohttp_errors(
     what: str,
     *,
@@ -66,7 +46,7 @@ def map_aiohttp_errors(
     attempt: Attempt | None = None,
     closed: Callable[[], bool] = _never,
     download_url: str | None = None,
-) -> Iterator[None]:
+) -> _Mapped:
     """Raise the error of ours that an aiohttp error within amounts to, chained `from` it.
 
     `tracker` tells a request never sent in full (ConnectError: safe to send again) from one
@@ -76,22 +56,45 @@ def map_aiohttp_errors(
     request; with `download_url` every failure is a DownloadError. Errors that are not
     aiohttp's (a full disk, a bug) pass through as they are.
     """
-    try:
-        yield
-    except GemimgError:
-        raise
-    except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
+    return _Mapped(what, tracker, attempt, closed, download_url)
+
+
+@attrs.define
+class _Mapped:
+    """`map_aiohttp_errors`' context manager (a class: it is entered on every request)."""
+
+    what: str
+    tracker: aiohttp.UploadTracker | None
+    attempt: Attempt | None
+    closed: Callable[[], bool]
+    download_url: str | None
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        del kind, tb  # the traceback's frames hold the request's headers: not kept by ours
+        if exc is None or isinstance(exc, GemimgError):
+            return
+        if not isinstance(exc, aiohttp.ClientError | TimeoutError | RuntimeError):
+            return
         # RuntimeError is aiohttp's word for a connection closed under a read: ours only then
-        if isinstance(exc, RuntimeError) and not closed():
-            raise
+        if isinstance(exc, RuntimeError) and not self.closed():
+            return
         _scrub(exc)
+        attempt = self.attempt
         stale = (
             attempt is not None
             and attempt.reused
             and not attempt.answered
             and isinstance(exc, aiohttp.ServerDisconnectedError)
         )
-        raise _translate(exc, tracker, what, closed(), download_url, stale=stale) from exc
+        closed = self.closed()
+        raise _translate(
+            exc, self.tracker, self.what, closed, self.download_url, stale=stale
+        ) from exc
 
 
 def _scrub(exc: BaseException) -> None:
