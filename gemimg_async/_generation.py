@@ -41,7 +41,7 @@ from ._inputs import encode_images
 from ._lease import Lease, Patience
 from ._limits import Pool
 from ._models import ImageRequest, Timings
-from ._prices import DEFAULT_PRICES, Cost, Prices, estimate, header_cost, reported_cost
+from ._prices import DEFAULT_PRICES, Cost, Prices, estimate, header_cost, usage_cost
 from ._results import GenerationResult, SaveError, report_shortfalls
 from ._retry import GenerationRetrier, RetryBudget, Verdict, classify
 from ._routing import Router, Via
@@ -334,7 +334,8 @@ class Engine:
                     self.saver.sink_opener(delivery, trace.tagging),
                     request_id=answer.request_id,
                 )
-                trace.reported = reported_cost(answer.headers, received.reading.usage, self.prices)
+                if trace.reported is None:  # no header: its token counts priced, if any
+                    trace.reported = usage_cost(received.reading.usage, self.prices)
                 return received
         except GemimgError as error:
             if not answered:

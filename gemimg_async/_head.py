@@ -32,7 +32,8 @@ class Head:
 
     max_bytes: int
     size: int = 0
-    _head: bytearray = attrs.Factory(bytearray)
+    _head: bytes = b""
+    """The first SNIFF_BYTES: the first chunk itself when it holds them (no copy)."""
     _tail: bytes = b""
     _sniffed: bool = False
     _info: MediaInfo | None = None
@@ -45,19 +46,20 @@ class Head:
         self._tail = (self._tail + data[-len(_PNG_END) :])[-len(_PNG_END) :]
         self._info = None
         if len(self._head) < SNIFF_BYTES:
-            self._head += data[: SNIFF_BYTES - len(self._head)]
+            piece = bytes(data[: SNIFF_BYTES - len(self._head)])  # a whole small bytes: itself
+            self._head = self._head + piece if self._head else piece
             if not self._sniffed and len(self._head) >= _MAGIC_BYTES:
                 self._sniffed = True
-                if sniff(bytes(self._head[:_MAGIC_BYTES])) is None:
-                    raise NotAnImageError(_describe_non_image(bytes(self._head)))
+                if sniff(self._head[:_MAGIC_BYTES]) is None:
+                    raise NotAnImageError(_describe_non_image(self._head))
 
     def info(self) -> MediaInfo:
         """What the image is; NotAnImageError when it is none, or a PNG cut short."""
         info = self._info
         if info is None:
-            info = sniff(bytes(self._head))
+            info = sniff(self._head)
             if info is None:
-                raise NotAnImageError(_describe_non_image(bytes(self._head)))
+                raise NotAnImageError(_describe_non_image(self._head))
             if info.extension == "png" and self._tail != _PNG_END:
                 raise NotAnImageError(
                     f"the PNG is cut short after {self.size} bytes (no IEND chunk)"

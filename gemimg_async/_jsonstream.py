@@ -221,53 +221,45 @@ def parse_whole(body: bytes, schema: Schema) -> tuple[Any, list[tuple[Path, byte
         if text.startswith("\ufeff"):
             return None
         document = _WHOLE_DECODER.decode(text)
-        if _depth(document) > DEFAULT_MAX_DEPTH:
-            return None  # the streaming parser says how deep
         pieces: list[tuple[Path, bytes]] = []
-        _divert(document, schema, (), pieces)
+        if isinstance(document, dict | list):
+            _divert(document, schema, (), pieces)
     except (ValueError, RecursionError, _Undecided):
         return None
     return document, pieces
 
 
-def _depth(document: object) -> int:
-    """How deep the containers of a decoded document nest (a top-level object or array: 1)."""
-    deepest = 0
-    pending: list[tuple[dict[str, Any] | list[Any], int]] = []
-    if isinstance(document, dict | list):
-        pending.append((document, 1))
-    while pending:
-        value, depth = pending.pop()
-        deepest = max(deepest, depth)
-        children = value.values() if isinstance(value, dict) else value
-        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return deepest
-
-
 def _divert(
     container: dict[str, Any] | list[Any],
-    node: Schema,
+    node: Schema | None,
     path: Path,
     pieces: list[tuple[Path, bytes]],
+    depth: int = 1,
 ) -> None:
-    """Replace the image strings in `container` (at `node` of the schema) by `Diverted`s,
-    their bytes added to `pieces`, as `ImageStreamParser._place` decides."""
+    """Replace the image strings in `container` (at `node` of the schema; None: off it) by
+    `Diverted`s, their bytes added to `pieces` in document order, as `ImageStreamParser._place`
+    decides; _Undecided past the nesting limit, which the streaming parser reports."""
+    if depth > DEFAULT_MAX_DEPTH:
+        raise _Undecided
     items = container.items() if isinstance(container, dict) else enumerate(container)
     for step, value in items:
-        child = node.child(step)
-        if child is None:
-            continue
         if isinstance(value, str):
+            child = None if node is None else node.child(step)
+            if child is None or not child.mode:
+                continue
             if child.mode == MARKDOWN:
                 raise _Undecided
-            if child.mode:
-                where = (*path, step)
-                data = _whole_image(value, child.mode)
-                if data is not None:
-                    pieces.append((where, data))
-                    container[step] = Diverted(where, len(data))  # type: ignore[index]
-        elif isinstance(value, dict | list) and child.children:
-            _divert(value, child, (*path, step), pieces)
+            where = (*path, step)
+            data = _whole_image(value, child.mode)
+            if data is not None:
+                pieces.append((where, data))
+                container[step] = Diverted(where, len(data))  # type: ignore[index]
+        elif isinstance(value, dict | list):
+            child = None if node is None else node.child(step)
+            if child is not None and child.children:
+                _divert(value, child, (*path, step), pieces, depth + 1)
+            else:
+                _divert(value, None, path, pieces, depth + 1)
 
 
 def _whole_image(value: str, mode: int) -> bytes | None:
@@ -282,12 +274,11 @@ def _whole_image(value: str, mode: int) -> bytes | None:
         return None
     if not value.isascii():
         raise _Undecided
-    raw = value.encode("ascii")
-    pad = raw.find(b"=")
-    if 0 <= pad < len(raw) - 2:  # padding only in the last quad, as the streaming parser wants
+    pad = value.find("=")
+    if 0 <= pad < len(value) - 2:  # padding only in the last quad, as the streaming parser wants
         raise _Undecided
     try:
-        data = binascii.a2b_base64(raw, strict_mode=True)
+        data = binascii.a2b_base64(value, strict_mode=True)  # ASCII str: read as it is
     except binascii.Error:
         raise _Undecided from None
     if not data:

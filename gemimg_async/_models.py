@@ -197,6 +197,9 @@ def _labelled_data_uri(uri: str) -> str:
 def _visible(text: str) -> bool:
     """Whether `text` shows anything: a character that is neither whitespace nor a control or
     format character (NUL, zero-width space and joiners, word joiner, BOM)."""
+    first = text[:1]
+    if first.isprintable() and not first.isspace() and first:
+        return True  # most prompts: their first character
     return any(char.isprintable() and not char.isspace() for char in text)
 
 

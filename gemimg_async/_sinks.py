@@ -78,17 +78,28 @@ class MemoryImage(HeadSink):
     max_bytes: int
     failure: OSError | None = None
     _head: Head = head_field()
-    _data: io.BytesIO = attrs.Factory(io.BytesIO)
+    _first: bytes = b""
+    """The bytes while they came in one piece (a small image): kept as they are, no copy."""
+    _data: io.BytesIO | None = None
+    """The bytes once a second piece came."""
 
     async def write(self, data: bytes) -> None:
         self._head.take(data)
-        self._data.write(data)
+        if self._data is not None:
+            self._data.write(data)
+        elif not self._first and type(data) is bytes:
+            self._first = data
+        else:
+            self._data = io.BytesIO(self._first)
+            self._data.seek(0, io.SEEK_END)
+            self._data.write(data)
+            self._first = b""
 
     def abort(self) -> None:
-        self._data = io.BytesIO()
+        self._first, self._data = b"", None
 
     def salvage(self) -> bytes | None:
-        data = self._data.getvalue()  # shares the buffer: no copy
+        data = self._first if self._data is None else self._data.getvalue()  # no copy
         self.abort()
         return data
 

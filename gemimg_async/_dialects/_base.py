@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -79,6 +80,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=64)  # a client's few endpoints, on every request
 def join(base: yarl.URL, path: str) -> yarl.URL:
     """`base` with `path` (no leading slash) appended to its own path."""
     return base.with_path(f"{base.path.rstrip('/')}/{path}", encoded=True)
