@@ -94,7 +94,7 @@ def write_and_place(  # noqa: PLR0917 - positional, for run_in_executor
     data: bytearray,
     final: Path,
     overwrite: bool,
-    spare: Path | None,
+    fallback: str | None,
     tagger: PngTagger | None,
 ) -> Path:
     """A small image's whole commit in one thread hop: a new temporary file (locked, `claim`),
@@ -103,7 +103,7 @@ def write_and_place(  # noqa: PLR0917 - positional, for run_in_executor
     tmp, fd = new_temp(folder)
     try:
         write_all(fd, data)
-        return sync_and_place(fd, tmp, final, overwrite, spare, tagger)
+        return sync_and_place(fd, tmp, final, overwrite, fallback, tagger)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -117,11 +117,12 @@ def sync_and_place(  # noqa: PLR0917 - positional, for run_in_executor
     tmp: Path | None,
     final: Path,
     overwrite: bool,
-    spare: Path | None,
+    fallback: str | None,
     tagger: PngTagger | None,
 ) -> Path:
-    """fsync, then give `tmp` its final name atomically (or `spare`, when `final` is taken);
-    a tagged image's chunks taken out again if a late caBX turned up, its sidecar written."""
+    """fsync, then give `tmp` its final name atomically (or, when `final` is taken and a
+    `fallback` is given, `final` with `-{fallback}` after its stem); a tagged image's chunks
+    taken out again if a late caBX turned up, its sidecar written."""
     assert tmp is not None
     if tagger is not None:
         tagger.untaint(fd)
@@ -132,8 +133,9 @@ def sync_and_place(  # noqa: PLR0917 - positional, for run_in_executor
         try:
             _place_new(tmp, final)
         except FileExistsError:
-            if spare is None:
+            if fallback is None:
                 raise
+            spare = final.with_stem(f"{final.stem}-{fallback}")
             log.warning("%s exists: saving the paid-for image as %s instead", final, spare.name)
             _place_new(tmp, spare)
             final = spare

@@ -67,14 +67,16 @@ class Head:
             self._info = info
         return info
 
-    def image(self, index: int, **where: Any) -> GeneratedImage:
+    def image(self, index: int, *, byte_size: int | None = None, **where: Any) -> GeneratedImage:
+        """The image as a result holds it (`byte_size`: what was written, when not the bytes
+        that came), and `where` it is."""
         info = self.info()
         return GeneratedImage(
             index,
             media_type=info.media_type,
             width=info.width,
             height=info.height,
-            byte_size=self.size,
+            byte_size=self.size if byte_size is None else byte_size,
             **where,
         )
 

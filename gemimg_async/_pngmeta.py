@@ -15,6 +15,7 @@ takes the inserted bytes out of the written file again, restoring the relay's by
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import zlib
@@ -61,11 +62,17 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def itxt(keyword: str, text: str) -> bytes:
     """An uncompressed `iTXt` chunk: a Latin-1 keyword of 1-79 characters, UTF-8 text (NULs,
     which the format forbids, become U+FFFD)."""
+    body = text.replace("\x00", "\ufffd").encode("utf-8", "replace")
+    return _chunk(b"iTXt", _itxt_head(keyword) + body)
+
+
+@functools.lru_cache(maxsize=64)  # the same few keywords for every image
+def _itxt_head(keyword: str) -> bytes:
+    """An `iTXt` chunk's data up to its text: the keyword, checked, and five empty fields."""
     key = keyword.encode("latin-1")
     if not 1 <= len(key) <= 79 or not all(32 <= b <= 126 or b >= 161 for b in key):  # noqa: PLR2004
         raise ValueError(f"not a PNG keyword: {keyword!r}")
-    body = text.replace("\x00", "\ufffd").encode("utf-8", "replace")
-    return _chunk(b"iTXt", key + b"\x00\x00\x00\x00\x00" + body)
+    return key + b"\x00\x00\x00\x00\x00"
 
 
 @attrs.define

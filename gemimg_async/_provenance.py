@@ -45,6 +45,17 @@ def software() -> str:
         return "gemimg-async"
 
 
+@functools.lru_cache(maxsize=64)  # a client's few asks
+def _said(asked: Asked) -> str:
+    return str(asked)
+
+
+@functools.lru_cache(maxsize=4)  # images saved in the same second
+def _utc(seconds: int) -> str:
+    """Unix seconds as UTC ISO 8601: `2026-11-27T14:05:09Z`."""
+    return dt.datetime.fromtimestamp(seconds, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _text(value: Any) -> str | None:
     if value is None:
         return None
@@ -85,15 +96,14 @@ class Provenance:
     ) -> Provenance:
         """The provenance of an image being saved: `created` is Unix time; the library version
         is this one's. `delivered` is filled in from the pixels (`with_size`)."""
-        when = dt.datetime.fromtimestamp(created, tz=dt.UTC)
         return cls(
             prompt=prompt,
             model=model,
-            asked=None if asked is None else str(asked),
+            asked=None if asked is None else _said(asked),
             job_id=job_id,
             request_id=request_id,
             idempotency_key=idempotency_key,
-            created=when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            created=_utc(int(created)),
             software=software(),
         )
 

@@ -221,18 +221,23 @@ class AtomicFile(HeadSink):
             raise
         if self._failure is not None:  # the temporary file stays for `salvage`
             raise self._failure
-        spare = None if fallback is None else final.with_stem(f"{final.stem}-{fallback}")
         try:
             if self._raw is None:  # all in memory: one hop does everything
                 if tagger is not None and tagger.tainted and tagger.inserted is not None:
                     self._pending = bytearray(tagger.original(bytes(self._pending)))
                     tagger.inserted = None  # a late caBX: the relay's bytes exactly
                 path = await in_thread(
-                    write_and_place, self.folder, self._pending, final, overwrite, spare, tagger
+                    write_and_place, self.folder, self._pending, final, overwrite, fallback, tagger
                 )
             else:
                 path = await in_thread(
-                    sync_and_place, self._raw.fileno(), self._tmp, final, overwrite, spare, tagger
+                    sync_and_place,
+                    self._raw.fileno(),
+                    self._tmp,
+                    final,
+                    overwrite,
+                    fallback,
+                    tagger,
                 )
         except OSError:
             raise  # the bytes stay for `salvage`: the caller salvages or aborts
@@ -240,8 +245,7 @@ class AtomicFile(HeadSink):
             self.abort()
             raise
         self.abort()  # closes the file; the temporary name went with the placing
-        image = self._head.image(index, path=path)
-        return image if tagger is None else attrs.evolve(image, byte_size=self.size_on_disk)
+        return self._head.image(index, path=path, byte_size=self.size_on_disk)
 
     @property
     def size_on_disk(self) -> int:
