@@ -49,7 +49,7 @@ async def in_thread(function: Callable[..., T], /, *args: Any) -> T:
         raise
 
 
-def write_all(fd: int, data: bytearray) -> None:
+def write_all(fd: int, data: bytes | bytearray) -> None:
     """All of `data` into the file `fd` (a small image, in one or a few system calls)."""
     view = memoryview(data)
     while view:
@@ -91,7 +91,7 @@ def new_temp(folder: Path) -> tuple[Path, int]:
 
 def write_and_place(  # noqa: PLR0917 - positional, for run_in_executor
     folder: Path,
-    data: bytearray,
+    data: bytes | bytearray,
     final: Path,
     overwrite: bool,
     fallback: str | None,

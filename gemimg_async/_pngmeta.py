@@ -95,7 +95,8 @@ class PngTagger:
     """A `caBX` chunk came after the chunks were inserted: remove `inserted` again."""
     width: int | None = None
     height: int | None = None
-    _held: bytearray = attrs.Factory(bytearray)
+    _held: bytes | bytearray = b""
+    """The head held back until the verdict: the first piece itself while it is the only one."""
     _skip: int = 0
     """Bytes left of the chunk passing through, once tagged (watching for a late `caBX`)."""
     _header: bytes = b""
@@ -103,7 +104,13 @@ class PngTagger:
     def feed(self, data: bytes) -> bytes:
         """The bytes to write now for `data` (empty while the head is held back)."""
         if self.needs_sidecar is None:
-            self._held += data
+            held = self._held
+            if not held:
+                self._held = bytes(data)  # a bytes piece: itself, no copy
+            else:
+                if type(held) is bytes:
+                    held = self._held = bytearray(held)
+                held += data
             return self._decide()
         if self.needs_sidecar is False and not self.tainted:
             self._watch(data)
@@ -136,7 +143,7 @@ class PngTagger:
 
     def _pass(self, why: str) -> bytes:
         self.needs_sidecar, self.why = True, why
-        held, self._held = bytes(self._held), bytearray()
+        held, self._held = bytes(self._held), b""
         return held
 
     def _decide(self) -> bytes:  # noqa: PLR0911 - one exit per verdict
@@ -168,10 +175,10 @@ class PngTagger:
         assert self.height is not None
         provenance = self.provenance.with_size(self.width, self.height, self.asked)
         chunks = b"".join(itxt(k, v) for k, v in provenance.to_fields().items())
-        held, self._held = self._held, bytearray()
+        held, self._held = memoryview(self._held), b""
         self.needs_sidecar, self.inserted = False, (_IHDR_END, len(chunks))
-        self._watch(memoryview(held)[data_at:])  # from the data chunk on, watching for caBX
-        return b"".join((held[:_IHDR_END], chunks, held[_IHDR_END:]))
+        self._watch(held[data_at:])  # from the data chunk on, watching for caBX
+        return b"".join((held[:_IHDR_END], chunks, held[_IHDR_END:]))  # one copy
 
     def _watch(self, data: bytes | memoryview) -> None:
         """Follow chunk boundaries through `data`, flagging a `caBX` chunk."""

@@ -112,6 +112,17 @@ class MemoryImage(HeadSink):
         return self._head.image(index, data=self.salvage())
 
 
+def _joined(pending: bytes | bytearray, data: bytes) -> bytes | bytearray:
+    """`pending` with `data` after it: `data` itself when nothing is pending, else appended in
+    place (a bytearray from the second piece on)."""
+    if not pending:
+        return data if type(data) is bytes else bytearray(data)
+    if type(pending) is bytes:
+        pending = bytearray(pending)
+    pending += data
+    return pending
+
+
 class _GuardedFile(io.FileIO):
     """A file whose close waits for a write in progress in another thread: a cancelled write
     leaves its thread running, and closing under it could hand its descriptor to another file."""
@@ -148,7 +159,8 @@ class AtomicFile(HeadSink):
     tagger: PngTagger | None = None
     """Turns the relay's bytes into what is written (provenance chunks in a PNG)."""
     _head: Head = head_field()
-    _pending: bytearray = attrs.Factory(bytearray)
+    _pending: bytes | bytearray = b""
+    """What is not written yet: the first piece itself while it is the only one (no copy)."""
     _tmp: Path | None = None
     _raw: _GuardedFile | None = None
     _file: AsyncFileIO | None = None
@@ -177,7 +189,9 @@ class AtomicFile(HeadSink):
 
     async def write(self, data: bytes) -> None:
         self._head.take(data)
-        self._pending += data if self.tagger is None else self.tagger.feed(data)
+        self._pending = _joined(
+            self._pending, data if self.tagger is None else self.tagger.feed(data)
+        )
         if len(self._pending) >= WRITE_BLOCK and self._failure is None:
             await self._flush()
 
@@ -211,7 +225,7 @@ class AtomicFile(HeadSink):
             final = self.folder / f"{check_stem(stem)}_{index}.{info.extension}"
             tagger = self.tagger
             if tagger is not None:
-                self._pending += tagger.close()
+                self._pending = _joined(self._pending, tagger.close())
                 if tagger.width is None:  # not a PNG: the sidecar takes the sniffed size
                     tagger.width, tagger.height = info.width, info.height
             if self._raw is not None and self._pending and self._failure is None:
