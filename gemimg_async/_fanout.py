@@ -1,9 +1,20 @@
 """`Client.map`: requests pulled lazily from any iterable, run by workers under the pool, their
-outcomes yielded as they end (or in input order)."""
+outcomes yielded as they end (or in input order).
+
+Workers and the consumer meet in a `_Handoff`: a deque of ended outcomes, one future the
+consumer parks on, and a window of requests pulled and not yet handed to the consumer (the
+pool's width; ordered, twice that less one, for outcomes ending ahead of their turn). A worker
+takes room in the window before pulling; the consumer gives it back as it takes each outcome,
+before the caller's loop body runs. So a slow consumer holds the workers back (no more than the
+window's worth of outcomes, each holding its images, waits for it), and with one place a worker
+pulls its next request only once the caller has seen its last outcome (a batch that stops on a
+failing outcome sends nothing after it): by design, not by a yield to the loop somewhere. All of
+it is plain asyncio, O(1) a request: this is the hot path of every batch."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -16,7 +27,6 @@ from typing import cast
 
 import anyio
 import attrs
-from anyio.streams.memory import MemoryObjectSendStream
 
 from ._exceptions import ClientClosedError
 from ._folders import check_folder
@@ -58,21 +68,28 @@ class FanOut:
                 check_folder(delivery.folder)  # once, before anything is sent
         width = width_of(self.engine.pool)
         source = _Source(requests)
-        send, receive = anyio.create_memory_object_stream[Outcome]()
-        window = anyio.Semaphore(2 * width) if ordered else None
+        # Ordered, up to width - 1 outcomes may wait behind a slow one while `width` run.
+        window = 2 * width - 1 if ordered else width
+        handoff = _Handoff(asyncio.get_running_loop(), window, ordered)
         workers = {
-            asyncio.create_task(self._worker(source, send.clone(), window, delivery))
-            for _ in range(width)
+            asyncio.create_task(self._worker(source, handoff, delivery)) for _ in range(width)
         }
-        send.close()
+        handoff.running = len(workers)
         self._tasks |= workers
         try:
-            async with receive:
-                async for outcome in _in_order(receive) if ordered else receive:
-                    if window is not None:
-                        window.release()
+            while True:
+                outcome = handoff.take()
+                if outcome is not None:
                     yield outcome
+                elif handoff.running:
+                    await handoff.arrival()
+                else:
+                    break
+            for outcome in handoff.left_behind():
+                yield outcome
             with forgetting():
+                if handoff.broken is not None:
+                    raise handoff.broken
                 if source.failure is not None:
                     raise source.failure
                 if not source.exhausted:
@@ -85,28 +102,21 @@ class FanOut:
                 await source.aclose()
             self._tasks -= workers
 
-    async def _worker(
-        self,
-        source: _Source,
-        send: MemoryObjectSendStream[Outcome],
-        window: anyio.Semaphore | None,
-        delivery: Delivery,
-    ) -> None:
-        clock = self.engine.clock
-        async with send:
+    async def _worker(self, source: _Source, handoff: _Handoff, delivery: Delivery) -> None:
+        clock, engine = self.engine.clock, self.engine
+        try:
             while True:
-                if window is not None:
-                    await window.acquire()
-                lease = Lease(self.engine.pool)
-                item = None
+                await handoff.room()
+                lease = Lease(engine.pool, patience=None)  # map waits for its places
                 try:
                     # One worker at a time takes a request, then waits for its place: no place
                     # is held while a slow source is awaited, and one request at most is
                     # pulled ahead of its place.
                     async with source.lock:
-                        done = source.exhausted or self.engine.closing
+                        done = source.exhausted or engine.closing or handoff.broken is not None
                         item = None if done else await source.pull()
                         if item is None:
+                            handoff.give_back()
                             return
                         asked = clock.monotonic()
                         await lease.acquire()
@@ -115,9 +125,15 @@ class FanOut:
                     )
                 finally:
                     await lease.release()
-                    if window is not None and item is None:
-                        window.release()
-                await send.send(outcome)
+                handoff.hand_over(outcome)
+        except Exception as error:  # noqa: BLE001 - raised by the map once what runs has ended
+            forget_frames(error)
+            if handoff.broken is None:
+                handoff.broken = error
+        finally:
+            handoff.running -= 1
+            if not handoff.running:
+                handoff.wake()
 
     async def _outcome(
         self,
@@ -158,13 +174,106 @@ class FanOut:
         )
 
 
+@attrs.define(eq=False)
+class _Handoff:
+    """Between a map's workers and its consumer: the outcomes ended and not taken yet, and the
+    window of requests pulled and not yet handed to the consumer (see the module)."""
+
+    _loop: asyncio.AbstractEventLoop = attrs.field(alias="loop")
+    window: int
+    ordered: bool
+    running: int = 0
+    """Workers not ended yet: the map ends once none is and no outcome is left."""
+    broken: Exception | None = None
+    """A worker's own failure (not a request's): nothing more is pulled, the map raises it."""
+    _ended: deque[Outcome] = attrs.Factory(deque)
+    _held: dict[int, Outcome] = attrs.Factory(dict)
+    """Ordered: outcomes ended before one ahead of them."""
+    _wanted: int = 0
+    """Ordered: the index of the next outcome to yield."""
+    _taken: int = 0
+    """Room taken in the window: requests pulled (or being pulled) and not handed on."""
+    _waiting: deque[asyncio.Future[None]] = attrs.Factory(deque)
+    """Workers waiting for room; one waits only while the window is full."""
+    _consumer: asyncio.Future[None] | None = None
+
+    async def room(self) -> None:
+        """Take room in the window for one request, waiting (first come, first served) until
+        the consumer gives some back."""
+        if self._taken < self.window:
+            self._taken += 1
+            return
+        waiter = self._loop.create_future()
+        self._waiting.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if not waiter.cancelled():  # given the room as it was cancelled: pass it on
+                self.give_back()
+            raise
+
+    def give_back(self) -> None:
+        """A request is handed on (or none was pulled): its room goes to the first waiting."""
+        waiting = self._waiting
+        while waiting:
+            waiter = waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._taken -= 1
+
+    def hand_over(self, outcome: Outcome) -> None:
+        """A worker's outcome, for the consumer."""
+        self._ended.append(outcome)
+        self.wake()
+
+    def wake(self) -> None:
+        consumer = self._consumer
+        if consumer is not None and not consumer.done():
+            consumer.set_result(None)
+
+    async def arrival(self) -> None:
+        """Wait until an outcome is handed over or the last worker ends."""
+        self._consumer = self._loop.create_future()
+        try:
+            await self._consumer
+        finally:
+            self._consumer = None
+
+    def take(self) -> Outcome | None:
+        """The next outcome for the consumer, if one has ended (ordered: if the next in input
+        order has), its room given back to the workers; None if none is ready yet."""
+        held, ended = self._held, self._ended
+        while True:
+            if self._wanted in held:
+                outcome = held.pop(self._wanted)
+            elif ended:
+                outcome = ended.popleft()
+                if self.ordered and outcome.index != self._wanted:
+                    held[outcome.index] = outcome
+                    continue
+            else:
+                return None
+            self._wanted += 1
+            self.give_back()
+            return outcome
+
+    def left_behind(self) -> Iterator[Outcome]:
+        """Ordered, once every worker has ended: the outcomes held behind a request that never
+        ended (its worker cancelled by `aclose`, or broken); they are paid for all the same."""
+        held = self._held
+        for index in sorted(held):
+            self.give_back()
+            yield held.pop(index)
+
+
 @attrs.define
 class _Source:
     """The requests of a `map`, pulled one at a time (under `lock`) by a worker with a place."""
 
     _requests: Iterable[ImageRequest] | AsyncIterable[ImageRequest] = attrs.field(alias="requests")
     _iterator: Iterator[ImageRequest] | AsyncIterator[ImageRequest] = attrs.field(init=False)
-    lock: anyio.Lock = attrs.Factory(anyio.Lock)
+    lock: asyncio.Lock = attrs.Factory(asyncio.Lock)
     _count: int = 0
     exhausted: bool = False
     failure: Exception | None = None
@@ -200,13 +309,3 @@ class _Source:
             await iterator.aclose()
         elif isinstance(iterator, Generator):
             iterator.close()
-
-
-async def _in_order(outcomes: AsyncIterable[Outcome]) -> AsyncIterator[Outcome]:
-    held: dict[int, Outcome] = {}
-    wanted = 0
-    async for outcome in outcomes:
-        held[outcome.index] = outcome
-        while wanted in held:
-            yield held.pop(wanted)
-            wanted += 1

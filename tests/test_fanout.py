@@ -11,13 +11,13 @@ import pytest
 import gemimg_async as gi
 from gemimg_async import Client, ClientClosedError, ImageRequest
 from gemimg_async.testing import FakeClock, Fault
-from helpers import API_KEY, STANDARD, TIER_2K, slow_client, wait_for
+from helpers import API_KEY, STANDARD, TIER_2K, free_port, slow_client, wait_for
 
 pytestmark = pytest.mark.anyio
 
 
 def map_worker_tasks() -> list[asyncio.Task]:
-    return [t for t in asyncio.all_tasks() if "_map_worker" in t.get_coro().__qualname__]
+    return [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "FanOut._worker"]
 
 
 # --- pulling and ordering ----------------------------------------------------------------------
@@ -46,6 +46,7 @@ async def test_map_pulls_a_huge_generator_lazily_with_bounded_tasks(relay, clien
             assert outcome.ok
             consumed += 1
             assert pulled <= consumed + 2 * max_concurrency
+            assert len(map_worker_tasks()) == max_concurrency
             most_tasks = max(most_tasks, len(asyncio.all_tasks()))
             if consumed == 2_000:
                 break
@@ -93,6 +94,96 @@ async def test_leaving_map_early_cancels_what_is_in_flight():
         assert map_worker_tasks() == []
         assert client.stats.in_flight == 0
     assert len(relay.requests) <= 5  # the pool's worth, and at most one pulled as "fast" ended
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+@pytest.mark.parametrize("max_concurrency", [1, 3])
+async def test_a_worker_pulls_again_only_once_the_caller_has_seen_its_outcome(
+    relay, ordered, max_concurrency
+):
+    """With one place, the caller's loop body sees each outcome before the next request is
+    pulled (a batch that stops on a failing outcome sends nothing after it); with more, at most
+    the pool's worth is pulled beyond what the caller has seen (ordered: twice that, less one).
+    """
+    pulled = 0
+
+    def prompts():
+        nonlocal pulled
+        for i in range(12):
+            pulled += 1
+            yield ImageRequest(f"p{i}")
+
+    window = 2 * max_concurrency - 1 if ordered else max_concurrency
+    async with Client(API_KEY, relay.url, max_concurrency=max_concurrency) as client:
+        seen = 0
+        async for _ in client.map(prompts(), ordered=ordered):
+            assert pulled <= seen + window  # the one being seen is handed on, its room not used
+            if max_concurrency == 1:
+                assert pulled == seen + 1
+            seen += 1
+            for _ in range(3):
+                await asyncio.sleep(0)  # what runs beside the caller may go on meanwhile
+    assert (seen, pulled) == (12, 12)
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+async def test_a_slow_consumer_holds_back_the_workers(relay, ordered):
+    """Outcomes hold images: while the caller dwells on one, no more requests are sent than
+    the pool's worth of outcomes can wait for it (ordered: twice that, less one)."""
+    pulled = 0
+
+    def prompts():
+        nonlocal pulled
+        for i in range(20):
+            pulled += 1
+            yield ImageRequest(f"p{i}")
+
+    window = 5 if ordered else 3
+    async with Client(API_KEY, relay.url, max_concurrency=3) as client:
+        outcomes = []
+        async with contextlib.aclosing(client.map(prompts(), ordered=ordered)) as results:
+            async for outcome in results:
+                outcomes.append(outcome)
+                if len(outcomes) == 1:
+                    await wait_for(lambda: len(relay.requests) > window and not relay.in_flight)
+                    await anyio.sleep(0.2)  # what would be sent beyond the window is
+                    assert pulled == len(relay.requests) == 1 + window
+    assert sorted(outcome.index for outcome in outcomes) == list(range(20))
+    assert all(outcome.ok for outcome in outcomes)
+
+
+async def test_map_waits_for_its_places_whatever_the_pool_timeout(relay):
+    """A map pulls a request and waits for its place however long it takes: the client's
+    pool_timeout (0 here) is for single calls, and no request is dropped for it."""
+    relay.latency = {STANDARD: 0.0, TIER_2K: 0.3}
+    try:
+        async with (
+            Client(API_KEY, relay.url, max_concurrency=1, pool_timeout=0) as client,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(client.generate_2k, "holds the one place")
+            await wait_for(lambda: relay.in_flight == 1)
+            with anyio.fail_after(10):
+                requests = [ImageRequest(f"p{i}") for i in range(3)]
+                outcomes = [outcome async for outcome in client.map(requests)]
+        assert [outcome.ok for outcome in outcomes] == [True] * 3
+    finally:
+        relay.latency = 0.0
+
+
+async def test_a_failing_worker_ends_the_map_with_its_error(relay):
+    """A failure of the map's own (a shared limiter that cannot be reached, told to fail) is
+    raised by the map once what runs has ended, not passed off as the client being closed."""
+    limiter = gi.RedisLimiter(f"redis://127.0.0.1:{free_port()}/0", on_unreachable="fail")
+    try:
+        async with Client(API_KEY, relay.url, limiter=limiter, max_concurrency=2) as client:
+            with pytest.raises(gi.LimiterUnavailableError, match="nothing was sent"):
+                async for _ in client.map([ImageRequest(f"p{i}") for i in range(4)]):
+                    pass
+            assert map_worker_tasks() == []
+    finally:
+        await limiter.aclose()
+    assert relay.requests == []
 
 
 # --- places and rate ---------------------------------------------------------------------------
@@ -151,6 +242,71 @@ async def test_closing_the_client_under_a_running_map_raises(relay):
 
         with pytest.raises(ClientClosedError):
             await consume()
-        assert len(seen) == 1
+        assert 1 <= len(seen) <= 2  # and what had ended when it closed: nothing pulled after
     finally:
         relay.latency = 0.0
+
+
+async def test_outcomes_ended_when_the_client_closes_are_still_yielded(relay):
+    """Closing the client under a map: what had already ended (paid for) is yielded before
+    ClientClosedError; nothing is pulled after the close."""
+    finished = 0
+
+    def hear(event: gi.Event) -> None:
+        nonlocal finished
+        finished += isinstance(event, gi.GenerationFinished)
+
+    async with Client(API_KEY, relay.url, max_concurrency=2, clock=FakeClock()) as client:
+        requests = (ImageRequest(f"fox {i}") for i in range(10))
+        seen, ended = [], 0
+
+        async def consume() -> None:
+            nonlocal ended
+            async for outcome in client.map(requests, on_event=hear):
+                seen.append(outcome)
+                if len(seen) == 1:
+                    await wait_for(lambda: finished >= 2)
+                    ended = finished
+                    await anyio.sleep(0.05)  # the worker hands its outcome over
+                    await client.aclose()
+
+        with pytest.raises(ClientClosedError):
+            await consume()
+        assert len(seen) >= ended >= 2
+        assert len(relay.requests) <= 3  # the pool's worth, and one more as the first was seen
+
+
+async def test_an_ordered_map_yields_what_it_held_when_the_client_closes():
+    """Ordered, outcomes held behind a request the close cut short are yielded (in input
+    order, without it) before ClientClosedError: they are paid for."""
+    finished = 0
+
+    def hear(event: gi.Event) -> None:
+        nonlocal finished
+        finished += isinstance(event, gi.GenerationFinished)
+
+    async with slow_client(0.0, 2) as (relay, client):
+        relay.latency = {STANDARD: 30.0, TIER_2K: 0.0}
+        requests = [
+            ImageRequest("slow"),
+            *(ImageRequest(f"fast {i}", model="2k") for i in range(5)),
+        ]
+        seen = []
+
+        async def close_once_two_ended() -> None:
+            await wait_for(lambda: finished >= 2)
+            await anyio.sleep(0.05)  # the workers hand their outcomes over
+            await client.aclose()
+
+        async def drain() -> None:
+            async for outcome in client.map(requests, ordered=True, on_event=hear):
+                seen.append(outcome.index)  # noqa: PERF401 - kept as they come, up to the error
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(close_once_two_ended)
+                with pytest.raises(ClientClosedError):
+                    await drain()
+        assert len(seen) >= 2
+        assert seen == sorted(seen)
+        assert 0 not in seen
