@@ -141,7 +141,7 @@ def sync_and_place(  # noqa: PLR0917 - positional, for run_in_executor
             final = spare
     if tagger is not None:
         describe(final, tagger)
-    dir_fd = os.open(final.parent, os.O_RDONLY)
+    dir_fd = os.open(os.path.dirname(final), os.O_RDONLY)  # noqa: PTH120 - no Path made
     try:
         os.fsync(dir_fd)
     finally:

@@ -82,10 +82,10 @@ def describe(image: Path, tagger: PngTagger) -> None:
     name removed, for its own chunks speak for it now. A sidecar that cannot be written is
     logged, not raised: the image is in place."""
     if not (tagger.needs_sidecar or tagger.tainted):
-        sidecar = sidecar_path(image)
+        sidecar = f"{os.fspath(image)}.json"  # sidecar_path's, without pathlib on every image
         if os.path.lexists(sidecar):  # a stat, not a failed unlink and its exception
             with contextlib.suppress(OSError):
-                sidecar.unlink()
+                Path(sidecar).unlink()
         return
     provenance = tagger.provenance
     if tagger.width and tagger.height:

@@ -26,7 +26,7 @@ __all__ = ["claim", "remove_if_abandoned"]
 
 def _same_file(fd: int, path: Path) -> bool:
     try:
-        named = path.lstat()
+        named = os.lstat(path)
     except FileNotFoundError:
         return False
     held = os.fstat(fd)
