@@ -11,10 +11,10 @@ import asyncio
 import hashlib
 import itertools
 import logging
+import os
 import random
 import re
 import unicodedata
-import uuid
 import weakref
 from decimal import Decimal
 
@@ -152,7 +152,7 @@ class Engine:
         self, request: ImageRequest, lease: Lease, *, queued: float, delivery: Delivery
     ) -> GenerationResult:
         """Generate what `request` asks under `lease`; its images placed as `delivery` says."""
-        trace = _Trace(request.idempotency_key or str(uuid.uuid4()))
+        trace = _Trace(request.idempotency_key or _new_key())
         listeners = _listeners(self.on_event, delivery)
         try:
             result = await self._run(request, lease, trace, queued, delivery)
@@ -343,6 +343,16 @@ class Engine:
             if isinstance(error, APIError) and error.status != 200:  # noqa: PLR2004
                 via.dialect.explain(error)
             raise
+
+
+def _new_key() -> str:
+    """A random (version 4) UUID as text, as `str(uuid.uuid4())` makes it, for a fraction of
+    its cost: one per generation."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def _listeners(own: Listener | None, delivery: Delivery) -> tuple[Listener, ...]:

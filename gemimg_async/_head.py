@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from ._media import SNIFF_BYTES, MediaInfo, sniff
+from ._media import SNIFF_BYTES, MediaInfo, is_image, sniff
 from ._models import GeneratedImage
 
 __all__ = ["Head", "HeadSink", "NotAnImageError", "TooLargeError", "head_field"]
@@ -43,14 +43,14 @@ class Head:
         self.size += len(data)
         if self.size > self.max_bytes:
             raise TooLargeError(f"the image is larger than the {self.max_bytes}-byte cap")
-        self._tail = (self._tail + data[-len(_PNG_END) :])[-len(_PNG_END) :]
+        self._tail = data[-8:] if len(data) >= 8 else (self._tail + data)[-8:]  # noqa: PLR2004 - len(_PNG_END)
         self._info = None
         if len(self._head) < SNIFF_BYTES:
             piece = bytes(data[: SNIFF_BYTES - len(self._head)])  # a whole small bytes: itself
             self._head = self._head + piece if self._head else piece
             if not self._sniffed and len(self._head) >= _MAGIC_BYTES:
                 self._sniffed = True
-                if sniff(self._head[:_MAGIC_BYTES]) is None:
+                if not is_image(self._head):
                     raise NotAnImageError(_describe_non_image(self._head))
 
     def info(self) -> MediaInfo:

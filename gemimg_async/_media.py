@@ -6,7 +6,7 @@ import struct
 
 import attrs
 
-__all__ = ["SNIFF_BYTES", "MediaInfo", "sniff"]
+__all__ = ["SNIFF_BYTES", "MediaInfo", "is_image", "sniff"]
 
 SNIFF_BYTES = 64 * 1024
 """Bytes of an image's head that are enough to tell its type, and its size in all but odd JPEGs."""
@@ -17,6 +17,7 @@ _TYPES = (
     (b"GIF87a", "image/gif", "gif"),
     (b"GIF89a", "image/gif", "gif"),
 )
+_MAGICS = tuple(magic for magic, _, _ in _TYPES)
 _JPEG_SOF = frozenset(
     {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 )
@@ -43,6 +44,14 @@ def sniff(head: bytes) -> MediaInfo | None:
         if head.startswith(magic):
             return MediaInfo(media_type, extension, *_SIZERS[extension](head))
     return None
+
+
+def is_image(head: bytes) -> bool:
+    """Whether `head` starts a PNG, JPEG, GIF or WEBP image (what `sniff` tells, without the
+    size): checked on every image's first bytes."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    return head.startswith(_MAGICS)
 
 
 def _png_size(head: bytes) -> tuple[int | None, int | None]:

@@ -19,7 +19,7 @@ from gemimg_async import (
     RefusalError,
     ServerError,
 )
-from gemimg_async._generation import _default_stem
+from gemimg_async._generation import _default_stem, _new_key
 from gemimg_async._models import check_stem
 from gemimg_async._sinks import AtomicFile, MemoryImage
 from gemimg_async.testing import FakeRelay, Fault
@@ -294,3 +294,15 @@ def test_prices_must_be_a_price_table():
     """Client(prices=) takes a Prices value; a path is a ConfigurationError saying so."""
     with pytest.raises(ConfigurationError, match=r"Prices\.from_file"):
         Client(API_KEY, "http://127.0.0.1:9", prices="prices.toml")
+
+
+def test_each_generation_key_is_a_fresh_version_4_uuid():
+    """A generation's Idempotency-Key reads as a version 4 RFC 4122 UUID, and none repeats."""
+    import uuid  # noqa: PLC0415 - only this test reads UUIDs
+
+    keys = [_new_key() for _ in range(2000)]
+    assert len(set(keys)) == len(keys)
+    for key in keys:
+        parsed = uuid.UUID(key)
+        assert str(parsed) == key
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from gemimg_async._media import MediaInfo, sniff
+from gemimg_async._media import MediaInfo, is_image, sniff
 from gemimg_async.testing import png
 from helpers import PNG_SIGNATURE, bytes_id, gif, jpeg, webp_extended, webp_lossless, webp_lossy
 
@@ -71,6 +71,28 @@ def test_sniff_jpeg_with_sof_beyond_the_head_has_no_size():
 def test_sniff_of_what_is_no_supported_image_is_none(head):
     """Anything but PNG, JPEG, GIF or WEBP magic gives None."""
     assert sniff(head) is None
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        png()[:20],
+        jpeg()[:10],
+        gif(320, 200),
+        webp_lossy(1024, 576),
+        b"RIFF\x00\x00\x00\x00WEBP",
+        b"",
+        b"\x89PNG",
+        b"GIF90a" + bytes(10),
+        b"RIFF\x00\x00\x00\x00WAVEfmt ",
+        b"<!DOCTYPE html><html>",
+        b" \x89PNG\r\n\x1a\n",
+    ],
+    ids=bytes_id,
+)
+def test_is_image_says_what_sniff_says(head):
+    """is_image() (the check on every image's first bytes) agrees with sniff() finding a type."""
+    assert is_image(head) is (sniff(head) is not None)
 
 
 def test_sniff_reads_the_relay_png_it_is_given(tmp_path):
