@@ -115,7 +115,17 @@ class Provenance:
         delivered = (
             f"{width}x{height}" if asked is None else str(Delivered.judge(asked, width, height))
         )
-        return attrs.evolve(self, delivered=delivered)
+        return Provenance(  # not attrs.evolve: this runs for every image saved
+            prompt=self.prompt,
+            model=self.model,
+            asked=self.asked,
+            delivered=delivered,
+            job_id=self.job_id,
+            request_id=self.request_id,
+            idempotency_key=self.idempotency_key,
+            created=self.created,
+            software=self.software,
+        )
 
     def to_fields(self) -> dict[str, str]:
         """PNG keyword -> text, in `KEYWORDS` order; fields without a value left out."""

@@ -58,3 +58,14 @@ def test_provenance_is_a_frozen_value_that_pickles():
     assert pickle.loads(pickle.dumps(value)) == value  # noqa: S301 - our own bytes
     with pytest.raises(AttributeError):
         value.prompt = "x"
+
+
+def test_with_size_keeps_every_other_field():
+    """with_size() copies each field but `delivered` as it was (a field added later too)."""
+    import attrs  # noqa: PLC0415 - only this test walks the fields
+
+    names = [field.name for field in attrs.fields(Provenance) if field.name != "delivered"]
+    given = Provenance(**{name: f"{name} value" for name in names})
+    sized = given.with_size(1024, 1024)
+    assert sized.delivered == "1024x1024"
+    assert all(getattr(sized, name) == getattr(given, name) for name in names)
