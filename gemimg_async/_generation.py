@@ -8,13 +8,9 @@ table a result's `cost` is estimated by.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import logging
-import os
 import random
-import re
-import unicodedata
 import weakref
 from decimal import Decimal
 
@@ -41,6 +37,7 @@ from ._inputs import encode_images
 from ._lease import Lease, Patience
 from ._limits import Pool
 from ._models import ImageRequest, Timings
+from ._naming import default_stem, new_key, unique
 from ._prices import DEFAULT_PRICES, Cost, Prices, estimate, header_cost, usage_cost
 from ._results import GenerationResult, SaveError, report_shortfalls
 from ._retry import GenerationRetrier, RetryBudget, Verdict, classify
@@ -152,7 +149,7 @@ class Engine:
         self, request: ImageRequest, lease: Lease, *, queued: float, delivery: Delivery
     ) -> GenerationResult:
         """Generate what `request` asks under `lease`; its images placed as `delivery` says."""
-        trace = _Trace(request.idempotency_key or _new_key())
+        trace = _Trace(request.idempotency_key or new_key())
         listeners = _listeners(self.on_event, delivery)
         try:
             result = await self._run(request, lease, trace, queued, delivery)
@@ -262,14 +259,14 @@ class Engine:
     ) -> Placed:
         """The answer's images in place under their stem; each saved one told to listeners."""
         try:
-            stem = request.id or _default_stem(request.prompt, trace.key)
+            stem = request.id or default_stem(request.prompt, trace.key)
         except BaseException:
             for found in received.images:
                 if found.sink is not None:
                     found.sink.abort()
             raise
         placed = await self.saver.place(
-            received.images, stem, delivery, paid=_unique(trace.key), tagging=trace.tagging
+            received.images, stem, delivery, paid=unique(trace.key), tagging=trace.tagging
         )
         listeners = _listeners(self.on_event, delivery)
         for image in placed.images if listeners else ():
@@ -345,43 +342,11 @@ class Engine:
             raise
 
 
-def _new_key() -> str:
-    """A random (version 4) UUID as text, as `str(uuid.uuid4())` makes it, for a fraction of
-    its cost: one per generation."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
-    text = raw.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
-
-
 def _listeners(own: Listener | None, delivery: Delivery) -> tuple[Listener, ...]:
     """The client's listener and the call's, those there are: events are made only for them."""
     if own is None:
         return () if delivery.on_event is None else (delivery.on_event,)
     return (own,) if delivery.on_event is None else (own, delivery.on_event)
-
-
-def _default_stem(prompt: str, key: str) -> str:
-    """`a-lighthouse-at-dusk_3f9c12ab`: the prompt's first words in ASCII (accents dropped;
-    `image` when none is left, as for a Chinese prompt) and 8 characters of the generation's key,
-    as its log lines show them (a hash of it, for a key of other characters)."""
-    folded = unicodedata.normalize("NFKD", prompt.casefold()).encode("ascii", "ignore").decode()
-    slug = ""
-    for word in re.findall(r"[a-z0-9]+", folded):
-        if slug and len(slug) + len(word) >= 40:  # noqa: PLR2004 - a name, not the prompt
-            break
-        slug = f"{slug}-{word}" if slug else word[:40]
-    return f"{slug or 'image'}_{_unique(key)}"
-
-
-def _unique(key: str) -> str:
-    """8 characters of a generation's key that can name files: its own (as its log lines show
-    them), or a hash of it for a key of other characters."""
-    unique = key[:8].lower()
-    if not re.fullmatch(r"[0-9a-z]{8}", unique):
-        unique = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return unique
 
 
 def _said(error: BaseException) -> str:

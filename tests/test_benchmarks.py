@@ -106,6 +106,19 @@ def test_the_callback_benchmark_runs_and_reports_each_run():
     assert all(int(row[2]) == 2 and float(row[4]) > 0 for row in rows)
 
 
+def test_the_instruction_count_runs_each_peer_in_quick_mode():
+    """`count_instructions.py --quick` runs every peer's worker (each checks its images)."""
+    stdout = _run("count_instructions.py", "--quick")
+    ran = [line.split(":")[0] for line in stdout.splitlines() if "ran 10 requests" in line]
+    assert ran == [
+        "aiohttp_memory",
+        "gemimg_send",
+        "gemimg_map",
+        "aiohttp_crash_safe",
+        "gemimg_map_save_to",
+    ]
+
+
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux peak RSS")
 def test_the_stream_benchmark_runs_and_hands_on_the_relays_png():
     """`bench_stream.py --quick` finishes, and each format hands on the relay's PNG, whole."""
