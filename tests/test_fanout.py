@@ -4,6 +4,7 @@ output, and closing under it; end to end against the fake relay.
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 
 import anyio
 import pytest
@@ -14,6 +15,18 @@ from gemimg_async.testing import FakeClock, Fault
 from helpers import API_KEY, STANDARD, TIER_2K, free_port, slow_client, wait_for
 
 pytestmark = pytest.mark.anyio
+
+
+class Counted:
+    """`count` prompts made as they are pulled, and how many have been."""
+
+    def __init__(self, count: int, prefix: str) -> None:
+        self.count, self.prefix, self.pulled = count, prefix, 0
+
+    def prompts(self) -> Iterator[ImageRequest]:
+        for i in range(self.count):
+            self.pulled += 1
+            yield ImageRequest(f"{self.prefix}{i}")
 
 
 def map_worker_tasks() -> list[asyncio.Task]:
@@ -30,27 +43,21 @@ async def test_map_pulls_a_huge_generator_lazily_with_bounded_tasks(relay, clien
     Running all 100,000 over HTTP would take minutes of CI, so 2,000 are consumed: what matters
     is that nothing grows with the input's length.
     """
-    pulled = 0
-
-    def prompts():
-        nonlocal pulled
-        for i in range(100_000):
-            pulled += 1
-            yield ImageRequest(f"prompt {i}")
+    source = Counted(100_000, "prompt ")
 
     max_concurrency = client.stats.max_concurrency
     before = len(asyncio.all_tasks())
     consumed = most_tasks = 0
-    async with contextlib.aclosing(client.map(prompts())) as outcomes:
+    async with contextlib.aclosing(client.map(source.prompts())) as outcomes:
         async for outcome in outcomes:
             assert outcome.ok
             consumed += 1
-            assert pulled <= consumed + 2 * max_concurrency
+            assert source.pulled <= consumed + 2 * max_concurrency
             assert len(map_worker_tasks()) == max_concurrency
             most_tasks = max(most_tasks, len(asyncio.all_tasks()))
             if consumed == 2_000:
                 break
-    assert pulled <= consumed + 2 * max_concurrency
+    assert source.pulled <= consumed + 2 * max_concurrency
     assert most_tasks <= before + 3 * max_concurrency  # workers, and the relay's connections
     assert map_worker_tasks() == []
     await wait_for(lambda: relay.in_flight == 0)
@@ -105,49 +112,39 @@ async def test_a_worker_pulls_again_only_once_the_caller_has_seen_its_outcome(
     pulled (a batch that stops on a failing outcome sends nothing after it); with more, at most
     the pool's worth is pulled beyond what the caller has seen (ordered: twice that, less one).
     """
-    pulled = 0
-
-    def prompts():
-        nonlocal pulled
-        for i in range(12):
-            pulled += 1
-            yield ImageRequest(f"p{i}")
+    source = Counted(12, "p")
 
     window = 2 * max_concurrency - 1 if ordered else max_concurrency
     async with Client(API_KEY, relay.url, max_concurrency=max_concurrency) as client:
         seen = 0
-        async for _ in client.map(prompts(), ordered=ordered):
-            assert pulled <= seen + window  # the one being seen is handed on, its room not used
+        async for _ in client.map(source.prompts(), ordered=ordered):
+            assert (
+                source.pulled <= seen + window
+            )  # the one being seen is handed on, its room not used
             if max_concurrency == 1:
-                assert pulled == seen + 1
+                assert source.pulled == seen + 1
             seen += 1
             for _ in range(3):
                 await asyncio.sleep(0)  # what runs beside the caller may go on meanwhile
-    assert (seen, pulled) == (12, 12)
+    assert (seen, source.pulled) == (12, 12)
 
 
 @pytest.mark.parametrize("ordered", [False, True])
 async def test_a_slow_consumer_holds_back_the_workers(relay, ordered):
     """Outcomes hold images: while the caller dwells on one, no more requests are sent than
     the pool's worth of outcomes can wait for it (ordered: twice that, less one)."""
-    pulled = 0
-
-    def prompts():
-        nonlocal pulled
-        for i in range(20):
-            pulled += 1
-            yield ImageRequest(f"p{i}")
+    source = Counted(20, "p")
 
     window = 5 if ordered else 3
     async with Client(API_KEY, relay.url, max_concurrency=3) as client:
         outcomes = []
-        async with contextlib.aclosing(client.map(prompts(), ordered=ordered)) as results:
+        async with contextlib.aclosing(client.map(source.prompts(), ordered=ordered)) as results:
             async for outcome in results:
                 outcomes.append(outcome)
                 if len(outcomes) == 1:
                     await wait_for(lambda: len(relay.requests) > window and not relay.in_flight)
                     await anyio.sleep(0.2)  # what would be sent beyond the window is
-                    assert pulled == len(relay.requests) == 1 + window
+                    assert source.pulled == len(relay.requests) == 1 + window
     assert sorted(outcome.index for outcome in outcomes) == list(range(20))
     assert all(outcome.ok for outcome in outcomes)
 
