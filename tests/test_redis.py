@@ -492,8 +492,11 @@ def worker(**config) -> subprocess.Popen:
 
 
 async def read_line(process: subprocess.Popen) -> str:
+    """The worker's next line; TimeoutError after 60 s (the reading thread is abandoned, so the
+    caller's cleanup kills the worker, which ends the read)."""
     with anyio.fail_after(60):
-        return (await anyio.to_thread.run_sync(process.stdout.readline)).strip()
+        line = await anyio.to_thread.run_sync(process.stdout.readline, abandon_on_cancel=True)
+    return line.strip()
 
 
 def most_at_once(requests) -> int:
