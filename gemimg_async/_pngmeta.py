@@ -25,6 +25,7 @@ from typing import BinaryIO
 
 import attrs
 
+from ._buffers import joined
 from ._provenance import Provenance
 from ._sizes import Asked
 
@@ -104,13 +105,7 @@ class PngTagger:
     def feed(self, data: bytes) -> bytes:
         """The bytes to write now for `data` (empty while the head is held back)."""
         if self.needs_sidecar is None:
-            held = self._held
-            if not held:
-                self._held = bytes(data)  # a bytes piece: itself, no copy
-            else:
-                if type(held) is bytes:
-                    held = self._held = bytearray(held)
-                held += data
+            self._held = joined(self._held, data)
             return self._decide()
         if self.needs_sidecar is False and not self.tainted:
             self._watch(data)
