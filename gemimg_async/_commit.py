@@ -4,18 +4,21 @@
 into place, the folder fsynced); `sync_and_place` the end of a streamed one's. Both leave either
 the image whole under its final name (never through a symlink) or no file at all; the temporary
 file is locked (`_tempfiles.claim`) from its creation, so a batch's sweep leaves it alone.
+
+Where the system can (Linux: `O_TMPFILE`), a small image's temporary file has no name at all: it
+is created in the folder unnamed, written, fsynced and linked to its final name, so there is no
+name to pick, lock, check or remove, and nothing is left behind whatever happens, even a crash.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import logging
 import os
-from collections.abc import Callable
+import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from ._info import describe
 from ._pngmeta import PngTagger
@@ -23,7 +26,6 @@ from ._tempfiles import claim
 
 __all__ = [
     "TEMP_PREFIX",
-    "in_thread",
     "new_temp",
     "sync_and_place",
     "temp_name",
@@ -34,19 +36,6 @@ __all__ = [
 log = logging.getLogger("gemimg_async")
 T = TypeVar("T")
 TEMP_PREFIX = ".gemimg-"
-
-
-async def in_thread(function: Callable[..., T], /, *args: Any) -> T:
-    """`function(*args)` in the loop's default executor: one `run_in_executor` (a fraction of
-    `anyio.to_thread`'s cost). A cancellation waits for it to end, then propagates: it owns
-    files, and none changes after the call that asked for it is over."""
-    future = asyncio.get_running_loop().run_in_executor(None, function, *args)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):
-            await asyncio.wait((future,))
-        raise
 
 
 def write_all(fd: int, data: bytes | bytearray) -> None:
@@ -89,6 +78,17 @@ def new_temp(folder: Path) -> tuple[Path, int]:
         os.close(fd)  # a sweep took it, and removes it
 
 
+_TMPFILE = getattr(os, "O_TMPFILE", 0)
+_UNNAMED = os.O_RDWR | _TMPFILE | getattr(os, "O_CLOEXEC", 0)
+_FOLDER = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_NO_UNNAMED = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
+"""What opening an unnamed file fails with where the system or filesystem has none."""
+_NO_PROC_LINK = (errno.ENOENT, errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP)
+"""What linking one through /proc fails with where that cannot be done (no /proc)."""
+_unnamed = {"ok": sys.platform == "linux" and _TMPFILE != 0}
+"""Whether unnamed files work here: turned off for the process at their first refusal."""
+
+
 def write_and_place(  # noqa: PLR0917 - positional, for run_in_executor
     folder: Path,
     data: bytes | bytearray,
@@ -100,6 +100,10 @@ def write_and_place(  # noqa: PLR0917 - positional, for run_in_executor
     """A small image's whole commit in one thread hop: a new temporary file (locked, `claim`),
     `data` written, then `sync_and_place`. On any error the temporary file is gone and `data`
     untouched."""
+    if _unnamed["ok"] and not overwrite:
+        placed = _write_unnamed(folder, data, final, fallback, tagger)
+        if placed is not None:
+            return placed
     tmp, fd = new_temp(folder)
     try:
         write_all(fd, data)
@@ -110,6 +114,66 @@ def write_and_place(  # noqa: PLR0917 - positional, for run_in_executor
         raise
     finally:
         os.close(fd)
+
+
+def _write_unnamed(
+    folder: Path,
+    data: bytes | bytearray,
+    final: Path,
+    fallback: str | None,
+    tagger: PngTagger | None,
+) -> Path | None:
+    """`write_and_place` with an unnamed temporary file (`O_TMPFILE`); None, with nothing
+    written anywhere, where the system cannot do that (the caller then names one)."""
+    dir_fd = os.open(folder, _FOLDER)
+    try:
+        try:
+            fd = os.open(".", _UNNAMED, 0o666, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno not in _NO_UNNAMED:
+                raise
+            _unnamed["ok"] = False
+            return None
+        try:
+            write_all(fd, data)
+            if tagger is not None:
+                tagger.untaint(fd)
+            os.fsync(fd)
+            placed = _link_unnamed(fd, dir_fd, final, fallback)
+        finally:
+            os.close(fd)  # unlinked, it goes with its last descriptor
+        if placed is None:
+            return None
+        if tagger is not None:
+            describe(placed, tagger)
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return placed
+
+
+def _link_unnamed(fd: int, dir_fd: int, final: Path, fallback: str | None) -> Path | None:
+    """Give the unnamed file `fd` the name `final` (or, when that is taken and a `fallback` is
+    given, the spare name), never over an existing file; None when no link can be made here."""
+    source = f"/proc/self/fd/{fd}"
+    try:
+        # linkat(AT_SYMLINK_FOLLOW): a dir_fd makes os.link use it; fails with EEXIST on anything
+        os.link(source, final.name, dst_dir_fd=dir_fd, follow_symlinks=True)
+    except FileExistsError:
+        if fallback is None:
+            raise
+        spare = final.with_stem(f"{final.stem}-{fallback}")
+        log.warning("%s exists: saving the paid-for image as %s instead", final, spare.name)
+        os.link(source, spare.name, dst_dir_fd=dir_fd, follow_symlinks=True)
+        return spare
+    except OSError as exc:
+        if exc.errno not in _NO_PROC_LINK or (
+            exc.errno == errno.ENOENT and Path("/proc/self/fd").is_dir()  # the folder went
+        ):
+            raise
+        _unnamed["ok"] = False
+        return None
+    return final
 
 
 def sync_and_place(  # noqa: PLR0917 - positional, for run_in_executor

@@ -25,9 +25,11 @@ import aiofiles.threadpool
 import attrs
 from aiofiles.threadpool.binary import AsyncFileIO
 
-from ._commit import TEMP_PREFIX, in_thread, sync_and_place, temp_name, write_and_place
+from ._buffers import joined
+from ._commit import TEMP_PREFIX, sync_and_place, temp_name, write_and_place
 from ._head import Head, HeadSink, NotAnImageError, TooLargeError, head_field
 from ._models import GeneratedImage, check_stem
+from ._offload import in_thread
 from ._pngmeta import PngTagger
 from ._tempfiles import claim
 
@@ -112,17 +114,6 @@ class MemoryImage(HeadSink):
         return self._head.image(index, data=self.salvage())
 
 
-def _joined(pending: bytes | bytearray, data: bytes) -> bytes | bytearray:
-    """`pending` with `data` after it: `data` itself when nothing is pending, else appended in
-    place (a bytearray from the second piece on)."""
-    if not pending:
-        return data if type(data) is bytes else bytearray(data)
-    if type(pending) is bytes:
-        pending = bytearray(pending)
-    pending += data
-    return pending
-
-
 class _GuardedFile(io.FileIO):
     """A file whose close waits for a write in progress in another thread: a cancelled write
     leaves its thread running, and closing under it could hand its descriptor to another file."""
@@ -189,7 +180,7 @@ class AtomicFile(HeadSink):
 
     async def write(self, data: bytes) -> None:
         self._head.take(data)
-        self._pending = _joined(
+        self._pending = joined(
             self._pending, data if self.tagger is None else self.tagger.feed(data)
         )
         if len(self._pending) >= WRITE_BLOCK and self._failure is None:
@@ -225,7 +216,7 @@ class AtomicFile(HeadSink):
             final = self.folder / f"{check_stem(stem)}_{index}.{info.extension}"
             tagger = self.tagger
             if tagger is not None:
-                self._pending = _joined(self._pending, tagger.close())
+                self._pending = joined(self._pending, tagger.close())
                 if tagger.width is None:  # not a PNG: the sidecar takes the sniffed size
                     tagger.width, tagger.height = info.width, info.height
             if self._raw is not None and self._pending and self._failure is None:
