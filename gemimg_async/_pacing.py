@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 import attrs
 
@@ -173,12 +173,6 @@ class Pacer:
         turns = self._current()
         if turns.waiting or not turns.may_run():
             await turns.wait()
-
-    async def whole(self, read: Callable[[], Awaitable[bytes]]) -> AsyncIterator[bytes]:
-        """A small body, read at once by `read`, as one chunk handed on in one slice."""
-        body = await read()
-        await self.turn()
-        yield body
 
     async def paced(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """`chunks`, each handed on when the budget allows.
