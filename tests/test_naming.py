@@ -1,5 +1,6 @@
 """`_naming`: a generation's Idempotency-Key and the stem its files get."""
 
+import os
 import uuid
 
 import pytest
@@ -40,3 +41,42 @@ def test_a_one_off_stem_is_a_slug_of_the_prompt_and_a_unique_part(prompt, key, s
     else:
         assert made.startswith("a-fox_")
         assert len(made) == len("a-fox_") + 8
+
+
+def test_keys_read_the_system_randomness_in_blocks(monkeypatch):
+    """The random bytes come from the system 4 KiB at a time, not once per key: 512 keys make
+    two reads, and every key still differs."""
+    from gemimg_async import _naming  # noqa: PLC0415
+
+    reads = []
+    real = os.urandom
+
+    def urandom(count):
+        reads.append(count)
+        return real(count)
+
+    monkeypatch.setattr(os, "urandom", urandom)
+    monkeypatch.setattr(_naming, "_ENTROPY", _naming._Entropy())
+    keys = {new_key() for _ in range(512)}
+    assert len(keys) == 512
+    assert reads == [4096, 4096]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_never_repeats_its_parents_keys():
+    """Keys made in a forked child are not the ones its parent makes next from the bytes it
+    had already read."""
+    new_key()  # the parent holds unread random bytes now
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next keys, to the parent
+        os.close(read_end)
+        os.write(write_end, " ".join(new_key() for _ in range(8)).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child = set(pipe.read().split())
+    os.waitpid(pid, 0)
+    parent = {new_key() for _ in range(8)}
+    assert len(child) == 8
+    assert not child & parent
