@@ -106,7 +106,8 @@ class FanOut:
         clock, engine = self.engine.clock, self.engine
         try:
             while True:
-                await handoff.room()
+                if not handoff.take_room():
+                    await handoff.room()
                 lease = Lease(engine.pool, patience=None)  # map waits for its places
                 try:
                     # One worker at a time takes a request, then waits for its place: no place
@@ -197,11 +198,18 @@ class _Handoff:
     """Workers waiting for room; one waits only while the window is full."""
     _consumer: asyncio.Future[None] | None = None
 
+    def take_room(self) -> bool:
+        """Take room in the window for one request if there is some (none is waited for then:
+        a worker waits only while the window is full)."""
+        if self._taken < self.window:
+            self._taken += 1
+            return True
+        return False
+
     async def room(self) -> None:
         """Take room in the window for one request, waiting (first come, first served) until
         the consumer gives some back."""
-        if self._taken < self.window:
-            self._taken += 1
+        if self.take_room():
             return
         waiter = self._loop.create_future()
         self._waiting.append(waiter)

@@ -307,7 +307,8 @@ class Engine:
         trace.reported = trace.tagging = None
         if listeners:
             emit(listeners, RequestSent(request, trace.attempts, trace.key, sent))
-        await delivery.before_post(request)  # a batch's send log: durable before the POST
+        if (before_send := delivery.before_send) is not None:
+            await before_send(request)  # a batch's send log: durable before the POST
         try:
             async with via.relay.post(
                 outgoing, idempotency_key=trace.key, model=request.model, timeouts=delivery.timeouts

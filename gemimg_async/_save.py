@@ -13,7 +13,7 @@ import errno
 import functools
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
@@ -85,10 +85,10 @@ class Delivery:
     destination: Destination | None = attrs.field(default=None, eq=False)
     """Where images go instead of a folder (object storage), and what waits before a POST."""
 
-    async def before_post(self, request: ImageRequest) -> None:
-        """Await the destination's `before_send`, if any: just before each attempt's POST."""
-        if self.destination is not None and self.destination.before_send is not None:
-            await self.destination.before_send(request)
+    @property
+    def before_send(self) -> Callable[[ImageRequest], Awaitable[None]] | None:
+        """The destination's `before_send`, if any: awaited just before each attempt's POST."""
+        return None if self.destination is None else self.destination.before_send
 
     @property
     def where(self) -> str:
