@@ -108,7 +108,14 @@ class Offload:
             else:
                 start = False  # a runner takes it when done with its call
         if start:
-            threading.Thread(target=self._runner, name=self.name, daemon=True).start()
+            try:
+                threading.Thread(target=self._runner, name=self.name, daemon=True).start()
+            except BaseException:  # no thread to be had (RuntimeError): nothing stays queued
+                with self._lock:
+                    self._runners -= 1
+                    if call.state == "queued":
+                        self._queue.remove(call)
+                raise
         try:
             return await call.future
         except asyncio.CancelledError:

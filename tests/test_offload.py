@@ -181,3 +181,24 @@ def test_a_forked_child_runs_calls_on_threads_of_its_own():
 
 def offload_threads():
     return [thread for thread in threading.enumerate() if thread.name == "lingering"]
+
+
+def test_a_thread_that_cannot_start_fails_the_call_and_leaves_nothing_queued(monkeypatch):
+    """When no thread can be started, the caller gets the error and the call is not left
+    queued (a later call, with threads again, runs alone)."""
+    ran = []
+    real_start = threading.Thread.start
+
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+
+    async def main():
+        offload = Offload(threads=1)
+        monkeypatch.setattr(threading.Thread, "start", refuse)
+        with pytest.raises(RuntimeError, match="can't start"):
+            await offload.run(ran.append, "refused")
+        monkeypatch.setattr(threading.Thread, "start", real_start)
+        await offload.run(ran.append, "later")
+
+    run(main())
+    assert ran == ["later"]
