@@ -151,8 +151,33 @@ class Engine:
         """Generate what `request` asks under `lease`; its images placed as `delivery` says."""
         trace = _Trace(request.idempotency_key or new_key())
         listeners = _listeners(self.on_event, delivery)
-        try:
-            result = await self._run(request, lease, trace, queued, delivery)
+        try:  # one coroutine for the whole generation: each level of awaiting costs every request
+            if delivery.folder is not None and request.id is not None and not delivery.overwrite:
+                refuse_taken_names(delivery.folder, request.id, request.n)
+            encoded = await encode_images(request.images) if request.images else []
+            began = self.clock.monotonic()
+            received = await self._retrying(encoded, request, lease, trace, delivery)
+            lease.succeeded()
+            self.budget.succeeded()
+            generated = self.clock.monotonic()
+            placed = await self._place(request, received, trace, delivery)
+            result = GenerationResult(
+                request=request,
+                images=placed.images,
+                created=received.reading.created,
+                idempotency_key=trace.key,
+                request_ids=tuple(trace.request_ids),
+                attempts=trace.attempts,
+                timings=Timings(queued, generated - began, self.clock.monotonic() - generated),
+                stem=placed.stem,
+                usage=received.reading.usage,
+                text=received.reading.text,
+                saver=self.saver,
+                cost=self.estimate(request).with_reported(trace.reported),
+                endpoint=trace.via.name if trace.via else None,
+            )
+            report_shortfalls(result)
+            _all_saved(placed, result, delivery)
         except Exception as error:
             if isinstance(error, GemimgError):
                 trace.stamp(error)
@@ -170,49 +195,6 @@ class Engine:
             emit(listeners, done)
         return result
 
-    async def _run(
-        self,
-        request: ImageRequest,
-        lease: Lease,
-        trace: _Trace,
-        queued: float,
-        delivery: Delivery,
-    ) -> GenerationResult:
-        if delivery.folder is not None and request.id is not None and not delivery.overwrite:
-            refuse_taken_names(delivery.folder, request.id, request.n)
-        encoded = await encode_images(request.images) if request.images else []
-        began = self.clock.monotonic()
-        received = await self._retrying(encoded, request, lease, trace, delivery)
-        lease.succeeded()
-        self.budget.succeeded()
-        generated = self.clock.monotonic()
-        placed = await self._place(request, received, trace, delivery)
-        cost = self.estimate(request).with_reported(trace.reported)
-        result = GenerationResult(
-            request=request,
-            images=placed.images,
-            created=received.reading.created,
-            idempotency_key=trace.key,
-            request_ids=tuple(trace.request_ids),
-            attempts=trace.attempts,
-            timings=Timings(queued, generated - began, self.clock.monotonic() - generated),
-            stem=placed.stem,
-            usage=received.reading.usage,
-            text=received.reading.text,
-            saver=self.saver,
-            cost=cost,
-            endpoint=trace.via.name if trace.via else None,
-        )
-        report_shortfalls(result)
-        if placed.unsaved:
-            raise SaveError(
-                f"the images were made (and paid for) but could not all be written to "
-                f"{delivery.where}: {'; '.join(placed.unsaved)}; error.result holds every "
-                "image: those not written as bytes (data) or by URL",
-                result=result,
-            ) from placed.failure
-        return result
-
     async def _retrying(
         self,
         encoded: list[str],
@@ -228,7 +210,13 @@ class Engine:
             via = trace.via = lease.via(Via(self.relay, self.base, self.dialect))
             outgoing = via.dialect.outgoing(via.base, request, encoded)
             try:
-                return await self._attempt(outgoing, request, delivery, trace)
+                if self.closing:
+                    raise ClientClosedError("the client is closed: nothing new is sent")
+                self._sending += 1
+                try:
+                    return await self._post(outgoing, request, delivery, trace)
+                finally:
+                    self._sent()
             except GemimgError as error:
                 moves = lease.can_move(kind := classify(error))  # to another endpoint, at once
                 if moves:
@@ -283,20 +271,12 @@ class Engine:
         )
         return placed
 
-    async def _attempt(
-        self, outgoing: Outgoing, request: ImageRequest, delivery: Delivery, trace: _Trace
-    ) -> Received:
-        """One POST, its answer streamed into sinks; raises what the answer amounts to."""
-        if self.closing:
-            raise ClientClosedError("the client is closed: nothing new is sent")
-        self._sending += 1
-        try:
-            return await self._post(outgoing, request, delivery, trace)
-        finally:
-            self._sending -= 1
-            if not self._sending and self._idle is not None:
-                self._idle.set()
-                self._idle = None
+    def _sent(self) -> None:
+        """An attempt is over: the last one tells a closing client that nothing is in flight."""
+        self._sending -= 1
+        if not self._sending and self._idle is not None:
+            self._idle.set()
+            self._idle = None
 
     async def _post(
         self, outgoing: Outgoing, request: ImageRequest, delivery: Delivery, trace: _Trace
@@ -341,6 +321,17 @@ class Engine:
             if isinstance(error, APIError) and error.status != 200:  # noqa: PLR2004
                 via.dialect.explain(error)
             raise
+
+
+def _all_saved(placed: Placed, result: GenerationResult, delivery: Delivery) -> None:
+    """SaveError (holding `result`, every image) when any image could not be written."""
+    if placed.unsaved:
+        raise SaveError(
+            f"the images were made (and paid for) but could not all be written to "
+            f"{delivery.where}: {'; '.join(placed.unsaved)}; error.result holds every "
+            "image: those not written as bytes (data) or by URL",
+            result=result,
+        ) from placed.failure
 
 
 def _listeners(own: Listener | None, delivery: Delivery) -> tuple[Listener, ...]:

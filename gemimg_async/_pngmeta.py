@@ -60,6 +60,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     )
 
 
+@functools.lru_cache(maxsize=64)  # most fields (model, sizes, second, version) repeat
 def itxt(keyword: str, text: str) -> bytes:
     """An uncompressed `iTXt` chunk: a Latin-1 keyword of 1-79 characters, UTF-8 text (NULs,
     which the format forbids, become U+FFFD)."""
