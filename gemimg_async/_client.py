@@ -324,6 +324,11 @@ class Client:
         most twice the pool's size). Leaving the loop early cancels what is in flight: use
         `contextlib.aclosing(client.map(...))` to have that happen at once rather than when the
         generator is collected.
+
+        With `save_to=` a folder, the folder's image names are read once as the map starts: a
+        request whose `id` names a file there, or the same `id` as an earlier request of the map,
+        fails with FileExistsError before it is sent. A file put there by someone else later
+        is found when the paid image is placed, which then takes the name `{id}_{i}-{key}.{ext}`.
         """
         delivery = Delivery.to(save_to, overwrite=overwrite, timeouts=timeouts, on_event=on_event)
         return self._fanout.map(requests, delivery, ordered=ordered)

@@ -33,6 +33,8 @@ from ._folders import check_folder
 from ._generation import Engine
 from ._lease import Lease, width_of
 from ._models import ImageRequest, Timings
+from ._naming import FolderNames
+from ._offload import in_thread
 from ._prices import estimate
 from ._results import Outcome
 from ._save import Delivery
@@ -66,6 +68,7 @@ class FanOut:
             self.engine.check_loop()
             if delivery.folder is not None:
                 check_folder(delivery.folder)  # once, before anything is sent
+        delivery = await _with_names(delivery)
         width = width_of(self.engine.pool)
         source = _Source(requests)
         # Ordered, up to width - 1 outcomes may wait behind a slow one while `width` run.
@@ -317,3 +320,11 @@ class _Source:
             await iterator.aclose()
         elif isinstance(iterator, Generator):
             iterator.close()
+
+
+async def _with_names(delivery: Delivery) -> Delivery:
+    """`delivery` with its folder's names read once for the whole map (off the loop): each
+    request is then checked before paying without a system call (`FolderNames`)."""
+    if delivery.folder is None or delivery.overwrite:
+        return delivery
+    return attrs.evolve(delivery, names=await in_thread(FolderNames.scan, delivery.folder))

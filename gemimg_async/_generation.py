@@ -42,7 +42,7 @@ from ._prices import DEFAULT_PRICES, Cost, Prices, estimate, header_cost, usage_
 from ._results import GenerationResult, SaveError, report_shortfalls
 from ._retry import GenerationRetrier, RetryBudget, Verdict, classify
 from ._routing import Router, Via
-from ._save import Delivery, Placed, Saver, Tagging, refuse_taken_names, tagging_of
+from ._save import Delivery, Placed, Saver, Tagging, tagging_of
 from ._transport import Relay
 
 __all__ = ["Engine"]
@@ -152,8 +152,8 @@ class Engine:
         trace = _Trace(request.idempotency_key or new_key())
         listeners = _listeners(self.on_event, delivery)
         try:  # one coroutine for the whole generation: each level of awaiting costs every request
-            if delivery.folder is not None and request.id is not None and not delivery.overwrite:
-                refuse_taken_names(delivery.folder, request.id, request.n)
+            if request.id is not None:
+                delivery.refuse_taken(request.id, request.n)
             encoded = await encode_images(request.images) if request.images else []
             began = self.clock.monotonic()
             received = await self._retrying(encoded, request, lease, trace, delivery)

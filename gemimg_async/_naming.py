@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import threading
 import unicodedata
+from pathlib import Path
 
-__all__ = ["default_stem", "new_key", "unique"]
+import attrs
+
+__all__ = ["EXTENSIONS", "FolderNames", "default_stem", "new_key", "refuse_taken_names", "unique"]
 
 
 class _Entropy:
@@ -70,3 +74,64 @@ def unique(key: str) -> str:
     if not re.fullmatch(r"[0-9a-z]{8}", unique):
         unique = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return unique
+
+
+EXTENSIONS = ("png", "jpg", "webp", "gif")
+"""What an image's file name may end with (from its bytes): each name is checked with each."""
+_TAKEN = "an image by that name exists; pass overwrite=True or another id"
+
+
+def refuse_taken_names(folder: Path, stem: str, n: int) -> None:
+    """FileExistsError before paying for images that could not be saved under their names."""
+    base = f"{folder}{os.sep}{stem}"  # plain strings: this runs on the loop for every request
+    for index in range(n):
+        for extension in EXTENSIONS:
+            path = f"{base}_{index}.{extension}"
+            if os.path.lexists(path):
+                raise FileExistsError(errno.EEXIST, _TAKEN, path)
+
+
+@attrs.define(eq=False)
+class FolderNames:
+    """A map's view of its folder: the names of its images, read once, then claimed by the
+    map's requests as they go.
+
+    Each request is checked before it is paid for with no system call on the loop (four `lstat`s
+    each otherwise, which wait on the folder's lock while other images are being linked into it),
+    and a second request of the map with the same id is refused too. A file that someone else
+    puts in the folder later, under a name a request of the map takes, is found when the image
+    is placed: the paid image then takes its spare name (`{stem}_{i}-{key}.{ext}`), as always.
+    """
+
+    folder: Path
+    taken: set[str]
+    """`{stem}_{index}` of every image file there (any of `EXTENSIONS`) or claimed."""
+
+    @classmethod
+    def scan(cls, folder: Path) -> FolderNames:
+        """The images in `folder` now (one `scandir`; blocking: run it off the loop)."""
+        taken = set()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                head, dot, extension = entry.name.rpartition(".")
+                if dot and extension in EXTENSIONS:
+                    taken.add(head)
+        return cls(folder, taken)
+
+    def claim(self, stem: str, n: int) -> None:
+        """FileExistsError when one of the `n` images of `stem` would take a name that is
+        there or claimed; else those names are claimed for them."""
+        wanted = [f"{stem}_{index}" for index in range(n)]
+        for name in wanted:
+            if name in self.taken:
+                path = self.folder / f"{name}.{_extension_of(self.folder, name)}"
+                raise FileExistsError(errno.EEXIST, _TAKEN, str(path))
+        self.taken.update(wanted)
+
+
+def _extension_of(folder: Path, name: str) -> str:
+    """The extension of the file `name` takes in `folder` (for the error), `png` if none is."""
+    for extension in EXTENSIONS:
+        if os.path.lexists(folder / f"{name}.{extension}"):
+            return extension
+    return "png"

@@ -9,7 +9,6 @@ it is given, which puts the provenance into a PNG as it streams, or into a sidec
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
 import random
@@ -29,6 +28,7 @@ from ._exceptions import DownloadError
 from ._folders import check_folder
 from ._media import SNIFF_BYTES, sniff
 from ._models import GeneratedImage, ImageRequest
+from ._naming import FolderNames, refuse_taken_names
 from ._pngmeta import PngTagger
 from ._provenance import Provenance
 from ._retry import DownloadRetrier, call_with_retries
@@ -43,7 +43,7 @@ from ._sinks import (
 from ._sizes import Asked
 from ._transport import ImageHost
 
-__all__ = ["Delivery", "Placed", "Saver", "Tagging", "refuse_taken_names", "tagging_of"]
+__all__ = ["Delivery", "Placed", "Saver", "Tagging", "tagging_of"]
 
 Tagging: TypeAlias = Callable[[], PngTagger]
 """A new tagger for each image of a generation (its provenance, and what it asked)."""
@@ -84,6 +84,18 @@ class Delivery:
     """Where inline images stream to, instead of memory or `folder` (`Client.stream`)."""
     destination: Destination | None = attrs.field(default=None, eq=False)
     """Where images go instead of a folder (object storage), and what waits before a POST."""
+    names: FolderNames | None = attrs.field(default=None, eq=False)
+    """The folder's names as a map knows them (`_naming.FolderNames`); None: ask the folder."""
+
+    def refuse_taken(self, stem: str, n: int) -> None:
+        """FileExistsError before paying for images that could not be saved under their names
+        (unless they may replace what is there)."""
+        if self.folder is None or self.overwrite:
+            return
+        if self.names is not None:
+            self.names.claim(stem, n)
+        else:
+            refuse_taken_names(self.folder, stem, n)
 
     @property
     def before_send(self) -> Callable[[ImageRequest], Awaitable[None]] | None:
@@ -332,17 +344,3 @@ def _blocks(data: bytes) -> Iterator[bytes]:
     view = memoryview(data)
     for start in range(0, len(data), WRITE_BLOCK):
         yield bytes(view[start : start + WRITE_BLOCK])
-
-
-def refuse_taken_names(folder: Path, stem: str, n: int) -> None:
-    """FileExistsError before paying for images that could not be saved under their names."""
-    base = f"{folder}{os.sep}{stem}"  # plain strings: this runs on the loop for every request
-    for index in range(n):
-        for extension in ("png", "jpg", "webp", "gif"):
-            path = f"{base}_{index}.{extension}"
-            if os.path.lexists(path):
-                raise FileExistsError(
-                    errno.EEXIST,
-                    "an image by that name exists; pass overwrite=True or another id",
-                    path,
-                )

@@ -12,7 +12,7 @@ import pytest
 import gemimg_async as gi
 from gemimg_async import Client, ClientClosedError, ImageRequest
 from gemimg_async.testing import FakeClock, Fault
-from helpers import API_KEY, STANDARD, TIER_2K, free_port, slow_client, wait_for
+from helpers import API_KEY, STANDARD, TIER_2K, free_port, prompts_sent, slow_client, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -307,3 +307,29 @@ async def test_an_ordered_map_yields_what_it_held_when_the_client_closes():
         assert len(seen) >= 2
         assert seen == sorted(seen)
         assert 0 not in seen
+
+
+async def test_map_refuses_a_taken_name_before_paying(relay, client, tmp_path):
+    """An image file already in the folder under a request's name: that request fails with
+    FileExistsError unsent, the others are made and saved."""
+    (tmp_path / "fox_0.webp").write_bytes(b"an older fox")
+    requests = [ImageRequest("a fox", id="fox"), ImageRequest("a hen", id="hen")]
+    outcomes = {o.request.id: o async for o in client.map(requests, save_to=tmp_path)}
+    assert isinstance(outcomes["fox"].error, FileExistsError)
+    assert "fox_0.webp" in str(outcomes["fox"].error)
+    assert outcomes["hen"].ok
+    assert prompts_sent(relay) == ["a hen"]
+    assert (tmp_path / "fox_0.webp").read_bytes() == b"an older fox"
+
+
+async def test_a_second_request_with_the_same_id_in_one_map_is_refused_before_paying(
+    relay, client, tmp_path
+):
+    """Two requests of one map with the same id, in flight together: the second is refused
+    before it is sent (it would have been paid for, then saved under a spare name)."""
+    requests = [ImageRequest("twin one", id="twin"), ImageRequest("twin two", id="twin")]
+    outcomes = [o async for o in client.map(requests, save_to=tmp_path, ordered=True)]
+    assert outcomes[0].ok
+    assert isinstance(outcomes[1].error, FileExistsError)
+    assert relay.generation_count == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["twin_0.png"]

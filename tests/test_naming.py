@@ -80,3 +80,32 @@ def test_a_forked_child_never_repeats_its_parents_keys():
     parent = {new_key() for _ in range(8)}
     assert len(child) == 8
     assert not child & parent
+
+
+def test_a_folders_names_are_its_image_files_whatever_they_are(tmp_path):
+    """`FolderNames.scan` counts every entry named like an image (a file, a symlink, a dangling
+    one) and nothing else (a sidecar, a temporary file, another extension)."""
+    from gemimg_async._naming import FolderNames  # noqa: PLC0415
+
+    (tmp_path / "fox_0.png").write_bytes(b"png")
+    (tmp_path / "hen_0.jpg").symlink_to(tmp_path / "fox_0.png")
+    (tmp_path / "owl_1.gif").symlink_to(tmp_path / "nowhere")
+    for other in ("fox_0.png.json", ".gemimg-1.part", "cat_0.txt", "noext"):
+        (tmp_path / other).write_bytes(b"x")
+    names = FolderNames.scan(tmp_path)
+    assert names.taken == {"fox_0", "hen_0", "owl_1"}
+
+
+def test_claimed_names_are_refused_to_the_next_request(tmp_path):
+    """A request claims `{stem}_{i}` for each of its images; one whose names are there or
+    claimed gets FileExistsError naming the file, and claims nothing."""
+    from gemimg_async._naming import FolderNames  # noqa: PLC0415
+
+    (tmp_path / "fox_1.webp").write_bytes(b"webp")
+    names = FolderNames.scan(tmp_path)
+    names.claim("hen", 2)
+    with pytest.raises(FileExistsError, match=r"hen_0\.png"):
+        names.claim("hen", 2)
+    with pytest.raises(FileExistsError, match=r"fox_1\.webp"):
+        names.claim("fox", 2)
+    assert names.taken == {"fox_1", "hen_0", "hen_1"}

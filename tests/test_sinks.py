@@ -279,17 +279,30 @@ async def test_overwrite_replaces_the_symlink_itself(
 
 
 async def test_a_name_taken_while_the_image_was_made_gets_a_spare_name(relay, folder):
-    """Two requests for one id in flight together are both paid for, so both are kept: the
-    second under `{id}_0-{key}.png`; nothing is overwritten."""
-    relay.latency = 0.05
+    """A file put under the image's name by someone else while the image was being made: the
+    paid image is kept under `{id}_0-{key}.png`; the other file is not overwritten."""
+    relay.latency = 0.3
     try:
         async with Client(API_KEY, relay.url) as client:
-            requests = [ImageRequest("a fox", id="fox"), ImageRequest("a cat", id="fox")]
-            outcomes = [outcome async for outcome in client.map(requests, save_to=folder)]
+
+            async def outcomes():
+                requests = [ImageRequest("a fox", id="fox")]
+                return [outcome async for outcome in client.map(requests, save_to=folder)]
+
+            async with anyio.create_task_group() as group:
+                done = []
+                group.start_soon(lambda: _into(done, outcomes()))
+                await wait_for(lambda: relay.in_flight == 1)
+                (folder / "fox_0.png").write_bytes(b"someone else's fox")
     finally:
         relay.latency = 0.0
-    assert all(outcome.ok for outcome in outcomes)
-    spare = next(o for o in outcomes if o.paths[0].name != "fox_0.png")
-    assert spare.paths[0].name == f"fox_0-{spare.result.idempotency_key[:8]}.png"
-    assert listing(folder) == sorted(["fox_0.png", spare.paths[0].name])
-    assert relay.generation_count == 2
+    (outcome,) = done[0]
+    assert outcome.ok
+    assert outcome.paths[0].name == f"fox_0-{outcome.result.idempotency_key[:8]}.png"
+    assert (folder / "fox_0.png").read_bytes() == b"someone else's fox"
+    assert listing(folder) == sorted(["fox_0.png", outcome.paths[0].name])
+    assert relay.generation_count == 1
+
+
+async def _into(box, awaitable):
+    box.append(await awaitable)
