@@ -134,6 +134,7 @@ def _write_unnamed(
                 raise
             _unnamed["ok"] = False
             return None
+        inserted = None if tagger is None else tagger.inserted
         try:
             write_all(fd, data)
             if tagger is not None:
@@ -143,6 +144,8 @@ def _write_unnamed(
         finally:
             os.close(fd)  # unlinked, it goes with its last descriptor
         if placed is None:
+            if tagger is not None:  # the named file is written from `data` again: untaint it too
+                tagger.inserted = inserted
             return None
         if tagger is not None:
             describe(placed, tagger)

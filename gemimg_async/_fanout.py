@@ -327,4 +327,8 @@ async def _with_names(delivery: Delivery) -> Delivery:
     request is then checked before paying without a system call (`FolderNames`)."""
     if delivery.folder is None or delivery.overwrite:
         return delivery
-    return attrs.evolve(delivery, names=await in_thread(FolderNames.scan, delivery.folder))
+    try:
+        names = await in_thread(FolderNames.scan, delivery.folder)
+    except OSError:  # a folder we may write in but not list: each request asks it instead
+        return delivery
+    return attrs.evolve(delivery, names=names)

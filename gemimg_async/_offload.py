@@ -7,6 +7,7 @@ are a large part of what saving costs the loop. `Offload` keeps one queue of cal
 `threads` runner threads, started when there is work and ending after `linger` seconds idle.
 A finished call goes on its loop's list of results; the loop is woken once for the whole list
 (`call_soon_threadsafe` only when the list was empty), so a burst of commits costs one wake-up.
+At interpreter exit a commit in progress is finished, as the default executor's would be.
 
 A cancelled caller waits for its call to end when it is running (a commit owns files, and none
 changes after the call that asked for it is over), and takes it off the queue when it is not.
@@ -48,6 +49,9 @@ class _Call(Generic[T]):
         """On a runner thread: the call, its result or exception kept."""
         try:
             self.result = self.function(*self.args)
+        except StopIteration as exc:  # a future cannot hold one
+            self.error = RuntimeError(f"{self.function!r} raised StopIteration")
+            self.error.__cause__ = exc
         except BaseException as exc:  # noqa: BLE001 - handed to the caller, whatever it is
             self.error = exc
         self.args = ()  # the bytes it was given go now, not at delivery
@@ -81,9 +85,14 @@ class Offload:
         self.wakeups = 0
         """Times a loop was woken to take results: fewer than the calls under load."""
         self._reset()
+        me = weakref.ref(self)
         if hasattr(os, "register_at_fork"):  # a child has none of the parent's threads
-            me = weakref.ref(self)
             os.register_at_fork(after_in_child=lambda: _reset_in_child(me))
+        # Runners are not daemons: the interpreter waits for a commit in progress at exit, as
+        # it does for the default executor's threads; this ends the idle ones at once then.
+        _at_exit = getattr(threading, "_register_atexit", None)
+        if _at_exit is not None:
+            _at_exit(lambda: _close_at_exit(me))
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
@@ -92,6 +101,7 @@ class Offload:
         self._ended: dict[asyncio.AbstractEventLoop, list[_Call[Any]]] = {}
         self._runners = 0
         self._idle = 0
+        self._closing = False
 
     async def run(self, function: Callable[..., T], /, *args: Any) -> T:
         """`function(*args)` on a runner thread; its result, or its exception raised here."""
@@ -99,23 +109,22 @@ class Offload:
         with self._lock:
             self._queue.append(call)
             if self._idle:
-                self._more.notify()
-                self._idle -= 1  # counted as woken: the next call wakes another
-                start = False
-            elif self._runners < self.threads:
+                self._more.notify()  # an idle runner looks at the queue again in any case
+            # more calls waiting than runners idle: one more runner, while there may be more
+            start = len(self._queue) > self._idle and self._runners < self.threads
+            if start:
                 self._runners += 1
-                start = True
-            else:
-                start = False  # a runner takes it when done with its call
         if start:
             try:
-                threading.Thread(target=self._runner, name=self.name, daemon=True).start()
-            except BaseException:  # no thread to be had (RuntimeError): nothing stays queued
+                threading.Thread(target=self._runner, name=self.name).start()
+            except BaseException:  # no thread to be had (RuntimeError)
                 with self._lock:
                     self._runners -= 1
-                    if call.state == "queued":
+                    queued = call.state == "queued"
+                    if queued:
                         self._queue.remove(call)
-                raise
+                if queued:  # else a runner has it: its outcome comes as usual
+                    raise
         try:
             return await call.future
         except asyncio.CancelledError:
@@ -139,16 +148,25 @@ class Offload:
         while True:
             with lock:
                 while not queue:
-                    self._idle += 1
-                    if not self._more.wait(self.linger):  # not woken by `run`: still counted
-                        self._idle -= 1
-                        if not queue:
-                            self._runners -= 1
-                            return
+                    if self._closing:
+                        self._runners -= 1
+                        return
+                    self._idle += 1  # only a runner counts itself idle, and back
+                    woken = self._more.wait(self.linger)
+                    self._idle -= 1
+                    if not woken and not queue:  # idle for `linger`: end (checked under the lock)
+                        self._runners -= 1
+                        return
                 call = queue.popleft()
                 call.state = "running"
             call.run()
             self._hand_back(call)
+
+    def _close(self) -> None:
+        """At interpreter exit: idle runners end now; busy ones finish what is queued first."""
+        with self._lock:
+            self._closing = True
+            self._more.notify_all()
 
     def _hand_back(self, call: _Call[Any]) -> None:
         """Put `call` on its loop's list of ended calls; wake the loop if the list was empty."""
@@ -172,6 +190,12 @@ class Offload:
             ended = self._ended.pop(loop, ())
         for call in ended:
             call.end()
+
+
+def _close_at_exit(ref: weakref.ref[Offload]) -> None:
+    offload = ref()
+    if offload is not None:
+        offload._close()  # noqa: SLF001
 
 
 def _reset_in_child(ref: weakref.ref[Offload]) -> None:

@@ -133,3 +133,29 @@ def test_overwrite_replaces_the_file_there(tmp_path):
     assert write_and_place(tmp_path, DATA, final, True, None, None) == final
     assert final.read_bytes() == DATA
     assert not [name for name in names(tmp_path) if name.startswith(TEMP_PREFIX)]
+
+
+@linux_only
+def test_a_late_c2pa_image_keeps_its_bytes_when_the_unnamed_file_cannot_be_linked(
+    tmp_path, monkeypatch, unnamed
+):
+    """A tagged PNG whose caBX came after its data (the inserted chunks must come out again):
+    when the unnamed file cannot be linked and a named one is written instead, that one is
+    untainted too: the relay's bytes exactly, with a sidecar."""
+    from test_pngmeta import SIGNED_LATE, tag  # noqa: PLC0415
+
+    assert unnamed["ok"]
+    tagged, tagger = tag(SIGNED_LATE, [50, 7])
+    assert tagger.tainted
+    real_link = os.link
+
+    def no_proc(source, *args, **kwargs):
+        if str(source).startswith("/proc/"):
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+        return real_link(source, *args, **kwargs)
+
+    monkeypatch.setattr(os, "link", no_proc)
+    final = tmp_path / "late_0.png"
+    assert write_and_place(tmp_path, tagged, final, False, None, tagger) == final
+    assert final.read_bytes() == SIGNED_LATE
+    assert names(tmp_path) == ["late_0.png", "late_0.png.json"]

@@ -4,6 +4,7 @@ output, and closing under it; end to end against the fake relay.
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Iterator
 
 import anyio
@@ -333,3 +334,24 @@ async def test_a_second_request_with_the_same_id_in_one_map_is_refused_before_pa
     assert isinstance(outcomes[1].error, FileExistsError)
     assert relay.generation_count == 1
     assert sorted(path.name for path in tmp_path.iterdir()) == ["twin_0.png"]
+
+
+async def test_a_folder_that_cannot_be_listed_is_asked_name_by_name(
+    relay, client, tmp_path, monkeypatch
+):
+    """A folder the map may write in but not list (no read permission): each request's names
+    are looked up on disk instead; a taken one is still refused before paying."""
+    (tmp_path / "fox_0.png").write_bytes(b"an older fox")
+    real_scandir = os.scandir
+
+    def unreadable(path="."):
+        if os.fspath(path) == os.fspath(tmp_path):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", unreadable)
+    requests = [ImageRequest("a fox", id="fox"), ImageRequest("a hen", id="hen")]
+    outcomes = {o.request.id: o async for o in client.map(requests, save_to=tmp_path)}
+    assert isinstance(outcomes["fox"].error, FileExistsError)
+    assert outcomes["hen"].ok
+    assert prompts_sent(relay) == ["a hen"]

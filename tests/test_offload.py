@@ -202,3 +202,41 @@ def test_a_thread_that_cannot_start_fails_the_call_and_leaves_nothing_queued(mon
 
     run(main())
     assert ran == ["later"]
+
+
+def test_runners_ending_as_calls_arrive_never_leave_one_queued():
+    """Bursts of calls arriving just as idle runners give up (the loop busy for about their
+    linger in between): every call runs, and once all runners have ended a new one starts."""
+    import random  # noqa: PLC0415
+
+    rng = random.Random(7)  # noqa: S311 - timings, not secrets
+
+    async def main():
+        offload = Offload(threads=2, linger=0.002)
+        for _ in range(600):
+            burst = [offload.run(lambda: None) for _ in range(rng.randint(1, 3))]
+            await asyncio.wait_for(asyncio.gather(*burst), 5)
+            time.sleep(rng.uniform(0.0015, 0.0025))  # noqa: ASYNC251 - the loop held on purpose
+        time.sleep(0.05)  # noqa: ASYNC251 - every runner has ended
+        return await asyncio.wait_for(offload.run(lambda: "ran"), 5)
+
+    assert run(main()) == "ran"
+
+
+def test_a_call_raising_stop_iteration_fails_alone():
+    """A call that raises StopIteration (which no future can hold) fails with RuntimeError;
+    a call ending in the same batch still gets its result."""
+
+    def stop():
+        raise StopIteration
+
+    async def main():
+        offload = Offload(threads=2)
+        first = asyncio.ensure_future(offload.run(stop))
+        second = asyncio.ensure_future(offload.run(lambda: "second"))
+        time.sleep(0.1)  # noqa: ASYNC251 - both end before the loop takes their results
+        with pytest.raises(RuntimeError, match="StopIteration"):
+            await asyncio.wait_for(first, 5)
+        return await asyncio.wait_for(second, 5)
+
+    assert run(main()) == "second"
