@@ -91,11 +91,9 @@ def test_where_unnamed_files_are_refused_a_named_one_is_used(tmp_path, monkeypat
     assert unnamed["ok"] is False
 
 
-@linux_only
-def test_where_proc_cannot_link_a_named_one_is_used(tmp_path, monkeypatch, unnamed):
-    """Linking through /proc/self/fd refused (EXDEV): the unnamed file is dropped, the image is
-    placed through a named temporary file, and nothing else is left."""
-    assert unnamed["ok"]
+@pytest.fixture
+def no_proc_links(monkeypatch):
+    """Linking through /proc/self/fd is refused (EXDEV), as where /proc is another mount."""
     real_link = os.link
 
     def no_proc(source, *args, **kwargs):
@@ -104,6 +102,14 @@ def test_where_proc_cannot_link_a_named_one_is_used(tmp_path, monkeypatch, unnam
         return real_link(source, *args, **kwargs)
 
     monkeypatch.setattr(os, "link", no_proc)
+
+
+@linux_only
+@pytest.mark.usefixtures("no_proc_links")
+def test_where_proc_cannot_link_a_named_one_is_used(tmp_path, unnamed):
+    """Linking through /proc/self/fd refused (EXDEV): the unnamed file is dropped, the image is
+    placed through a named temporary file, and nothing else is left."""
+    assert unnamed["ok"]
     final = tmp_path / "fox_0.png"
     assert write_and_place(tmp_path, DATA, final, False, None, None) == final
     assert final.read_bytes() == DATA
@@ -136,8 +142,9 @@ def test_overwrite_replaces_the_file_there(tmp_path):
 
 
 @linux_only
+@pytest.mark.usefixtures("no_proc_links")
 def test_a_late_c2pa_image_keeps_its_bytes_when_the_unnamed_file_cannot_be_linked(
-    tmp_path, monkeypatch, unnamed
+    tmp_path, unnamed
 ):
     """A tagged PNG whose caBX came after its data (the inserted chunks must come out again):
     when the unnamed file cannot be linked and a named one is written instead, that one is
@@ -147,14 +154,6 @@ def test_a_late_c2pa_image_keeps_its_bytes_when_the_unnamed_file_cannot_be_linke
     assert unnamed["ok"]
     tagged, tagger = tag(SIGNED_LATE, [50, 7])
     assert tagger.tainted
-    real_link = os.link
-
-    def no_proc(source, *args, **kwargs):
-        if str(source).startswith("/proc/"):
-            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
-        return real_link(source, *args, **kwargs)
-
-    monkeypatch.setattr(os, "link", no_proc)
     final = tmp_path / "late_0.png"
     assert write_and_place(tmp_path, tagged, final, False, None, tagger) == final
     assert final.read_bytes() == SIGNED_LATE
