@@ -203,7 +203,10 @@ class RedisLimiter:
             self._signals.notify(key)  # waiters wake to find it closed
         if self._task is not None:
             self._task.cancel()
-            await asyncio.wait([self._task])
+            # bounded: a Redis client can hang on its way down (a server restarted under it)
+            _, stuck = await asyncio.wait([self._task], timeout=2 * self.timeout)
+            if stuck:
+                log.warning("the shared limiter's renewals did not stop when closed: left behind")
         with anyio.move_on_after(2 * self.timeout, shield=True):
             if not self._down:
                 with contextlib.suppress(UnreachableError, ConfigurationError):

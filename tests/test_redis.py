@@ -6,6 +6,8 @@ Each test keeps its Redis names apart with a prefix of its own; the outage tests
 their own that they stop and start again.
 """
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -298,6 +300,34 @@ async def test_renewals_never_bring_a_released_place_back(redis_server, limiters
     await anyio.sleep(0.3)  # renewals after the last release
     await wait_for(lambda: not limiter._background)
     assert await leases_in(raw, prefix) == 0
+
+
+async def test_aclose_returns_when_the_background_work_will_not_stop(
+    redis_server, limiters, raw, monkeypatch, caplog
+):
+    """A Redis client that will not let go when cancelled (as one can hang while its server
+    restarts) does not hang close: aclose gives the places back and returns within twice the
+    limiter's timeout, with a warning."""
+
+    let_go = asyncio.Event()
+
+    async def stubborn(self) -> None:
+        while not let_go.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.05)
+
+    monkeypatch.setattr(RedisLimiter, "_listen", stubborn)
+    limiter = limiters(redis_server.url, timeout=0.5)
+    await limiter.acquire("k", 2)
+    started = time.monotonic()
+    with anyio.fail_after(10):
+        await limiter.aclose()
+    assert time.monotonic() - started < 2 * 0.5 + 1.0
+    assert await leases_in(raw, limiter.prefix) == 0
+    assert "did not stop" in caplog.text
+    let_go.set()  # nothing of the test outlives it
+    with anyio.fail_after(5):
+        await asyncio.wait([limiter._task])
 
 
 async def test_aclose_gives_every_place_back_and_refuses_after(redis_server, limiters, raw, prefix):
