@@ -202,10 +202,8 @@ class RedisLimiter:
         for key in list(self._held):
             self._signals.notify(key)  # waiters wake to find it closed
         if self._task is not None:
-            self._task.cancel()
-            # bounded: a Redis client can hang on its way down (a server restarted under it)
-            _, stuck = await asyncio.wait([self._task], timeout=2 * self.timeout)
-            if stuck:
+            self._task.cancel()  # bounded: a Redis client can hang on its way down
+            if (await asyncio.wait([self._task], timeout=2 * self.timeout))[1]:
                 log.warning("the shared limiter's renewals did not stop when closed: left behind")
         with anyio.move_on_after(2 * self.timeout, shield=True):
             if not self._down:
