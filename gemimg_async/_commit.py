@@ -162,11 +162,8 @@ def _link_unnamed(fd: int, dir_fd: int, final: Path, fallback: str | None) -> Pa
     try:
         # linkat(AT_SYMLINK_FOLLOW): a dir_fd makes os.link use it; fails with EEXIST on anything
         os.link(source, final.name, dst_dir_fd=dir_fd, follow_symlinks=True)
-    except FileExistsError:
-        if fallback is None:
-            raise
-        spare = final.with_stem(f"{final.stem}-{fallback}")
-        log.warning("%s exists: saving the paid-for image as %s instead", final, spare.name)
+    except FileExistsError as taken:
+        spare = _spare(final, fallback, taken)
         os.link(source, spare.name, dst_dir_fd=dir_fd, follow_symlinks=True)
         return spare
     except OSError as exc:
@@ -199,11 +196,8 @@ def sync_and_place(  # noqa: PLR0917 - positional, for run_in_executor
     else:
         try:
             _place_new(tmp, final)
-        except FileExistsError:
-            if fallback is None:
-                raise
-            spare = final.with_stem(f"{final.stem}-{fallback}")
-            log.warning("%s exists: saving the paid-for image as %s instead", final, spare.name)
+        except FileExistsError as taken:
+            spare = _spare(final, fallback, taken)
             _place_new(tmp, spare)
             final = spare
     if tagger is not None:
@@ -214,6 +208,16 @@ def sync_and_place(  # noqa: PLR0917 - positional, for run_in_executor
     finally:
         os.close(dir_fd)
     return final
+
+
+def _spare(final: Path, fallback: str | None, taken: FileExistsError) -> Path:
+    """`final` with `-{fallback}` after its stem, for an image already paid for whose name was
+    `taken`; without a fallback, `taken` is raised."""
+    if fallback is None:
+        raise taken
+    spare = final.with_stem(f"{final.stem}-{fallback}")
+    log.warning("%s exists: saving the paid-for image as %s instead", final, spare.name)
+    return spare
 
 
 def _place_new(tmp: Path, final: Path) -> None:
