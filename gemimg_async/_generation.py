@@ -102,6 +102,11 @@ class Engine:
     _idle: anyio.Event | None = None
     _costs: dict[tuple[str, int, int], Cost] = attrs.Factory(dict)
     """Estimates by (model, n, input images): the same few for every request of a client."""
+    _via: Via = attrs.field(init=False)
+    """Where attempts go without a router's endpoint: the relay, its base URL and dialect."""
+
+    def __attrs_post_init__(self) -> None:
+        self._via = Via(self.relay, self.base, self.dialect)
 
     def estimate(self, request: ImageRequest) -> Cost:
         """`estimate(request, self.prices)`, worked out once per kind of request."""
@@ -207,7 +212,7 @@ class Engine:
         retrier = None  # made at the first failure: most generations never fail
         for number in itertools.count(1):
             trace.attempts = number
-            via = trace.via = lease.via(Via(self.relay, self.base, self.dialect))
+            via = trace.via = lease.via(self._via)
             outgoing = via.dialect.outgoing(via.base, request, encoded)
             try:
                 if self.closing:
@@ -281,7 +286,7 @@ class Engine:
     async def _post(
         self, outgoing: Outgoing, request: ImageRequest, delivery: Delivery, trace: _Trace
     ) -> Received:
-        answered, via = False, trace.via or Via(self.relay, self.base, self.dialect)
+        answered, via = False, trace.via or self._via
         listeners = _listeners(self.on_event, delivery)
         sent = self.clock.monotonic()
         trace.reported = trace.tagging = None
@@ -296,9 +301,10 @@ class Engine:
                 answered = True
                 trace.saw(answer.request_id)
                 trace.reported = header_cost(answer.headers)  # a refusal may be billed too
-                trace.tagging = tagging_of(
-                    request, request_id=answer.request_id, key=trace.key, now=self.clock.time()
-                )
+                if delivery.writes:  # what files say of themselves: nothing kept in memory asks
+                    trace.tagging = tagging_of(
+                        request, request_id=answer.request_id, key=trace.key, now=self.clock.time()
+                    )
                 if listeners:
                     took = self.clock.monotonic() - sent
                     got = AnswerReceived(

@@ -231,12 +231,12 @@ def parse_whole(body: bytes, schema: Schema) -> tuple[Any, list[tuple[Path, byte
 
 def _divert(
     container: dict[str, Any] | list[Any],
-    node: Schema | None,
+    node: Schema,
     path: Path,
     pieces: list[tuple[Path, bytes]],
     depth: int = 1,
 ) -> None:
-    """Replace the image strings in `container` (at `node` of the schema; None: off it) by
+    """Replace the image strings in `container` (at `node` of the schema) by
     `Diverted`s, their bytes added to `pieces` in document order, as `ImageStreamParser._place`
     decides; _Undecided past the nesting limit, which the streaming parser reports."""
     if depth > DEFAULT_MAX_DEPTH:
@@ -244,7 +244,7 @@ def _divert(
     items = container.items() if isinstance(container, dict) else enumerate(container)
     for step, value in items:
         if isinstance(value, str):
-            child = None if node is None else node.child(step)
+            child = node.child(step)
             if child is None or not child.mode:
                 continue
             if child.mode == MARKDOWN:
@@ -255,11 +255,21 @@ def _divert(
                 pieces.append((where, data))
                 container[step] = Diverted(where, len(data))  # type: ignore[index]
         elif isinstance(value, dict | list):
-            child = None if node is None else node.child(step)
+            child = node.child(step)
             if child is not None and child.children:
                 _divert(value, child, (*path, step), pieces, depth + 1)
             else:
-                _divert(value, None, path, pieces, depth + 1)
+                _check_nesting(value, depth + 1)
+
+
+def _check_nesting(container: dict[str, Any] | list[Any], depth: int) -> None:
+    """_Undecided if `container` (off the schema: no image is looked for) nests deeper than
+    the nesting limit."""
+    if depth > DEFAULT_MAX_DEPTH:
+        raise _Undecided
+    for value in container.values() if isinstance(container, dict) else container:
+        if isinstance(value, dict | list):
+            _check_nesting(value, depth + 1)
 
 
 def _whole_image(value: str, mode: int) -> bytes | None:

@@ -26,6 +26,7 @@ from ._destination import Destination
 from ._events import Listener
 from ._exceptions import DownloadError
 from ._folders import check_folder
+from ._imagehost import ImageHost
 from ._media import SNIFF_BYTES, sniff
 from ._models import GeneratedImage, ImageRequest
 from ._naming import FolderNames, refuse_taken_names
@@ -41,7 +42,6 @@ from ._sinks import (
     TooLargeError,
 )
 from ._sizes import Asked
-from ._transport import ImageHost
 
 __all__ = ["Delivery", "Placed", "Saver", "Tagging", "tagging_of"]
 
@@ -101,6 +101,11 @@ class Delivery:
     def before_send(self) -> Callable[[ImageRequest], Awaitable[None]] | None:
         """The destination's `before_send`, if any: awaited just before each attempt's POST."""
         return None if self.destination is None else self.destination.before_send
+
+    @property
+    def writes(self) -> bool:
+        """Whether images go to files (a folder's, or a destination's), not only to memory."""
+        return self.folder is not None or self.destination is not None
 
     @property
     def where(self) -> str:

@@ -16,6 +16,7 @@ from ._dialects import base_url as relay_base
 from ._events import Listener
 from ._exceptions import ConfigurationError
 from ._generation import Engine
+from ._imagehost import ImageHost
 from ._limiter import SharedLimiter
 from ._network import Network
 from ._pacing import Pacer
@@ -24,7 +25,7 @@ from ._retry import RetryBudget
 from ._routing import Breaker, Endpoint, Route, Router, Via, checked_key, checked_url, make_pool
 from ._save import Saver
 from ._stats import ClientStats
-from ._transport import ImageHost, Relay
+from ._transport import Relay
 
 __all__ = ["build_engine", "relays_of", "stats_of"]
 

@@ -1,11 +1,12 @@
-"""HTTP: the only module that speaks aiohttp (its errors become ours in `_transport_errors`).
+"""HTTP to the relay: with `_imagehost`, the only modules that speak aiohttp (its errors become
+ours in `_transport_errors`).
 
 Two sessions, never mixed: the `Relay`'s, which carries the key (or the caller's own, given as
-`session=`), and the `ImageHost`'s, for image downloads, which never does. Both go through the
-proxy and trust the certificates that `Network` says. `map_aiohttp_errors` turns aiohttp's
-errors into ours around both a request and the reading of its body, telling a request never
-sent from one whose answer was lost. Relay answers that are not 2xx become `APIError`s
-(`_status`).
+`session=`), and the `ImageHost`'s (`_imagehost`), for image downloads, which never does. Both
+go through the proxy and trust the certificates that `Network` says. `map_aiohttp_errors`
+turns aiohttp's errors into ours around both a request and the reading of its body, telling a
+request never sent from one whose answer was lost. Relay answers that are not 2xx become
+`APIError`s (`_status`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import io
 import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -30,21 +30,29 @@ from aiohttp.tracing import Trace
 from ._clock import Clock
 from ._config import Timeouts
 from ._dialects import Outgoing
-from ._exceptions import ClientClosedError, DownloadError, ImageExpiredError
+from ._exceptions import ClientClosedError
 from ._network import Network
 from ._pacing import Pacer
 from ._secrets import Secret
 from ._status import ERROR_BODY_LIMIT, api_error, printable
 from ._transport_errors import Attempt, map_aiohttp_errors
 
-__all__ = ["Answer", "ImageHost", "Relay"]
+__all__ = [
+    "CHUNK_SIZE",
+    "HEADERS",
+    "KEEPALIVE_SECONDS",
+    "Answer",
+    "Relay",
+    "request_id_of",
+    "safe_url",
+]
 
 log = logging.getLogger("gemimg_async")
 
 CHUNK_SIZE = 64 * 1024
 KEEPALIVE_SECONDS = 5.0
-_REQUEST_ID_HEADERS = ("x-request-id", "x-oneapi-request-id", "request-id", "openai-request-id")
-_HEADERS = {"User-Agent": "gemimg-async"}
+_REQUEST_IDHEADERS = ("x-request-id", "x-oneapi-request-id", "request-id", "openai-request-id")
+HEADERS = {"User-Agent": "gemimg-async"}
 _URLS_KEPT = 64
 _INLINE_BODY = 1024 * 1024
 """Request bodies under this are handed to aiohttp as bytes: sent with the headers at once."""
@@ -64,8 +72,8 @@ class Answer:
     chunks: AsyncIterator[bytes]
 
 
-def _request_id(headers: Mapping[str, str]) -> str | None:
-    found = next((headers[name] for name in _REQUEST_ID_HEADERS if headers.get(name)), None)
+def request_id_of(headers: Mapping[str, str]) -> str | None:
+    found = next((headers[name] for name in _REQUEST_IDHEADERS if headers.get(name)), None)
     return None if found is None else printable(found)[:200] or None
 
 
@@ -101,7 +109,7 @@ class _Connector(aiohttp.TCPConnector):
         return connection
 
 
-def _safe_url(url: str | yarl.URL) -> str:
+def safe_url(url: str | yarl.URL) -> str:
     """`url` without its query, where image hosts put signatures."""
     return str(yarl.URL(url).with_query(None).with_fragment(None))
 
@@ -109,7 +117,7 @@ def _safe_url(url: str | yarl.URL) -> str:
 @functools.lru_cache(maxsize=64)
 def _post_what(url: yarl.URL) -> str:
     """`POST {url}` as errors and logs name a relay request (one client has few URLs)."""
-    return f"POST {_safe_url(url)}"
+    return f"POST {safe_url(url)}"
 
 
 @functools.lru_cache(maxsize=64)
@@ -163,7 +171,7 @@ class Relay:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=_Connector(),
-                headers={**_HEADERS, **self._auth} if self.network.key_in_session else _HEADERS,
+                headers={**HEADERS, **self._auth} if self.network.key_in_session else HEADERS,
             )
         return self._session
 
@@ -180,7 +188,7 @@ class Relay:
             self.network.check_relay(url)
             if self.network.session is not None:  # the caller's: answers are read as ours are
                 options |= {"raise_for_status": False, "auto_decompress": True}
-                known = {**_HEADERS, **self._auth}, options
+                known = {**HEADERS, **self._auth}, options
             else:
                 known = dict(self._auth), options
         if not self.network.trust_env and len(self._known) < _URLS_KEPT:
@@ -197,32 +205,52 @@ class Relay:
         if session is not None:
             await session.close()
 
-    @asynccontextmanager
-    async def post(
+    def post(
         self,
         outgoing: Outgoing,
         *,
         idempotency_key: str,
         model: str,
         timeouts: Timeouts | None = None,
-    ) -> AsyncIterator[Answer]:
-        """POST one generation; yield its 2xx answer, or raise the error it amounts to."""
-        auth, options = self._per_request(outgoing.url)
+    ) -> _Post:
+        """POST one generation: `async with` it for its 2xx answer, or the error it amounts to
+        (raised, as are aiohttp's errors while its body is read, as ours)."""
+        return _Post(self, outgoing, idempotency_key, model, timeouts or self.timeouts)
+
+
+class _Post:
+    """`Relay.post`'s context manager: a class, not a generator, for it runs on every request."""
+
+    __slots__ = ("_context", "_key", "_mapped", "_model", "_outgoing", "_relay", "_timeouts")
+
+    def __init__(
+        self, relay: Relay, outgoing: Outgoing, key: str, model: str, timeouts: Timeouts
+    ) -> None:
+        self._relay, self._outgoing, self._key = relay, outgoing, key
+        self._model, self._timeouts = model, timeouts
+        self._context: Any = None
+        self._mapped: Any = None
+
+    async def __aenter__(self) -> Answer:
+        relay, outgoing, model, timeouts = self._relay, self._outgoing, self._model, self._timeouts
+        auth, options = relay._per_request(outgoing.url)  # noqa: SLF001 - its own helper
         headers = {
             "Content-Type": "application/json",
-            "Idempotency-Key": idempotency_key,
+            "Idempotency-Key": self._key,
             **outgoing.headers,
             **auth,
         }
-        timeouts = timeouts or self.timeouts
         timeout = _timeout(timeouts.total, timeouts.connect, timeouts.read_for(model))
         tracker = aiohttp.UploadTracker()
         attempt = Attempt()
         what = _post_what(outgoing.url)
         body = outgoing.body
+        self._mapped = mapped = map_aiohttp_errors(
+            what, tracker=tracker, attempt=attempt, closed=relay.is_closed
+        )
         _ATTEMPT.set(attempt)  # for this task's next connection: its own, ours the only sets
-        with map_aiohttp_errors(what, tracker=tracker, attempt=attempt, closed=self.is_closed):
-            async with self._open().post(
+        with mapped:
+            context = relay._open().post(  # noqa: SLF001
                 outgoing.url,
                 # small bodies go with the headers in one write; larger ones are streamed by
                 # aiohttp (raw bytes over 1 MB warn)
@@ -232,129 +260,69 @@ class Relay:
                 allow_redirects=False,
                 upload_tracker=tracker,
                 **options,
-            ) as response:
+            )
+            response = await context.__aenter__()
+            self._context = context
+            try:
                 attempt.answered = True
-                request_id = _request_id(response.headers)
-                log.debug("%s -> %d (request id %s)", what, response.status, request_id)
-                if not 200 <= response.status < 300:  # noqa: PLR2004
-                    body_head = await _read_head(response.content, ERROR_BODY_LIMIT)
-                    raise api_error(
-                        response.status,
-                        response.headers,
-                        body_head,
-                        request_id=request_id,
-                        now=self.clock.time(),
-                        model=model,
-                    )
-                length = response.content_length
-                if length is not None and length <= WHOLE_ANSWER and _identity(response):
-                    chunks = _whole(response.read)
-                else:
-                    chunks = self.pacer.paced(response.content.iter_chunked(CHUNK_SIZE))
-                yield Answer(response.status, response.headers, request_id, chunks)
+                return await _answer(response, what, model, relay)
+            except BaseException as error:
+                self._context = None
+                await context.__aexit__(type(error), error, error.__traceback__)
+                raise
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: object
+    ) -> None:
+        context, self._context = self._context, None
+        with self._mapped:  # what reading the body raised, and the release, as ours
+            await context.__aexit__(kind, error, tb)
+            if error is not None:
+                self._mapped.__exit__(kind, error, None)
 
 
-async def _whole(read: Callable[[], Awaitable[bytes]]) -> AsyncIterator[bytes]:
-    """A small body as one chunk, read when the parser first asks (after the answer is seen)."""
-    yield await read()
+async def _answer(response: aiohttp.ClientResponse, what: str, model: str, relay: Relay) -> Answer:
+    """The 2xx `response` as an Answer whose body is still to read; APIError otherwise."""
+    request_id = request_id_of(response.headers)
+    log.debug("%s -> %d (request id %s)", what, response.status, request_id)
+    if not 200 <= response.status < 300:  # noqa: PLR2004
+        body_head = await _read_head(response.content, ERROR_BODY_LIMIT)
+        raise api_error(
+            response.status,
+            response.headers,
+            body_head,
+            request_id=request_id,
+            now=relay.clock.time(),
+            model=model,
+        )
+    length = response.content_length
+    if length is not None and length <= WHOLE_ANSWER and _identity(response):
+        chunks: AsyncIterator[bytes] = _Whole(response.read)
+    else:
+        chunks = relay.pacer.paced(response.content.iter_chunked(CHUNK_SIZE))
+    return Answer(response.status, response.headers, request_id, chunks)
+
+
+class _Whole:
+    """A small body as one chunk, read when the parser first asks (after the answer is seen):
+    an iterator of its own, not an async generator (the loop tracks each of those)."""
+
+    __slots__ = ("_read",)
+
+    def __init__(self, read: Callable[[], Awaitable[bytes]] | None) -> None:
+        self._read = read
+
+    def __aiter__(self) -> _Whole:
+        return self
+
+    async def __anext__(self) -> bytes:
+        read, self._read = self._read, None
+        if read is None:
+            raise StopAsyncIteration
+        return await read()
 
 
 def _identity(response: aiohttp.ClientResponse) -> bool:
     """Whether the body is what Content-Length counts: no Content-Encoding to inflate it."""
     encoding = response.headers.get("Content-Encoding")
     return encoding is None or encoding.strip().lower() in {"", "identity"}
-
-
-@attrs.define
-class ImageHost:
-    """The session for image downloads: it never carries the key.
-
-    Once closed (or unpickled with a result) it still downloads, through a one-off session per
-    call, so a result can be saved after its client is gone.
-    """
-
-    pacer: Pacer = attrs.Factory(Pacer)
-    network: Network = attrs.Factory(Network)
-    """The client's proxy and trust; never its key, nor the caller's `session=`."""
-    _session: aiohttp.ClientSession | None = attrs.field(default=None, repr=False)
-    _closed: bool = False
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {
-            "pacer": Pacer(),
-            "network": self.network.portable(),
-            "_session": None,
-            "_closed": True,
-        }
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        for name, value in state.items():
-            object.__setattr__(self, name, value)
-
-    def is_closed(self) -> bool:
-        return self._closed
-
-    async def aclose(self) -> None:
-        self._closed = True
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-    @asynccontextmanager
-    async def download(
-        self, url: str, timeouts: Timeouts, *, max_bytes: int
-    ) -> AsyncIterator[Answer]:
-        """GET an image URL without credentials; yield the 200 answer or raise DownloadError.
-
-        An answer that announces more than `max_bytes` is refused before its body is read.
-        """
-        timeout = aiohttp.ClientTimeout(
-            total=timeouts.total, connect=timeouts.connect, sock_read=timeouts.download
-        )
-        async with AsyncExitStack() as stack:
-            if self._closed:
-                session = await stack.enter_async_context(aiohttp.ClientSession(headers=_HEADERS))
-            else:
-                if self._session is None:
-                    self._session = aiohttp.ClientSession(
-                        connector=aiohttp.TCPConnector(
-                            limit=0, keepalive_timeout=KEEPALIVE_SECONDS
-                        ),
-                        headers=_HEADERS,
-                    )
-                session = self._session
-            what = f"GET {_safe_url(url)}"
-            with map_aiohttp_errors(what, closed=self.is_closed, download_url=url):
-                options = self.network.options(yarl.URL(url))
-                async with session.get(url, timeout=timeout, **options) as response:
-                    log.debug("%s -> %d", what, response.status)
-                    _check_download(response, url, max_bytes)
-                    yield Answer(
-                        response.status,
-                        response.headers,
-                        _request_id(response.headers),
-                        self.pacer.paced(response.content.iter_chunked(CHUNK_SIZE)),
-                    )
-
-
-def _check_download(response: aiohttp.ClientResponse, url: str, max_bytes: int) -> None:
-    if response.status in (403, 404, 410):
-        raise ImageExpiredError(
-            f"the image URL has expired (it answered {response.status}): relays keep images "
-            "about 24 hours, so download them as soon as they are made",
-            url=url,
-            status=response.status,
-        )
-    if (response.content_length or 0) > max_bytes:
-        raise DownloadError(
-            f"the image host announced {response.content_length} bytes, "
-            f"over the {max_bytes}-byte cap",
-            url=url,
-            status=response.status,
-        )
-    if response.status != 200:  # noqa: PLR2004
-        raise DownloadError(
-            f"the image host answered {response.status} {printable(response.reason or '')}",
-            url=url,
-            status=response.status,
-        )

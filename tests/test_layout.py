@@ -15,7 +15,7 @@ PIPELINE = [
     ["_client"],
     ["_fanout"],
     ["_generation"],
-    ["_save", "_answer", "_dialects", "_transport", "_limits", "_retry"],
+    ["_save", "_answer", "_dialects", "_transport", "_imagehost", "_limits", "_retry"],
     ["_sinks"],
 ]
 

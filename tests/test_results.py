@@ -17,7 +17,8 @@ from gemimg_async import (
     Timings,
 )
 from gemimg_async._generation import Engine
-from gemimg_async._transport import ImageHost, Relay
+from gemimg_async._imagehost import ImageHost
+from gemimg_async._transport import Relay
 from gemimg_async.testing import FakeClock, Fault
 from helpers import API_KEY, FORMATS, once, reference, untagged
 

@@ -111,5 +111,4 @@ def _item_image(item: Any) -> Found | None:
     """The image of one `data` item, whichever of its fields holds it."""
     if not isinstance(item, dict):
         return None
-    values = [item.get("b64_json"), item.get("url")]
-    return next((found for value in values if (found := Found.of(value)) is not None), None)
+    return Found.of(item.get("b64_json")) or Found.of(item.get("url"))
