@@ -320,10 +320,11 @@ class Client:
         A request is pulled from `requests` only when the previous one has a place in the pool,
         so a generator of a million prompts costs no more than the pool, and at most one request
         pulled waits for its place. One request's failure is its outcome's `error`; the others go
-        on. Outcomes come in completion order, or input order with `ordered=True` (holding at
-        most twice the pool's size). Leaving the loop early cancels what is in flight: use
-        `contextlib.aclosing(client.map(...))` to have that happen at once rather than when the
-        generator is collected.
+        on. Outcomes come in completion order, or input order with `ordered=True`; while the
+        caller dwells on one, the pool goes on, and at most the pool's size less one further
+        outcomes wait for it (each holding its images). Leaving the loop early cancels what is
+        in flight: use `contextlib.aclosing(client.map(...))` to have that happen at once rather
+        than when the generator is collected.
 
         With `save_to=` a folder, the folder's image names are read once as the map starts: a
         request whose `id` names a file there, or the same `id` as an earlier request of the map,

@@ -2,14 +2,17 @@
 outcomes yielded as they end (or in input order).
 
 Workers and the consumer meet in a `_Handoff`: a deque of ended outcomes, one future the
-consumer parks on, and a window of requests pulled and not yet handed to the consumer (the
-pool's width; ordered, twice that less one, for outcomes ending ahead of their turn). A worker
-takes room in the window before pulling; the consumer gives it back as it takes each outcome,
-before the caller's loop body runs. So a slow consumer holds the workers back (no more than the
-window's worth of outcomes, each holding its images, waits for it), and with one place a worker
-pulls its next request only once the caller has seen its last outcome (a batch that stops on a
-failing outcome sends nothing after it): by design, not by a yield to the loop somewhere. All of
-it is plain asyncio, O(1) a request: this is the hot path of every batch."""
+consumer parks on, and a window of requests pulled and not yet handed to the consumer: twice
+the pool's width less one, so the pool's worth can run while the rest wait for the caller (its
+turn to take them, or ordered, an outcome ahead of them). A worker takes room in the window
+before pulling; the consumer gives it back as it takes each outcome, before the caller's loop
+body runs. So a slow consumer holds the workers back (no more than the window's worth of
+outcomes, each holding its images, waits for it), and with one place a worker pulls its next
+request only once the caller has seen its last outcome (a batch that stops on a failing outcome
+sends nothing after it): by design, not by a yield to the loop somewhere. A window of only the
+pool's width would leave a place idle for every outcome the caller has not taken yet, and park
+every worker on the caller each time. All of it is plain asyncio, O(1) a request: this is the
+hot path of every batch."""
 
 from __future__ import annotations
 
@@ -71,8 +74,9 @@ class FanOut:
         delivery = await _with_names(delivery)
         width = width_of(self.engine.pool)
         source = _Source(requests)
-        # Ordered, up to width - 1 outcomes may wait behind a slow one while `width` run.
-        window = 2 * width - 1 if ordered else width
+        # Up to width - 1 outcomes may wait for the caller (ordered: behind a slow one) while
+        # `width` run.
+        window = 2 * width - 1
         handoff = _Handoff(asyncio.get_running_loop(), window, ordered)
         workers = {
             asyncio.create_task(self._worker(source, handoff, delivery)) for _ in range(width)

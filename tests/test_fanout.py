@@ -111,11 +111,10 @@ async def test_a_worker_pulls_again_only_once_the_caller_has_seen_its_outcome(
 ):
     """With one place, the caller's loop body sees each outcome before the next request is
     pulled (a batch that stops on a failing outcome sends nothing after it); with more, at most
-    the pool's worth is pulled beyond what the caller has seen (ordered: twice that, less one).
-    """
+    twice the pool's worth, less one, is pulled beyond what the caller has seen."""
     source = Counted(12, "p")
 
-    window = 2 * max_concurrency - 1 if ordered else max_concurrency
+    window = 2 * max_concurrency - 1
     async with Client(API_KEY, relay.url, max_concurrency=max_concurrency) as client:
         seen = 0
         async for _ in client.map(source.prompts(), ordered=ordered):
@@ -132,11 +131,11 @@ async def test_a_worker_pulls_again_only_once_the_caller_has_seen_its_outcome(
 
 @pytest.mark.parametrize("ordered", [False, True])
 async def test_a_slow_consumer_holds_back_the_workers(relay, ordered):
-    """Outcomes hold images: while the caller dwells on one, no more requests are sent than
-    the pool's worth of outcomes can wait for it (ordered: twice that, less one)."""
+    """Outcomes hold images: while the caller dwells on one, the pool goes on, but no more
+    requests are sent than twice the pool's worth, less one, of outcomes can wait for it."""
     source = Counted(20, "p")
 
-    window = 5 if ordered else 3
+    window = 5
     async with Client(API_KEY, relay.url, max_concurrency=3) as client:
         outcomes = []
         async with contextlib.aclosing(client.map(source.prompts(), ordered=ordered)) as results:
@@ -271,7 +270,7 @@ async def test_outcomes_ended_when_the_client_closes_are_still_yielded(relay):
         with pytest.raises(ClientClosedError):
             await consume()
         assert len(seen) >= ended >= 2
-        assert len(relay.requests) <= 3  # the pool's worth, and one more as the first was seen
+        assert len(relay.requests) <= 1 + 3  # the one seen, and the window: 2 places' worth, less 1
 
 
 async def test_an_ordered_map_yields_what_it_held_when_the_client_closes():
