@@ -74,6 +74,8 @@ class FakeRelay:
     """A server-side TLS context: the relay then speaks https (its file URLs too)."""
     c2pa: bool = False
     """Its images carry a C2PA manifest (a `caBX` chunk after `IHDR`), as Google's do."""
+    body_pause: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
+    """Seconds between the 1 MiB slices of an answer's body: a slow link to hang up on."""
     response_cost: float | None = None
     """Answers say what they cost in LiteLLM's `x-litellm-response-cost` header: this much
     per image made (none for an answer without images)."""
@@ -299,7 +301,8 @@ class FakeRelay:
         parts = framed(document, images.payloads, quirk)
         truncate = fault.fraction if fault is not None and fault.kind == "truncate" else None
         cost = cost_header(self.response_cost, sum(not p.draft for p in images.pictures))
-        return await send(request, 200, "application/json", parts, headers=cost, truncate=truncate)
+        kind, pause = "application/json", self.body_pause
+        return await send(request, 200, kind, parts, headers=cost, truncate=truncate, pause=pause)
 
     async def _accept(
         self,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http
 import json
 import math
@@ -116,8 +117,10 @@ async def send(
     *,
     headers: Iterable[tuple[str, str]] = (),
     truncate: float | None = None,
+    pause: float = 0.0,
 ) -> web.StreamResponse:
-    """Stream *parts* in slices of at most 1 MiB, or only *truncate* of them, then hang up."""
+    """Stream *parts* in slices of at most 1 MiB (*pause* seconds apart), or only *truncate*
+    of them, then hang up."""
     total = sum(len(part) for part in parts)
     response = web.StreamResponse(status=status)
     for name, value in headers:
@@ -133,6 +136,8 @@ async def send(
             piece = view[start : start + min(_SLICE, limit - sent)]
             if not piece:
                 break
+            if sent and pause:
+                await asyncio.sleep(pause)
             await response.write(piece)
             sent += len(piece)
     if truncate is None:

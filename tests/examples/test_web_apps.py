@@ -167,6 +167,7 @@ async def test_a_caller_that_hangs_up_mid_answer_leaves_no_part_file(app, http, 
     file: the relay sees the connection drop, and no .gemimg-*.part file remains."""
     fake_relay.image_style = "noise"  # incompressible: a 2K answer is ~17 MB of base64
     await served_pngs(fake_relay, "warm the relay's image cache", model=TIER_2K)
+    fake_relay.body_pause = 0.05  # ~1 s for the whole body: the hang-up comes in its middle
     caller = asyncio.create_task(post_image(http, app, "a storm", save=True, model="2k"))
     await wait_for(lambda: part_files(app.save_dir))
     caller.cancel()

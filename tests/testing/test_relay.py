@@ -94,9 +94,11 @@ async def test_serve_reports_url_and_stops_on_cancel(session):
 
 
 def test_constructor_validates():
-    """Negative latency and unknown image styles are rejected up front."""
+    """Negative latency or body pause and unknown image styles are rejected up front."""
     with pytest.raises(ValueError):
         FakeRelay(latency=-1.0)
+    with pytest.raises(ValueError):
+        FakeRelay(body_pause=-0.1)
     with pytest.raises(ValueError):
         FakeRelay(latency={STANDARD: -0.5})
     with pytest.raises(ValueError):
@@ -197,6 +199,16 @@ async def test_latency_per_model(session):
         started = time.monotonic()
         await generate(session, relay, model=TIER_2K)
         assert time.monotonic() - started >= 0.3
+
+
+async def test_body_pause_spaces_the_slices_of_a_large_answer(session):
+    """body_pause waits between the 1 MiB slices of a body: a 2K noise answer (~17 MB) takes at
+    least its 16 pauses to arrive, whole."""
+    async with FakeRelay(image_style="noise", body_pause=0.02) as relay:
+        started = time.monotonic()
+        answer = await generate(session, relay, model=TIER_2K, response_format="b64_json")
+        assert time.monotonic() - started >= 16 * 0.02
+    assert len(base64.b64decode(answer["data"][0]["b64_json"])) > 12 * 1024 * 1024
 
 
 async def test_errors_skip_latency(session):
