@@ -9,7 +9,9 @@ What it measures, for every (workload, peer): requests/s, the client's CPU per r
 system time of all its threads, `resource.getrusage`), its peak RSS (`ru_maxrss`), the worst
 event-loop stall (a task sleeping 5 ms in a loop, `_loopstall.py`), and the fake relay's own CPU
 over the same window: the relay is one Python thread, so its CPU time bounds how long it can
-have held the client up.
+have held the client up. Each case's line also gives the client's garbage collections per 1,000
+requests, by generation (more young collections, more objects looked at; a full one walks the
+whole heap).
 
 How: the parent imports no client. It raises RLIMIT_NOFILE to the hard limit (the relays and the
 workers inherit it; the workers raise it again), starts the fake relay (`gemimg-async
@@ -48,6 +50,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import gc
 import hashlib
 import importlib.metadata
 import json
@@ -388,10 +391,15 @@ async def measure(peer: Peer, job: Job, relay_pid: int, interval: float) -> dict
     async with peer(job) as run_all, _probe(interval) as probe:
         relay_before = process_cpu_s(relay_pid)
         before = resource.getrusage(resource.RUSAGE_SELF)
+        collections_before = [stats["collections"] for stats in gc.get_stats()]
         started = time.perf_counter()
         whole = await run_all()
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_SELF)
+        collections = [
+            stats["collections"] - was
+            for stats, was in zip(gc.get_stats(), collections_before, strict=True)
+        ]
         relay_after = process_cpu_s(relay_pid)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     relay_cpu = None if relay_before is None or relay_after is None else relay_after - relay_before
@@ -410,6 +418,7 @@ async def measure(peer: Peer, job: Job, relay_pid: int, interval: float) -> dict
         "worst_stall_own_ms": None if probe is None else probe.worst_own * 1000,
         "stalls_over_20ms": None if probe is None else len(probe.stalls),
         "context_switches": after.ru_nvcsw - before.ru_nvcsw + after.ru_nivcsw - before.ru_nivcsw,
+        "gc_per_1000": [count * 1000 / job.requests for count in collections],
     }
 
 
@@ -715,6 +724,9 @@ def _summary(record: dict[str, Any]) -> str:
         f"peak {record['peak_rss_mb']:.0f} MB, worst stall {_ms(record['worst_stall_ms'])} ms, "
         f"relay CPU {_pct(record.get('relay_cpu_pct'))}; {record['process_s']:.1f} s in all"
     )
+    if "gc_per_1000" in record:
+        by_generation = "/".join(f"{count:.1f}" for count in record["gc_per_1000"])
+        text += f"; GC collections per 1,000 requests (generations 0/1/2) {by_generation}"
     hwm = record.get("vm_hwm_kib")
     if hwm and abs(hwm - record["peak_rss_kib"]) > RSS_DISAGREEMENT * hwm:
         text += f"; ru_maxrss {record['peak_rss_kib']} KiB but VmHWM {hwm} KiB"

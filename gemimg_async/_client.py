@@ -318,11 +318,12 @@ class Client:
         """Run every request through the pool; yield an `Outcome` for each as it ends.
 
         A request is pulled from `requests` only when the previous one has a place in the pool,
-        so a generator of a million prompts costs no more than the pool, and at most one request
-        pulled waits for its place. One request's failure is its outcome's `error`; the others go
-        on. Outcomes come in completion order, or input order with `ordered=True`; while the
-        caller dwells on one, the pool goes on, and at most the pool's size less one further
-        outcomes wait for it (each holding its images). Leaving the loop early cancels what is
+        so a generator of a million prompts costs no more than about twice the pool, and at most
+        one request pulled waits for its place. One request's failure is its outcome's `error`;
+        the others go on. Outcomes come in completion order, or input order with `ordered=True`;
+        while the caller dwells on one, the pool goes on, and at most the pool's size less one
+        further outcomes wait for it (each holding its images); while a failed one waits for
+        it, nothing more is pulled. Leaving the loop early cancels what is
         in flight: use `contextlib.aclosing(client.map(...))` to have that happen at once rather
         than when the generator is collected.
 

@@ -11,8 +11,10 @@ outcomes, each holding its images, waits for it), and with one place a worker pu
 request only once the caller has seen its last outcome (a batch that stops on a failing outcome
 sends nothing after it): by design, not by a yield to the loop somewhere. A window of only the
 pool's width would leave a place idle for every outcome the caller has not taken yet, and park
-every worker on the caller each time. All of it is plain asyncio, O(1) a request: this is the
-hot path of every batch."""
+every worker on the caller each time. While a failed outcome waits for the caller, though,
+nothing is pulled: a caller that stops on a failure (a full disk, a rejected key) has sent no
+more than the requests already running when it failed. All of it is plain asyncio, O(1) a
+request: this is the hot path of every batch."""
 
 from __future__ import annotations
 
@@ -201,14 +203,16 @@ class _Handoff:
     """Ordered: the index of the next outcome to yield."""
     _taken: int = 0
     """Room taken in the window: requests pulled (or being pulled) and not handed on."""
+    _failures: int = 0
+    """Failed outcomes not taken by the consumer yet: no room is given while there is one."""
     _waiting: deque[asyncio.Future[None]] = attrs.Factory(deque)
     """Workers waiting for room; one waits only while the window is full."""
     _consumer: asyncio.Future[None] | None = None
 
     def take_room(self) -> bool:
         """Take room in the window for one request if there is some (none is waited for then:
-        a worker waits only while the window is full)."""
-        if self._taken < self.window:
+        a worker waits only while the window is full or a failure waits for the consumer)."""
+        if self._taken < self.window and not self._failures:
             self._taken += 1
             return True
         return False
@@ -228,18 +232,23 @@ class _Handoff:
             raise
 
     def give_back(self) -> None:
-        """A request is handed on (or none was pulled): its room goes to the first waiting."""
+        """A request is handed on (or none was pulled): its room goes to those waiting."""
+        self._taken -= 1
+        self._let_in()
+
+    def _let_in(self) -> None:
+        """Room to the workers waiting, first come first served, while there is some."""
         waiting = self._waiting
-        while waiting:
+        while waiting and self._taken < self.window and not self._failures:
             waiter = waiting.popleft()
             if not waiter.done():
+                self._taken += 1
                 waiter.set_result(None)
-                return
-        self._taken -= 1
 
     def hand_over(self, outcome: Outcome) -> None:
         """A worker's outcome, for the consumer."""
         self._ended.append(outcome)
+        self._failures += outcome.error is not None
         self.wake()
 
     def wake(self) -> None:
@@ -270,6 +279,7 @@ class _Handoff:
             else:
                 return None
             self._wanted += 1
+            self._failures -= outcome.error is not None
             self.give_back()
             return outcome
 
@@ -278,8 +288,10 @@ class _Handoff:
         ended (its worker cancelled by `aclose`, or broken); they are paid for all the same."""
         held = self._held
         for index in sorted(held):
+            outcome = held.pop(index)
+            self._failures -= outcome.error is not None
             self.give_back()
-            yield held.pop(index)
+            yield outcome
 
 
 @attrs.define

@@ -99,7 +99,7 @@ def _normalize_size(size: str | None) -> str | None:
 
 
 def _image_refs(images: ImageInput | Sequence[ImageInput] | None) -> tuple[str, ...]:
-    if images is None or images == ():  # the default, without the PathLike check below
+    if images is None or (isinstance(images, tuple) and not images):  # the default, at once
         return ()
     if isinstance(images, (str, bytes, os.PathLike)):
         images = [images]

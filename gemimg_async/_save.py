@@ -51,7 +51,7 @@ Tagging: TypeAlias = Callable[[], PngTagger]
 
 def tagging_of(request: ImageRequest, *, request_id: str | None, key: str, now: float) -> Tagging:
     """What the images of one answer to `request` say of themselves, once saved: worked out
-    when the first file asks (every answer gets one; answers kept in memory never ask)."""
+    when the first file asks (made for every answer whose images go to files)."""
     made: list[tuple[Provenance, Asked]] = []
 
     def tagger() -> PngTagger:

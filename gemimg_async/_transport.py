@@ -51,7 +51,7 @@ log = logging.getLogger("gemimg_async")
 
 CHUNK_SIZE = 64 * 1024
 KEEPALIVE_SECONDS = 5.0
-_REQUEST_IDHEADERS = ("x-request-id", "x-oneapi-request-id", "request-id", "openai-request-id")
+_REQUEST_ID_HEADERS = ("x-request-id", "x-oneapi-request-id", "request-id", "openai-request-id")
 HEADERS = {"User-Agent": "gemimg-async"}
 _URLS_KEPT = 64
 _INLINE_BODY = 1024 * 1024
@@ -73,7 +73,7 @@ class Answer:
 
 
 def request_id_of(headers: Mapping[str, str]) -> str | None:
-    found = next((headers[name] for name in _REQUEST_IDHEADERS if headers.get(name)), None)
+    found = next((headers[name] for name in _REQUEST_ID_HEADERS if headers.get(name)), None)
     return None if found is None else printable(found)[:200] or None
 
 

@@ -149,6 +149,32 @@ async def test_a_slow_consumer_holds_back_the_workers(relay, ordered):
     assert all(outcome.ok for outcome in outcomes)
 
 
+@pytest.mark.parametrize("ordered", [False, True])
+async def test_nothing_is_pulled_while_a_failed_outcome_waits_for_the_caller(relay, ordered):
+    """A failure holds the workers back until the caller has seen it (a caller that stops on
+    it sends nothing more than what was running); then the pool goes on."""
+    relay.latency = {TIER_2K: 0.3}
+    relay.script(Fault.status(400))  # the first request, answered at once
+    pulled = 0
+
+    def requests() -> Iterator[ImageRequest]:
+        nonlocal pulled
+        for i in range(8):
+            pulled += 1
+            yield ImageRequest(f"p{i}", model="standard" if i == 0 else "2k")
+
+    async with Client(API_KEY, relay.url, max_concurrency=3) as client:
+        seen = []
+        async for outcome in client.map(requests(), ordered=ordered):
+            if not seen:
+                assert outcome.request.prompt == "p0"
+                assert not outcome.ok
+                assert pulled == 3  # its worker did not pull the next one before this
+            seen.append(outcome)
+    assert len(seen) == pulled == 8
+    assert sum(outcome.ok for outcome in seen) == 7
+
+
 async def test_map_waits_for_its_places_whatever_the_pool_timeout(relay):
     """A map pulls a request and waits for its place however long it takes: the client's
     pool_timeout (0 here) is for single calls, and no request is dropped for it."""
