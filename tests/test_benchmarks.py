@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -117,6 +118,18 @@ def test_the_instruction_count_runs_each_peer_in_quick_mode():
         "aiohttp_crash_safe",
         "gemimg_map_save_to",
     ]
+
+
+def test_the_bytecode_count_names_where_a_peer_executes_more_than_its_like_for_like():
+    """`count_instructions.py --bytecodes` counts each peer's bytecodes per request and lists
+    the library's own functions where it executes more than the aiohttp loop."""
+    stdout = _run("count_instructions.py", "--bytecodes", "--peers", "gemimg_send", "--top", "5")
+    totals = dict(re.findall(r"^(\w+): ([\d,]+) bytecodes per request$", stdout, re.MULTILINE))
+    assert set(totals) == {"aiohttp_memory", "gemimg_send"}
+    assert all(int(value.replace(",", "")) > 1_000 for value in totals.values())
+    listed = re.findall(r"^\s+\+\d+  (.+)$", stdout, re.MULTILINE)
+    assert len(listed) == 5
+    assert any(name.startswith("gemimg_async/") for name in listed)
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux peak RSS")
