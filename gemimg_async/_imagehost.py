@@ -17,7 +17,15 @@ from ._exceptions import DownloadError, ImageExpiredError
 from ._network import Network
 from ._pacing import Pacer
 from ._status import printable
-from ._transport import CHUNK_SIZE, HEADERS, KEEPALIVE_SECONDS, Answer, request_id_of, safe_url
+from ._transport import (
+    CHUNK_SIZE,
+    HEADERS,
+    KEEPALIVE_SECONDS,
+    Answer,
+    SessionOwner,
+    request_id_of,
+    safe_url,
+)
 from ._transport_errors import map_aiohttp_errors
 
 __all__ = ["ImageHost"]
@@ -26,7 +34,7 @@ log = logging.getLogger("gemimg_async")
 
 
 @attrs.define
-class ImageHost:
+class ImageHost(SessionOwner):
     """The session for image downloads: it never carries the key.
 
     Once closed (or unpickled with a result) it still downloads, through a one-off session per
@@ -50,15 +58,6 @@ class ImageHost:
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
             object.__setattr__(self, name, value)
-
-    def is_closed(self) -> bool:
-        return self._closed
-
-    async def aclose(self) -> None:
-        self._closed = True
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
 
     @asynccontextmanager
     async def download(

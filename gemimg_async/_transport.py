@@ -43,6 +43,7 @@ __all__ = [
     "KEEPALIVE_SECONDS",
     "Answer",
     "Relay",
+    "SessionOwner",
     "request_id_of",
     "safe_url",
 ]
@@ -143,8 +144,26 @@ def _secrets(headers: Mapping[str, str]) -> dict[str, str]:
     return {name: Secret(value) for name, value in headers.items()}
 
 
+class SessionOwner:
+    """A session of its own, opened lazily and closed once: `Relay`'s and `ImageHost`'s."""
+
+    __slots__ = ("_closed", "_session")
+    _session: aiohttp.ClientSession | None
+    _closed: bool
+
+    def is_closed(self) -> bool:
+        return self._closed
+
+    async def aclose(self) -> None:
+        """Close the session; one given as `session=` is the caller's to close."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+
 @attrs.define
-class Relay:
+class Relay(SessionOwner):
     """The session that carries the key, opened lazily on the running loop."""
 
     _auth: Mapping[str, str] = attrs.field(repr=False, alias="auth", converter=_secrets)
@@ -194,16 +213,6 @@ class Relay:
         if not self.network.trust_env and len(self._known) < _URLS_KEPT:
             self._known[url] = known
         return known
-
-    def is_closed(self) -> bool:
-        return self._closed
-
-    async def aclose(self) -> None:
-        """Close the session; one given as `session=` is the caller's to close."""
-        self._closed = True
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
 
     def post(
         self,
