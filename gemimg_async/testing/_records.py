@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -12,7 +12,9 @@ from aiohttp import web
 from ._faults import Fault
 
 __all__ = [
+    "BODY_SENT",
     "REQUEST_ID",
+    "Flights",
     "RecordedDownload",
     "RecordedRequest",
     "hidden_keys",
@@ -23,10 +25,40 @@ __all__ = [
 ]
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("gemimg_fake_request_id", str)
+BODY_SENT: web.RequestKey[Callable[[], None]] = web.RequestKey("gemimg_fake_body_sent")
+"""Called by `_wire.send` just before the last piece of a body goes out: the client may go on
+from then."""
 
 
 def new_request_id() -> str:
     return f"req_{secrets.token_hex(12)}"
+
+
+@attrs.define
+class Flights:
+    """Generation requests in flight at the relay: from their arrival until the last byte of
+    their answer is handed to the connection (a client may send its next one then)."""
+
+    now: int = 0
+    most: int = 0
+    """The most at once since the start or `reset`."""
+
+    def enter(self) -> Callable[[], None]:
+        """Count one more in; the callable returned counts it out, once, however often called."""
+        self.now += 1
+        self.most = max(self.most, self.now)
+        left = False
+
+        def leave() -> None:
+            nonlocal left
+            if not left:
+                left = True
+                self.now -= 1
+
+        return leave
+
+    def reset(self) -> None:
+        self.most = self.now
 
 
 @attrs.frozen

@@ -20,7 +20,9 @@ from ._faults import Fault, check_latency
 from ._files import FileHost
 from ._images import MODELS
 from ._records import (
+    BODY_SENT,
     REQUEST_ID,
+    Flights,
     RecordedDownload,
     RecordedRequest,
     hidden_keys,
@@ -85,8 +87,7 @@ class FakeRelay:
         init=False, factory=collections.deque, repr=False
     )
     _files: FileHost = attrs.field(init=False, repr=False)
-    _in_flight: int = attrs.field(init=False, default=0, repr=False)
-    _max_in_flight: int = attrs.field(init=False, default=0, repr=False)
+    _flights: Flights = attrs.field(init=False, factory=Flights, repr=False)
     _epoch: int = attrs.field(init=False, default=0, repr=False)
     _runner: web.AppRunner | None = attrs.field(init=False, default=None, repr=False)
     _url: str | None = attrs.field(init=False, default=None, repr=False)
@@ -170,18 +171,19 @@ class FakeRelay:
         self._faults.clear()
         self.requests.clear()
         self._files.reset()
-        self._max_in_flight = self._in_flight
+        self._flights.reset()
 
     # observing
     @property
     def in_flight(self) -> int:
-        """Generation requests being handled right now (latency included)."""
-        return self._in_flight
+        """Generation requests being handled right now (latency included), until the last byte
+        of their answer is sent."""
+        return self._flights.now
 
     @property
     def max_in_flight(self) -> int:
         """The most generation requests handled at once since start or `reset`."""
-        return self._max_in_flight
+        return self._flights.most
 
     @property
     def generation_count(self) -> int:
@@ -232,8 +234,7 @@ class FakeRelay:
         self, request: web.Request, dialect: DialectName, model: str | None
     ) -> web.StreamResponse:
         request[REQUEST_ID] = request_id = new_request_id()
-        self._in_flight += 1
-        self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        leave = request[BODY_SENT] = self._flights.enter()
         fault = self._faults.popleft() if self._faults else None
         presented = presented_key(request, google=dialect == "gemini")
         record = RecordedRequest(
@@ -256,7 +257,7 @@ class FakeRelay:
         else:
             return response
         finally:
-            self._in_flight -= 1
+            leave()
             current = self._record_at(epoch, index)
             if current is not None:
                 self.requests[index] = attrs.evolve(

@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from ._faults import Fault, Quirk, phrase
+from ._records import BODY_SENT
 
 __all__ = [
     "PLACEHOLDER",
@@ -129,7 +130,7 @@ async def send(
     response.content_length = total
     await response.prepare(request)
     limit = total if truncate is None else math.floor(total * truncate)
-    sent = 0
+    sent, body_sent = 0, request.get(BODY_SENT)
     for part in parts:
         view = memoryview(part)
         for start in range(0, len(view), _SLICE):
@@ -138,6 +139,8 @@ async def send(
                 break
             if sent and pause:
                 await asyncio.sleep(pause)
+            if sent + len(piece) >= limit and body_sent is not None:
+                body_sent()
             await response.write(piece)
             sent += len(piece)
     if truncate is None:

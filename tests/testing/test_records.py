@@ -4,6 +4,7 @@ download, never holding the key; over plain aiohttp.
 
 import pytest
 
+from gemimg_async.testing._records import Flights
 from helpers import API_KEY, AUTH, SIXTEEN_BYTES, STANDARD, a_file_url, body, fetch, generate, post
 
 pytestmark = pytest.mark.anyio
@@ -64,3 +65,17 @@ async def test_download_record_shows_authorization(relay, session):
     assert "authorization" not in leaky.headers
     assert clean.path == leaky.path == url.removeprefix(relay.url)
     assert clean.status == 200
+
+
+def test_flights_count_each_request_out_once_and_keep_the_most():
+    """A request counted in is counted out once however often it leaves (before its last byte,
+    then when its handler ends); `most` is the peak since the start or reset."""
+    flights = Flights()
+    first, second = flights.enter(), flights.enter()
+    first()
+    first()
+    assert (flights.now, flights.most) == (1, 2)
+    flights.reset()
+    assert flights.most == 1
+    second()
+    assert (flights.now, flights.most) == (0, 1)
