@@ -206,7 +206,8 @@ class _Handoff:
     _failures: int = 0
     """Failed outcomes not taken by the consumer yet: no room is given while there is one."""
     _waiting: deque[asyncio.Future[None]] = attrs.Factory(deque)
-    """Workers waiting for room; one waits only while the window is full."""
+    """Workers waiting for room; one waits only while the window is full or a failure waits
+    for the consumer."""
     _consumer: asyncio.Future[None] | None = None
 
     def take_room(self) -> bool:
