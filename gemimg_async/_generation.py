@@ -57,6 +57,8 @@ class _Trace:
 
     key: str
     """The Idempotency-Key of every attempt."""
+    listeners: tuple[Listener, ...]
+    """The client's listener and the call's, those there are: events are made only for them."""
     request_ids: list[str] = attrs.Factory(list)
     attempts: int = 0
     reported: Decimal | None = None
@@ -154,8 +156,8 @@ class Engine:
         self, request: ImageRequest, lease: Lease, *, queued: float, delivery: Delivery
     ) -> GenerationResult:
         """Generate what `request` asks under `lease`; its images placed as `delivery` says."""
-        trace = _Trace(request.idempotency_key or new_key())
-        listeners = _listeners(self.on_event, delivery)
+        trace = _Trace(request.idempotency_key or new_key(), _listeners(self.on_event, delivery))
+        listeners = trace.listeners
         try:  # one coroutine for the whole generation: each level of awaiting costs every request
             if request.id is not None:
                 delivery.refuse_taken(request.id, request.n)
@@ -234,7 +236,7 @@ class Engine:
                 failed = AttemptFailed(
                     request, number, _said(error), verdict.kind.value, status, verdict.delay
                 )
-                emit(_listeners(self.on_event, delivery), failed)
+                emit(trace.listeners, failed)
                 if verdict.delay is None:
                     raise
                 log.info(
@@ -261,7 +263,7 @@ class Engine:
         placed = await self.saver.place(
             received.images, stem, delivery, paid=unique(trace.key), tagging=trace.tagging
         )
-        listeners = _listeners(self.on_event, delivery)
+        listeners = trace.listeners
         for image in placed.images if listeners else ():
             if image.path is not None:
                 saved = ImageSaved(
@@ -287,7 +289,7 @@ class Engine:
         self, outgoing: Outgoing, request: ImageRequest, delivery: Delivery, trace: _Trace
     ) -> Received:
         answered, via = False, trace.via or self._via
-        listeners = _listeners(self.on_event, delivery)
+        listeners = trace.listeners
         sent = self.clock.monotonic()
         trace.reported = trace.tagging = None
         if listeners:

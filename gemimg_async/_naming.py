@@ -23,7 +23,6 @@ class _Entropy:
     SIZE = 4096
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
         self.reset()
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self.reset)
@@ -124,14 +123,6 @@ class FolderNames:
         wanted = [f"{stem}_{index}" for index in range(n)]
         for name in wanted:
             if name in self.taken:
-                path = self.folder / f"{name}.{_extension_of(self.folder, name)}"
-                raise FileExistsError(errno.EEXIST, _TAKEN, str(path))
+                refuse_taken_names(self.folder, stem, n)  # the file there, named in the error
+                raise FileExistsError(errno.EEXIST, _TAKEN, str(self.folder / f"{name}.png"))
         self.taken.update(wanted)
-
-
-def _extension_of(folder: Path, name: str) -> str:
-    """The extension of the file `name` takes in `folder` (for the error), `png` if none is."""
-    for extension in EXTENSIONS:
-        if os.path.lexists(folder / f"{name}.{extension}"):
-            return extension
-    return "png"
