@@ -1058,7 +1058,10 @@ def machine_context(args: argparse.Namespace) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "revision": _revision(),
-        "versions": {library: _version(library) for library in (*LIBRARIES, "matplotlib")},
+        # pybase64: gemimg_async decodes images with it when installed (the speedups extra)
+        "versions": {
+            library: _version(library) for library in (*LIBRARIES, "matplotlib", "pybase64")
+        },
         "load_before": os.getloadavg()[0],
         "quick": args.quick,
         "rounds": args.rounds,

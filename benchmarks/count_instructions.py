@@ -2,6 +2,7 @@
 
     python benchmarks/count_instructions.py            # every peer, 200 and 600 requests each
     python benchmarks/count_instructions.py --quick    # each worker once, without valgrind
+    python benchmarks/count_instructions.py --caches   # cache misses, mispredicted branches too
     python benchmarks/count_instructions.py --bytecodes [--top 30]   # Python bytecodes instead
 
 compare.py's CPU times move 10-30% from one round to the next on a shared 2-core VM; this script
@@ -11,7 +12,9 @@ relay, which runs in its own process, outside valgrind: once with 200 requests a
 64 in flight. The difference of the two totals, divided by 400, is the instructions one request
 costs, start-up (imports, the session, the relay's warm-up) left out. Kernel time (system calls,
 fsync) and what the CPU's caches make of it are not counted: read it beside compare.py's CPU
-figures, not instead of them.
+figures, not instead of them. `--caches` adds valgrind's simulated first-level caches and branch
+predictor (about twice as slow): instruction and data cache misses and mispredicted branches per
+request, where an interpreted bytecode costs more than its instructions say.
 
 `--bytecodes` counts the Python bytecodes each request executes instead (`sys.settrace` with
 opcode events, in a fresh process per peer: one warm-up run, then 300 requests traced), in all
@@ -23,6 +26,11 @@ Peers (the same work as compare.py's, in one process each):
   aiohttp_memory      POST, `await resp.json()`, b64decode
   gemimg_send         64 tasks awaiting `client.send(request)`, results in memory
   gemimg_map          `client.map(requests)` with max_concurrency=64, in memory
+  aiohttp_floor       aiohttp_memory plus what the library cannot skip per request: a validated
+                      `ImageRequest`, an Idempotency-Key, a pool place (`asyncio.Semaphore`), the
+                      images dialect's body, the client's read timeout, strict base64, the image's
+                      type and size from its head, and the values a caller gets (`GeneratedImage`,
+                      `GenerationResult`, `Outcome`): the floor a client of this shape sits on
   aiohttp_crash_safe  aiohttp_memory, then compare.py's crash-safe write in one thread hop
   gemimg_map_save_to  `client.map(requests, save_to=folder)`
 """
@@ -32,14 +40,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import binascii
 import collections
 import json
+import operator
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import FrameType
@@ -52,8 +63,16 @@ HERE = Path(__file__).resolve().parent
 IN_FLIGHT = 64
 COUNTS = (200, 600)
 BYTECODE_REQUESTS = 300
-PEERS = ("aiohttp_memory", "gemimg_send", "gemimg_map", "aiohttp_crash_safe", "gemimg_map_save_to")
+PEERS = (
+    "aiohttp_memory",
+    "gemimg_send",
+    "gemimg_map",
+    "aiohttp_floor",
+    "aiohttp_crash_safe",
+    "gemimg_map_save_to",
+)
 LIKE_FOR_LIKE = {
+    "aiohttp_floor": "aiohttp_memory",
     "gemimg_send": "aiohttp_memory",
     "gemimg_map": "aiohttp_memory",
     "gemimg_map_save_to": "aiohttp_crash_safe",
@@ -90,6 +109,78 @@ async def _aiohttp(relay: str, requests: int, out: Path | None) -> None:
         await _drive(requests, one)
 
 
+async def _floor(relay: str, requests: int) -> None:
+    import aiohttp  # noqa: PLC0415 - a worker imports its own peer only
+
+    import gemimg_async as gi  # noqa: PLC0415
+    from gemimg_async._config import Timeouts  # noqa: PLC0415 - the library's own pieces
+    from gemimg_async._dialects import ImagesDialect, base_url  # noqa: PLC0415
+    from gemimg_async._media import sniff  # noqa: PLC0415
+    from gemimg_async._naming import new_key  # noqa: PLC0415
+    from gemimg_async._prices import estimate  # noqa: PLC0415
+    from gemimg_async._save import Saver  # noqa: PLC0415
+
+    dialect, base, timeouts = ImagesDialect(), base_url(relay), Timeouts()
+    saver = Saver()  # one per client, and its requests' estimate (all alike here): the client's
+    cost = estimate(gi.ImageRequest(PROMPT, model=MODEL))
+    timeout = aiohttp.ClientTimeout(connect=timeouts.connect, sock_read=timeouts.read_for(MODEL))
+    place = asyncio.Semaphore(IN_FLIGHT)
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+        async def one(number: int) -> None:
+            request = gi.ImageRequest(
+                PROMPT, model=MODEL, response_format="b64_json", id=f"{number:05d}"
+            )
+            async with place:
+                key, began = new_key(), time.monotonic()
+                outgoing = dialect.outgoing(base, request, [])
+                headers = {**auth, "Content-Type": "application/json", "Idempotency-Key": key}
+                async with http.post(
+                    outgoing.url, data=outgoing.body, headers=headers, timeout=timeout
+                ) as resp:
+                    resp.raise_for_status()
+                    doc = json.loads(await resp.read())
+            data = binascii.a2b_base64(doc["data"][0]["b64_json"], strict_mode=True)
+            info = sniff(data[:4096])
+            if info is None or not data.endswith(b"IEND\xaeB`\x82"):
+                raise RuntimeError("not a whole PNG")
+            image = gi.GeneratedImage(
+                0,
+                data=data,
+                media_type=info.media_type,
+                width=info.width,
+                height=info.height,
+                byte_size=len(data),
+            )
+            ended = time.monotonic()
+            timings = gi.Timings(0.0, ended - began)
+            result = gi.GenerationResult(
+                request=request,
+                images=(image,),
+                created=doc.get("created"),
+                idempotency_key=key,
+                request_ids=(),
+                attempts=1,
+                timings=timings,
+                stem=f"{number:05d}",
+                saver=saver,
+                cost=cost,
+            )
+            gi.Outcome(
+                number,
+                request,
+                result=result,
+                attempts=1,
+                timings=timings,
+                started=began,
+                finished=ended,
+                cost=cost,
+            )
+
+        await _drive(requests, one)
+
+
 async def _gemimg(relay: str, requests: int, out: Path | None, *, use_map: bool) -> None:
     import gemimg_async as gi  # noqa: PLC0415 - a worker imports its own peer only
 
@@ -113,7 +204,9 @@ async def _gemimg(relay: str, requests: int, out: Path | None, *, use_map: bool)
 def worker(peer: str, relay: str, requests: int) -> None:
     out = Path(tempfile.mkdtemp(prefix="count-")) if peer.endswith(("save_to", "safe")) else None
     try:
-        if peer.startswith("aiohttp"):
+        if peer == "aiohttp_floor":
+            asyncio.run(_floor(relay, requests))
+        elif peer.startswith("aiohttp"):
             asyncio.run(_aiohttp(relay, requests, out))
         else:
             asyncio.run(_gemimg(relay, requests, out, use_map=peer != "gemimg_send"))
@@ -172,9 +265,11 @@ def _command(peer: str, relay: str, requests: int) -> list[str]:
     return [sys.executable, script, "--worker", peer, "--relay", relay, "--n", str(requests)]
 
 
-def count(peer: str, relay: str, requests: int) -> subprocess.Popen[str]:
-    """A worker under callgrind; its stderr ends with `Collected : N`."""
+def count(peer: str, relay: str, requests: int, *, caches: bool) -> subprocess.Popen[str]:
+    """A worker under callgrind; its stderr ends with `Collected : N ...`."""
     valgrind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    if caches:
+        valgrind += ["--cache-sim=yes", "--branch-sim=yes"]
     return subprocess.Popen(
         [*valgrind, *_command(peer, relay, requests)],
         stdout=subprocess.DEVNULL,
@@ -184,12 +279,52 @@ def count(peer: str, relay: str, requests: int) -> subprocess.Popen[str]:
     )
 
 
-def collected(process: subprocess.Popen[str]) -> int:
+def collected(process: subprocess.Popen[str]) -> list[int]:
+    """Callgrind's totals: instructions, then (with the simulators) what CACHE_EVENTS lists."""
     _, err = process.communicate()
-    found = re.search(r"Collected : (\d+)", err)
+    found = re.search(r"Collected : ([\d ]+)", err)
     if process.returncode or found is None:
         raise RuntimeError(f"a worker failed: {err.strip().splitlines()[-1:]}")
-    return int(found[1])
+    return [int(value) for value in found[1].split()]
+
+
+CACHE_EVENTS = (
+    "Ir",
+    "Dr",
+    "Dw",
+    "I1mr",
+    "D1mr",
+    "D1mw",
+    "ILmr",
+    "DLmr",
+    "DLmw",
+    "Bc",
+    "Bcm",
+    "Bi",
+    "Bim",
+)
+"""Callgrind's events with `--cache-sim=yes --branch-sim=yes`, in its order."""
+CACHE_COLUMNS = {
+    "instructions": ("Ir",),
+    "instruction cache misses": ("I1mr",),
+    "data cache misses": ("D1mr", "D1mw"),
+    "mispredicted branches": ("Bcm", "Bim"),
+}
+"""What `--caches` prints per request: the sums of these events (simulated first-level caches
+and branch predictor: where a bytecode costs more than its instructions)."""
+
+
+def per_request_events(peer: str, relay: str, *, caches: bool) -> dict[str, float]:
+    """Each column's events per request: the 600-request run less the 200-request run."""
+    low, high = (count(peer, relay, n, caches=caches) for n in COUNTS)  # at once: two cores
+    spent = dict(
+        zip(CACHE_EVENTS, map(operator.sub, collected(high), collected(low)), strict=False)
+    )
+    columns = CACHE_COLUMNS if caches else {"instructions": ("Ir",)}
+    requests = COUNTS[1] - COUNTS[0]
+    return {
+        name: sum(spent[event] for event in events) / requests for name, events in columns.items()
+    }
 
 
 def main() -> int:
@@ -197,6 +332,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="run each worker once, no valgrind")
     parser.add_argument("--peers", nargs="+", choices=PEERS, default=list(PEERS))
     parser.add_argument("--bytecodes", action="store_true", help="count Python bytecodes instead")
+    parser.add_argument(
+        "--caches",
+        action="store_true",
+        help="with valgrind's cache and branch simulators: misses and mispredictions too",
+    )
     parser.add_argument("--top", type=int, default=25, help="functions listed with --bytecodes")
     parser.add_argument("--worker", choices=PEERS, help=argparse.SUPPRESS)
     parser.add_argument("--relay", help=argparse.SUPPRESS)
@@ -223,17 +363,30 @@ def main() -> int:
                 subprocess.run(_command(peer, relay, 10), check=True, cwd=HERE)
                 print(f"{peer}: ran 10 requests (no count without valgrind)")
             return 0
-        per_request = {}
-        for peer in args.peers:  # the two counts at once: two cores
-            low, high = (count(peer, relay, n) for n in COUNTS)
-            total = collected(high) - collected(low)
-            per_request[peer] = total / (COUNTS[1] - COUNTS[0])
-            print(f"{peer}: {per_request[peer]:,.0f} instructions per request", flush=True)
-    print("\n| peer | instructions per request | vs like-for-like |\n| --- | ---: | ---: |")
-    for peer, value in per_request.items():
-        theirs = per_request.get(LIKE_FOR_LIKE.get(peer, ""))
-        ratio = f"{value / theirs:.2f}x {LIKE_FOR_LIKE[peer]}" if theirs else ""
-        print(f"| {peer} | {value:,.0f} | {ratio} |")
+        found = {}
+        for peer in args.peers:
+            found[peer] = per_request_events(peer, relay, caches=args.caches)
+            print(
+                f"{peer}: {found[peer]['instructions']:,.0f} instructions per request", flush=True
+            )
+    columns = list(next(iter(found.values())))
+    header = " | ".join(f"{column} per request | vs like-for-like" for column in columns)
+    print(f"\n| peer | {header} |")
+    print(f"| --- |{' ---: | ---: |' * len(columns)}")
+    for peer, values in found.items():
+        theirs = found.get(LIKE_FOR_LIKE.get(peer, ""))
+        cells = [
+            f"{values[column]:,.0f} | {values[column] / theirs[column]:.2f}x"
+            if theirs
+            else f"{values[column]:,.0f} |"
+            for column in columns
+        ]
+        print(f"| {peer} | {' | '.join(cells)} |")
+    print(
+        "(each ratio against the like-for-like peer:",
+        ", ".join(f"{peer} vs {theirs}" for peer, theirs in LIKE_FOR_LIKE.items() if peer in found)
+        + ")",
+    )
     return 0
 
 

@@ -8,12 +8,12 @@ in one thread hop (anyio's Path took two).
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._base64 import encode
 from ._config import MAX_INLINE_IMAGE_BYTES
 from ._exceptions import InvalidImageError
 from ._models import ImageRequest, image_media_type, is_file_ref
@@ -77,7 +77,7 @@ async def _encode_file(name: str) -> str:
     data = await asyncio.to_thread(_read_file, name)
     parts = [f"data:{image_media_type(data, source=repr(name))};base64,"]
     for start in range(0, len(data), _SLICE):
-        parts.append(base64.b64encode(data[start : start + _SLICE]).decode("ascii"))
+        parts.append(encode(data[start : start + _SLICE]).decode("ascii"))
         await asyncio.sleep(0)
     return "".join(parts)
 

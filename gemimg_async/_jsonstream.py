@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import attrs
 
+from ._base64 import decode_strict
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -192,6 +194,10 @@ however it is made, so that only its nesting needs checking."""
 _JSON_SPACE: Final = b" \t\n\r"
 
 
+_CONTAINERS: Final = (dict, list)
+"""A tuple, not `dict | list`, which makes a new union object each time it is evaluated."""
+
+
 class _Undecided(Exception):  # noqa: N818 - not an error: the streaming parser decides
     """The fast path cannot tell what the streaming parser would make of a body."""
 
@@ -222,7 +228,7 @@ def parse_whole(body: bytes, schema: Schema) -> tuple[Any, list[tuple[Path, byte
             return None
         document = _WHOLE_DECODER.decode(text)
         pieces: list[tuple[Path, bytes]] = []
-        if isinstance(document, dict | list):
+        if isinstance(document, _CONTAINERS):
             _divert(document, schema, (), pieces)
     except (ValueError, RecursionError, _Undecided):
         return None
@@ -254,7 +260,7 @@ def _divert(
             if data is not None:
                 pieces.append((where, data))
                 container[step] = Diverted(where, len(data))  # type: ignore[index]
-        elif isinstance(value, dict | list):
+        elif isinstance(value, _CONTAINERS):
             child = node.child(step)
             if child is not None and child.children:
                 _divert(value, child, (*path, step), pieces, depth + 1)
@@ -268,7 +274,7 @@ def _check_nesting(container: dict[str, Any] | list[Any], depth: int) -> None:
     if depth > DEFAULT_MAX_DEPTH:
         raise _Undecided
     for value in container.values() if isinstance(container, dict) else container:
-        if isinstance(value, dict | list):
+        if isinstance(value, _CONTAINERS):
             _check_nesting(value, depth + 1)
 
 
@@ -288,7 +294,7 @@ def _whole_image(value: str, mode: int) -> bytes | None:
     if 0 <= pad < len(value) - 2:  # padding only in the last quad, as the streaming parser wants
         raise _Undecided
     try:
-        data = binascii.a2b_base64(value, strict_mode=True)  # ASCII str: read as it is
+        data = decode_strict(value)  # ASCII str: read as it is
     except binascii.Error:
         raise _Undecided from None
     if not data:
@@ -850,7 +856,7 @@ class ImageStreamParser:
         if not cut or buf[cut - 1] == _EQUALS or buf[cut:].translate(None, _B64_ALPHABET):
             return False  # the tail carried over must be plain base64 too
         try:
-            piece = binascii.a2b_base64(buf[:cut], strict_mode=True)
+            piece = decode_strict(buf[:cut])
         except binascii.Error:
             return False
         self._carry = buf[cut:]

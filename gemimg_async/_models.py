@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeAlias
 
 import attrs
 
+from ._base64 import encode
 from ._config import MAX_INLINE_IMAGE_BYTES, MAX_INPUT_IMAGES
 from ._exceptions import (
     InvalidCountError,
@@ -152,7 +153,7 @@ def check_stem(stem: str, *, what: str = "stem") -> str:
 
 def data_uri(data: bytes, *, source: str) -> str:
     """`data` as a data: URI, typed by its magic bytes. InvalidImageError when it is no image."""
-    return f"data:{image_media_type(data, source=source)};base64,{base64.b64encode(data).decode()}"
+    return f"data:{image_media_type(data, source=source)};base64,{encode(data).decode()}"
 
 
 def image_media_type(data: bytes, *, source: str) -> str:

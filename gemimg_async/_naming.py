@@ -66,11 +66,14 @@ def default_stem(prompt: str, key: str) -> str:
     return f"{slug or 'image'}_{unique(key)}"
 
 
+_FILE_SAFE = re.compile(r"[0-9a-z]{8}")
+
+
 def unique(key: str) -> str:
     """8 characters of a generation's key that can name files: its own (as its log lines show
     them), or a hash of it for a key of other characters."""
     unique = key[:8].lower()
-    if not re.fullmatch(r"[0-9a-z]{8}", unique):
+    if not _FILE_SAFE.fullmatch(unique):
         unique = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return unique
 

@@ -3,6 +3,8 @@ its pool; and what `client.stats` reads back from it."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import ssl as _ssl
 from collections.abc import Sequence
@@ -28,6 +30,17 @@ from ._stats import ClientStats
 from ._transport import Relay
 
 __all__ = ["build_engine", "relays_of", "stats_of"]
+
+
+def _load_lazy_modules() -> None:
+    """anyio imports its asyncio backend (some 30 modules: 50 to 100 ms of the loop on these
+    machines) at its first call, which the hot path no longer makes, and asyncio its thread
+    pool at its first thread hop: they would come in the middle of traffic (a batch's first
+    write, a chat answer's inline image) or as the client closes. Loaded with the client
+    instead (once per process), while nothing is in flight."""
+    importlib.import_module("concurrent.futures.thread")
+    with contextlib.suppress(ImportError):  # a private path: anyio may move it
+        importlib.import_module("anyio._backends._asyncio")
 
 
 def build_engine(
@@ -71,6 +84,7 @@ def build_engine(
         session=session,
         allow_insecure_http=allow_insecure_http,
     )
+    _load_lazy_modules()
     clock = clock or SystemClock()
     pacer = Pacer()
     routes = []

@@ -48,6 +48,8 @@ _CONTROLS = re.compile(
 def printable(text: str) -> str:
     """`text` from a relay, without what a terminal would act on (escape sequences, control
     characters): relays' words are printed and logged, never obeyed."""
+    if text.isprintable():  # no control character at all (a request id, most messages)
+        return text
     return _CONTROLS.sub("", text)
 
 

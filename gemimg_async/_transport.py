@@ -74,8 +74,10 @@ class Answer:
 
 
 def request_id_of(headers: Mapping[str, str]) -> str | None:
-    found = next((headers[name] for name in _REQUEST_ID_HEADERS if headers.get(name)), None)
-    return None if found is None else printable(found)[:200] or None
+    for name in _REQUEST_ID_HEADERS:
+        if found := headers.get(name):
+            return printable(found)[:200] or None
+    return None
 
 
 _ATTEMPT: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar(

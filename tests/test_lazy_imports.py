@@ -76,3 +76,31 @@ def test_an_unknown_name_is_an_attribute_error():
     """A name the package does not have raises AttributeError naming it."""
     with pytest.raises(AttributeError, match="no attribute 'Clinet'"):
         gemimg_async.Clinet  # noqa: B018 - the access under test
+
+
+def test_a_client_imports_nothing_while_it_generates_and_closes():
+    """What a client will import (anyio's asyncio backend among it, some 30 modules) is
+    imported when it is made: nothing holds the loop for an import in the middle of traffic
+    or as it closes."""
+    code = """
+import asyncio, json, sys
+import aiohttp
+import gemimg_async as gi
+from gemimg_async.testing import FakeRelay
+
+async def main():
+    async with FakeRelay() as relay:
+        async with aiohttp.ClientSession() as http:  # the relay's own first answer, made
+            async with http.post(f"{relay.url}/v1/images/generations", json={"prompt": "x"},
+                                 headers={"Authorization": "Bearer sk-test"}) as answer:
+                await answer.read()
+        client = gi.Client("sk-test", relay.url)
+        before = set(sys.modules)
+        await client.generate("a fox", response_format="b64_json")
+        await client.generate("a fox")
+        await client.aclose()
+        return sorted(set(sys.modules) - before)
+
+print(json.dumps(asyncio.run(main())))
+"""
+    assert fresh(code) == []

@@ -5,6 +5,8 @@ end against the fake relay.
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from gemimg_async import (
@@ -17,7 +19,7 @@ from gemimg_async import (
     RateLimitError,
     ServerError,
 )
-from gemimg_async._status import api_error, error_fields, printable
+from gemimg_async._status import _CONTROLS, api_error, error_fields, printable
 from gemimg_async.testing import Fault
 from helpers import once
 
@@ -465,6 +467,12 @@ NO_CHANNEL_ONE_API = "当前分组 default 下对于模型 m 无可用渠道"
 def test_printable_drops_what_a_terminal_would_act_on(said, shown):
     """Escape sequences and control characters go; text, newlines and tabs stay."""
     assert printable(said) == shown
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from("\x1b[]\x07\x9b\n\t")))
+def test_printable_leaves_text_without_control_characters_as_it_is(text):
+    """Its shortcut for text Python calls printable gives what the full scrub gives."""
+    assert printable(text) == _CONTROLS.sub("", text)
 
 
 def test_an_error_message_from_a_relay_is_printable():
